@@ -1,0 +1,154 @@
+package fsm
+
+import (
+	"fmt"
+	"time"
+)
+
+// Level is a log record's severity.
+type Level uint8
+
+// The levels, in hclog's order.
+const (
+	LevelDebug Level = iota + 1
+	LevelInfo
+	LevelWarn
+	LevelError
+)
+
+func (l Level) String() string {
+	switch l {
+	case LevelDebug:
+		return "DEBUG"
+	case LevelInfo:
+		return "INFO"
+	case LevelWarn:
+		return "WARN"
+	case LevelError:
+		return "ERROR"
+	}
+	return fmt.Sprintf("Level(%d)", uint8(l))
+}
+
+// LogKind says which message a log record carries.
+type LogKind uint8
+
+// The log messages of the sender.
+const (
+	// LogConnectFailed: a connection attempt failed (WARN, DEBUG or ERROR by the policy).
+	LogConnectFailed LogKind = iota + 1
+	// LogConnected: connected again after failures or a lost stream (INFO).
+	LogConnected
+	// LogWriteFailed: a heartbeat could not be written; the stream is dropped (WARN).
+	LogWriteFailed
+	// LogRemoteClosed: the aggregator closed the stream in order (INFO).
+	LogRemoteClosed
+	// LogRemoteReset: the aggregator reset the stream (WARN).
+	LogRemoteReset
+	// LogBeatSkipped: a beat came due while the previous write was still in flight (DEBUG).
+	LogBeatSkipped
+)
+
+// LogRecord is a log line decided by the machine. The shell renders it with
+// Message and its fields as key/value pairs.
+type LogRecord struct {
+	Level Level
+	Kind  LogKind
+	// Attempt is the attempt the record is about.
+	Attempt uint64
+	// Outage is how long the failures have lasted: for LogConnectFailed
+	// since the first failure (as the legacy counted), for LogConnected since
+	// the stream was lost or the first failure.
+	Outage time.Duration
+	// Failures is the number of failed attempts in the current outage.
+	Failures uint64
+	// Err is the failure, if any.
+	Err error
+}
+
+// Message is the log line's text. A failed connection keeps the legacy
+// wording byte for byte, so operators' existing searches and alerts on it
+// keep working; the same facts are also in the record's fields.
+func (r LogRecord) Message() string {
+	switch r.Kind {
+	case LogConnectFailed:
+		return fmt.Sprintf("Heartbeat service failed to connect for %s: %s", r.Outage, errText(r.Err))
+	case LogConnected:
+		return "Heartbeat service connected to aggregator"
+	case LogWriteFailed:
+		return "disconnecting from aggregator, failed to send heartbeat"
+	case LogRemoteClosed:
+		return "aggregator closed the heartbeat stream"
+	case LogRemoteReset:
+		return "aggregator reset the heartbeat stream"
+	case LogBeatSkipped:
+		return "heartbeat skipped: the previous write is still in flight"
+	}
+	return fmt.Sprintf("LogKind(%d)", uint8(r.Kind))
+}
+
+// String renders the record for traces and golden files.
+func (r LogRecord) String() string {
+	s := fmt.Sprintf("%s %q attempt=%d", r.Level, r.Message(), r.Attempt)
+	if r.Kind == LogConnected || r.Kind == LogConnectFailed {
+		s += fmt.Sprintf(" outage=%s failures=%d", r.Outage, r.Failures)
+	}
+	if r.Err != nil && r.Kind != LogConnectFailed {
+		s += fmt.Sprintf(" error=%q", r.Err.Error())
+	}
+	return s
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+// logPolicy decides the level of connection-failure lines, with the legacy
+// semantics: the first failure since the last success is WARN, later ones
+// DEBUG, and one strictly more than errorEvery after the last WARN/ERROR is
+// ERROR, which restarts the period.
+type logPolicy struct {
+	errorEvery time.Duration
+	failedAt   time.Time // first failure since the last success; zero while none
+	loggedAt   time.Time // the last WARN or ERROR of this outage
+	lostAt     time.Time // when an open stream was lost; zero if none
+	failures   uint64
+}
+
+// connectFailed records a failed attempt at now and returns its level and
+// how long the failures have lasted.
+func (p *logPolicy) connectFailed(now time.Time) (Level, time.Duration) {
+	p.failures++
+	if p.failedAt.IsZero() {
+		p.failedAt, p.loggedAt = now, now
+		return LevelWarn, 0
+	}
+	if now.Sub(p.loggedAt) > p.errorEvery {
+		p.loggedAt = now
+		return LevelError, now.Sub(p.failedAt)
+	}
+	return LevelDebug, now.Sub(p.failedAt)
+}
+
+// lost records that an open stream ended at now.
+func (p *logPolicy) lost(now time.Time) { p.lostAt = now }
+
+// connected records a success at now. It reports whether an outage just
+// ended, how long it lasted and how many attempts failed in it, and starts
+// afresh.
+func (p *logPolicy) connected(now time.Time) (ended bool, outage time.Duration, failures uint64) {
+	start := p.lostAt
+	if start.IsZero() {
+		start = p.failedAt
+	}
+	ended = !start.IsZero()
+	if ended {
+		outage = now.Sub(start)
+	}
+	failures = p.failures
+	*p = logPolicy{errorEvery: p.errorEvery}
+	return ended, outage, failures
+}

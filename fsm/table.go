@@ -1,0 +1,199 @@
+package fsm
+
+import "fmt"
+
+// Guard is the condition under which an event matches a transition. The
+// machine classifies each event into exactly one guard before it looks the
+// (state, event, guard) triple up in Table.
+type Guard uint8
+
+// The guards.
+const (
+	// Always: lifecycle requests (Start, Stop).
+	Always Guard = iota
+	// Awaited: the result or timer the machine is waiting for right now (the
+	// current attempt, an armed timer whose deadline has come).
+	Awaited
+	// Stale: a result for an attempt the machine no longer waits for, or a
+	// timer that is not armed or not yet due. Such events change nothing.
+	Stale
+	// WriteBusy: a beat came due while the previous write is still in flight.
+	WriteBusy
+
+	numGuards
+)
+
+var guardNames = [numGuards]string{"always", "awaited", "stale", "write busy"}
+
+func (g Guard) String() string {
+	if g < numGuards {
+		return guardNames[g]
+	}
+	return fmt.Sprintf("Guard(%d)", uint8(g))
+}
+
+// Action names what a transition does besides changing state. The effects
+// each action produces are listed in docs/state-machine.md.
+type Action uint8
+
+// The actions.
+const (
+	// Nothing: the event is acknowledged and dropped.
+	Nothing Action = iota
+	// OpenStream starts attempt n+1 and arms the dial deadline.
+	OpenStream
+	// BeginBeating logs a recovery, resets the failure count and sends the first heartbeat at once.
+	BeginBeating
+	// SendBeat writes a heartbeat and arms the write deadline and the next beat.
+	SendBeat
+	// SkipBeat logs that the previous write is still in flight and arms the next beat.
+	SkipBeat
+	// CountBeat records a written heartbeat and disarms the write deadline.
+	CountBeat
+	// ConnectFailed logs the failure by the WARN/DEBUG/ERROR policy and arms the retry.
+	ConnectFailed
+	// AbandonDial cancels a dial that outlived its deadline, then as ConnectFailed.
+	AbandonDial
+	// DropStream resets the stream after a failed or timed-out write, logs WARN and arms the retry.
+	DropStream
+	// RemoteEnded closes (orderly end) or resets (reset) the stream, logs it and arms the retry.
+	RemoteEnded
+	// ResetStale resets the stream a stale dial brought back.
+	ResetStale
+	// Shutdown releases whatever the state holds: the dial, the stream, the timers.
+	Shutdown
+
+	numActions
+)
+
+var actionNames = [numActions]string{
+	"nothing", "open stream", "begin beating", "send beat", "skip beat", "count beat",
+	"connect failed", "abandon dial", "drop stream", "remote ended", "reset stale stream", "shut down",
+}
+
+func (a Action) String() string {
+	if a < numActions {
+		return actionNames[a]
+	}
+	return fmt.Sprintf("Action(%d)", uint8(a))
+}
+
+// Transition is one row of the table: in state From (or Any), event On under
+// guard When moves the machine to To (or Same) and performs Do.
+type Transition struct {
+	From State
+	On   EventKind
+	When Guard
+	To   State
+	Do   Action
+	// Why says in a few words why the row exists; the docs print it.
+	Why string
+}
+
+// Table is the transition table: the single source of truth for the
+// runtime, the tests (every row must be exercised) and the generated
+// diagram. It is the only place that names a destination state. A row for a
+// specific state takes precedence over a row for Any.
+var Table = []Transition{
+	{Disconnected, Start, Always, Connecting, OpenStream, "connect at once (the legacy waited one ReconnectPeriod)"},
+	{Disconnected, Stop, Always, Stopped, Shutdown, "stopped before it started"},
+
+	{Connecting, DialSucceeded, Awaited, Beating, BeginBeating, "first heartbeat at once (the legacy waited one BeatPeriod)"},
+	{Connecting, DialFailed, Awaited, Backoff, ConnectFailed, "retry after the backoff delay"},
+	{Connecting, DialTimedOut, Awaited, Backoff, AbandonDial, "a dial that hangs counts as a failure"},
+	{Connecting, Stop, Always, Stopped, Shutdown, "cancel the dial"},
+
+	{Beating, BeatDue, Awaited, Beating, SendBeat, "one heartbeat every BeatPeriod"},
+	{Beating, BeatDue, WriteBusy, Beating, SkipBeat, "never queue writes behind a slow one"},
+	{Beating, WriteSucceeded, Awaited, Beating, CountBeat, "the heartbeat went out"},
+	{Beating, WriteFailed, Awaited, Backoff, DropStream, "reset this stream only (the legacy closed the connection)"},
+	{Beating, WriteTimedOut, Awaited, Backoff, DropStream, "a stalled write counts as a failed one"},
+	{Beating, RemoteClosed, Awaited, Backoff, RemoteEnded, "the aggregator ended the stream in order"},
+	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the aggregator reset the stream"},
+	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order"},
+
+	{Backoff, RetryDue, Awaited, Connecting, OpenStream, "next attempt"},
+	{Backoff, Stop, Always, Stopped, Shutdown, "cancel the retry"},
+
+	{Stopped, Stop, Always, Same, Nothing, "Stop is idempotent"},
+
+	{Any, DialSucceeded, Stale, Same, ResetStale, "a late stream from an abandoned attempt is reset"},
+	{Any, DialFailed, Stale, Same, Nothing, "late failure of an abandoned attempt"},
+	{Any, WriteSucceeded, Stale, Same, Nothing, "late result of a dropped stream"},
+	{Any, WriteFailed, Stale, Same, Nothing, "late result of a dropped stream"},
+	{Any, RemoteClosed, Stale, Same, Nothing, "end of a dropped stream"},
+	{Any, RemoteReset, Stale, Same, Nothing, "end of a dropped stream"},
+	{Any, BeatDue, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
+	{Any, RetryDue, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
+	{Any, DialTimedOut, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
+	{Any, WriteTimedOut, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
+}
+
+// noRow marks a (state, event, guard) triple that has no transition.
+const noRow = -1
+
+// index maps (state, event, guard) to a row of Table, built once from it.
+var index = buildIndex(Table)
+
+type rowIndex [numStates][numEvents][numGuards]int16
+
+func buildIndex(table []Transition) *rowIndex {
+	var ix rowIndex
+	for s := range ix {
+		for e := range ix[s] {
+			for g := range ix[s][e] {
+				ix[s][e][g] = noRow
+			}
+		}
+	}
+	// Specific rows first, so they take precedence over Any rows.
+	for pass := 0; pass < 2; pass++ {
+		for i, t := range table {
+			if (t.From == Any) != (pass == 1) {
+				continue
+			}
+			for s := State(0); s < numStates; s++ {
+				if t.From != Any && t.From != s {
+					continue
+				}
+				if ix[s][t.On][t.When] == noRow {
+					ix[s][t.On][t.When] = int16(i)
+				}
+			}
+		}
+	}
+	return &ix
+}
+
+// Lookup returns the index in Table of the row that handles event under
+// guard in state, or false if there is none.
+func Lookup(state State, event EventKind, guard Guard) (int, bool) {
+	if state >= numStates || event >= numEvents || guard >= numGuards {
+		return noRow, false
+	}
+	i := index[state][event][guard]
+	return int(i), i != noRow
+}
+
+// ValidateTable reports rows that can never match because an earlier row
+// (or a specific row, for an Any row in every state) already covers them,
+// and rows with out-of-range fields. The package's tests run it on Table.
+func ValidateTable(table []Transition) error {
+	ix := buildIndex(table)
+	for i, t := range table {
+		if (t.From >= numStates && t.From != Any) || t.On >= numEvents || t.When >= numGuards ||
+			(t.To >= numStates && t.To != Same) || t.Do >= numActions {
+			return fmt.Errorf("fsm: row %d has a field out of range: %+v", i, t)
+		}
+		used := false
+		for s := State(0); s < numStates; s++ {
+			if int(ix[s][t.On][t.When]) == i {
+				used = true
+			}
+		}
+		if !used {
+			return fmt.Errorf("fsm: row %d (%s on %s when %s) is shadowed by another row", i, t.From, t.On, t.When)
+		}
+	}
+	return nil
+}

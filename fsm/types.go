@@ -1,0 +1,261 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// State is where the connection lifecycle stands.
+type State uint8
+
+// The states of a heartbeat sender.
+const (
+	// Disconnected is the initial state: nothing attempted yet.
+	Disconnected State = iota
+	// Connecting: a dial (opening the stream) is in flight.
+	Connecting
+	// Beating: the stream is open and heartbeats are written every BeatPeriod.
+	Beating
+	// Backoff: the last attempt failed or the stream was lost; a retry is armed.
+	Backoff
+	// Stopped is terminal: Stop was requested.
+	Stopped
+
+	numStates
+)
+
+// Any stands for every state in a transition's From. It only appears in the
+// table, never as a machine's state.
+const Any State = 255
+
+// Same as a transition's To means the machine stays in the state it was in.
+const Same State = 254
+
+var stateNames = [numStates]string{"Disconnected", "Connecting", "Beating", "Backoff", "Stopped"}
+
+func (s State) String() string {
+	switch {
+	case s < numStates:
+		return stateNames[s]
+	case s == Any:
+		return "*"
+	case s == Same:
+		return "(same)"
+	}
+	return fmt.Sprintf("State(%d)", uint8(s))
+}
+
+// States lists every state a machine can be in, in declaration order.
+func States() []State {
+	out := make([]State, numStates)
+	for i := range out {
+		out[i] = State(i)
+	}
+	return out
+}
+
+// EventKind names a fact that the shell reports to the machine.
+type EventKind uint8
+
+// The events. Results (dial, write, remote end) carry the attempt number of
+// the stream they concern; the timer events are reported when a timer armed
+// by an ArmTimer effect fires.
+const (
+	// Start asks the machine to begin connecting.
+	Start EventKind = iota
+	// Stop asks the machine to end; Stopped is terminal.
+	Stop
+	// DialSucceeded: the stream of attempt Event.Attempt is open.
+	DialSucceeded
+	// DialFailed: attempt Event.Attempt failed with Event.Err.
+	DialFailed
+	// WriteSucceeded: the heartbeat written on attempt Event.Attempt's stream went out.
+	WriteSucceeded
+	// WriteFailed: writing on attempt Event.Attempt's stream failed with Event.Err.
+	WriteFailed
+	// RemoteClosed: the aggregator closed attempt Event.Attempt's stream in order.
+	RemoteClosed
+	// RemoteReset: the aggregator reset attempt Event.Attempt's stream (or the connection died).
+	RemoteReset
+	// BeatDue: the beat timer fired.
+	BeatDue
+	// RetryDue: the backoff timer fired.
+	RetryDue
+	// DialTimedOut: the dial deadline passed before the dial ended.
+	DialTimedOut
+	// WriteTimedOut: the write deadline passed before the write ended.
+	WriteTimedOut
+
+	numEvents
+)
+
+var eventNames = [numEvents]string{
+	"Start", "Stop", "DialSucceeded", "DialFailed", "WriteSucceeded", "WriteFailed",
+	"RemoteClosed", "RemoteReset", "BeatDue", "RetryDue", "DialTimedOut", "WriteTimedOut",
+}
+
+func (k EventKind) String() string {
+	if k < numEvents {
+		return eventNames[k]
+	}
+	return fmt.Sprintf("EventKind(%d)", uint8(k))
+}
+
+// Events lists every event kind in declaration order.
+func Events() []EventKind {
+	out := make([]EventKind, numEvents)
+	for i := range out {
+		out[i] = EventKind(i)
+	}
+	return out
+}
+
+// Event is one fact, handed to Machine.Step together with the time it is
+// handled at.
+type Event struct {
+	Kind EventKind
+	// Attempt identifies the stream a result concerns (1 for the first dial).
+	Attempt uint64
+	// Err is the failure of a DialFailed, WriteFailed or RemoteReset.
+	Err error
+}
+
+// Timer names one of the machine's timers. Each is armed at an absolute
+// time by an ArmTimer effect, and its firing is reported as its Event.
+type Timer uint8
+
+// The machine's timers.
+const (
+	// BeatTimer paces heartbeats while Beating.
+	BeatTimer Timer = iota
+	// RetryTimer ends a Backoff.
+	RetryTimer
+	// DialTimer bounds a dial, in the machine's (possibly virtual) time.
+	DialTimer
+	// WriteTimer bounds a write, in the machine's (possibly virtual) time.
+	WriteTimer
+
+	numTimers
+)
+
+var timerNames = [numTimers]string{"beat", "retry", "dial", "write"}
+
+func (t Timer) String() string {
+	if t < numTimers {
+		return timerNames[t]
+	}
+	return fmt.Sprintf("Timer(%d)", uint8(t))
+}
+
+// Event is the event kind reported when t fires.
+func (t Timer) Event() EventKind {
+	return [numTimers]EventKind{BeatDue, RetryDue, DialTimedOut, WriteTimedOut}[t]
+}
+
+// Timers lists every timer.
+func Timers() []Timer { return []Timer{BeatTimer, RetryTimer, DialTimer, WriteTimer} }
+
+// timerOf is the timer whose firing is reported as k.
+func timerOf(k EventKind) (Timer, bool) {
+	switch k {
+	case BeatDue:
+		return BeatTimer, true
+	case RetryDue:
+		return RetryTimer, true
+	case DialTimedOut:
+		return DialTimer, true
+	case WriteTimedOut:
+		return WriteTimer, true
+	}
+	return 0, false
+}
+
+// EffectKind names a command the shell carries out.
+type EffectKind uint8
+
+// The effects, executed by the shell in the order Step returns them.
+const (
+	// Dial opens a stream for Effect.Attempt; its result comes back as
+	// DialSucceeded or DialFailed with that attempt.
+	Dial EffectKind = iota + 1
+	// CancelDial abandons the dial of Effect.Attempt. A stream it still
+	// brings back is reported as usual and will be reset.
+	CancelDial
+	// Send writes one heartbeat on Effect.Attempt's stream; the result comes
+	// back as WriteSucceeded or WriteFailed.
+	Send
+	// ResetStream aborts Effect.Attempt's stream (after any error).
+	ResetStream
+	// CloseStream ends Effect.Attempt's stream in order.
+	CloseStream
+	// ArmTimer arms Effect.Timer at the absolute time Effect.At, replacing
+	// any earlier deadline of that timer.
+	ArmTimer
+	// CancelTimer disarms Effect.Timer.
+	CancelTimer
+	// Log emits Effect.Log.
+	Log
+	// Transitioned reports that the state changed from Effect.From to Effect.To.
+	Transitioned
+)
+
+var effectNames = [...]string{"", "Dial", "CancelDial", "Send", "ResetStream", "CloseStream", "ArmTimer", "CancelTimer", "Log", "Transitioned"}
+
+func (k EffectKind) String() string {
+	if int(k) < len(effectNames) && k != 0 {
+		return effectNames[k]
+	}
+	return fmt.Sprintf("EffectKind(%d)", uint8(k))
+}
+
+// Effect is one command for the shell. Only the fields its Kind names are set.
+type Effect struct {
+	Kind     EffectKind
+	Attempt  uint64
+	Timer    Timer
+	At       time.Time
+	From, To State
+	Log      LogRecord
+}
+
+// String renders e compactly for traces and golden files.
+func (e Effect) String() string {
+	switch e.Kind {
+	case Dial, CancelDial, Send, ResetStream, CloseStream:
+		return fmt.Sprintf("%s attempt=%d", e.Kind, e.Attempt)
+	case ArmTimer:
+		return fmt.Sprintf("ArmTimer %s at=%s", e.Timer, e.At.UTC().Format(time.RFC3339Nano))
+	case CancelTimer:
+		return fmt.Sprintf("CancelTimer %s", e.Timer)
+	case Log:
+		return "Log " + e.Log.String()
+	case Transitioned:
+		return fmt.Sprintf("Transitioned %s -> %s", e.From, e.To)
+	}
+	return e.Kind.String()
+}
+
+// ErrRejected is matched by every error Step returns: the event is not one
+// the current state accepts, which is a bug in the shell, never a panic.
+var ErrRejected = errors.New("fsm: event not accepted in this state")
+
+// RejectedError says which event a state did not accept.
+type RejectedError struct {
+	State State
+	Event EventKind
+	Guard Guard
+}
+
+func (e *RejectedError) Error() string {
+	return fmt.Sprintf("fsm: state %s does not accept %s (%s)", e.State, e.Event, e.Guard)
+}
+
+// Is makes errors.Is(err, ErrRejected) true.
+func (e *RejectedError) Is(target error) bool { return target == ErrRejected }
+
+// ErrDialTimeout is the error of a dial that outlived Config.DialTimeout.
+var ErrDialTimeout = errors.New("dial timed out")
+
+// ErrWriteTimeout is the error of a write that outlived Config.WriteTimeout.
+var ErrWriteTimeout = errors.New("write timed out")
