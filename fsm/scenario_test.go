@@ -18,18 +18,18 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 // their effect is executed, and time jumps from deadline to deadline. It is
 // enough to replay scripts in virtual time; the real shell is the Service.
 type world struct {
-	t       *testing.T
-	m       *Machine
-	now     time.Time
-	queue   []Event
-	trace   []string
-	dialErr func(now time.Time) error // nil: the dial succeeds
-	dialHangs func(now time.Time) bool
-	writeErr  func(now time.Time) error
+	t          *testing.T
+	m          *Machine
+	now        time.Time
+	queue      []Event
+	trace      []string
+	dialErr    func(now time.Time) error // nil: the dial succeeds
+	dialHangs  func(now time.Time) bool
+	writeErr   func(now time.Time) error
 	writeHangs func(now time.Time) bool
-	logs      []logAt
-	dials     []time.Time
-	sends     []time.Time
+	logs       []logAt
+	dials      []time.Time
+	sends      []time.Time
 }
 
 type logAt struct {
