@@ -34,6 +34,13 @@ type Heartbeat struct {
 	// GenesisCID is the node's genesis block, when known. Later senders
 	// appended it; nil omits the field, which gives exactly the 2019 line.
 	GenesisCID *cid.Cid `json:",omitempty"`
+	// Genesis is the text of GenesisCID's "/" member exactly as received,
+	// set by DecodeLine whether or not it parses as a CID ("" when the
+	// field is absent or null). A receiver keeps it because the genesis is
+	// only a label and some senders (and wire-v1.md's own example) carry an
+	// illustrative, unparseable CID; GenesisCID is then nil. It is never
+	// encoded: AppendLine writes GenesisCID only, so a sender sets that.
+	Genesis string `json:"-"`
 }
 
 // AppendLine appends hb as one JSON line (with its trailing '\n') to dst,
