@@ -1,0 +1,129 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+
+	"github.com/p2pbeat/heartbeat/wire"
+)
+
+// Defaults of the libp2p Dialer.
+const (
+	// DefaultDialTimeout bounds one Dial: connecting, the security and muxer
+	// handshakes, identify and opening the stream.
+	DefaultDialTimeout = 10 * time.Second
+	// DefaultWriteTimeout bounds one Write, measured on the wall clock.
+	DefaultWriteTimeout = 10 * time.Second
+)
+
+// forceDirectReason is the reason string libp2p records for our forced
+// direct dials.
+const forceDirectReason = "heartbeat"
+
+// protectTagPrefix prefixes the connection-manager protection tags of our
+// streams. Every stream gets its own tag (see protectSeq).
+const protectTagPrefix = "fil.heartbeat/"
+
+// protectSeq numbers protection tags. The connection manager keeps a set of
+// tags per peer, not a count: two senders to one aggregator sharing a tag
+// would lose the protection as soon as the first one ended its stream.
+var protectSeq atomic.Uint64
+
+// Libp2pOption configures the Dialer NewLibp2p returns.
+type Libp2pOption func(*libp2pDialer)
+
+// WithDialTimeout bounds each Dial (default DefaultDialTimeout). A
+// non-positive d keeps the default: an unbounded dial would let one black-holed
+// aggregator stall the sender forever.
+func WithDialTimeout(d time.Duration) Libp2pOption {
+	return func(l *libp2pDialer) {
+		if d > 0 {
+			l.dialTimeout = d
+		}
+	}
+}
+
+// WithWriteTimeout bounds each Write (default DefaultWriteTimeout), as a
+// wall-clock deadline on the stream. A non-positive d keeps the default: a
+// write without a deadline blocks for as long as the aggregator stops
+// reading.
+func WithWriteTimeout(d time.Duration) Libp2pOption {
+	return func(l *libp2pDialer) {
+		if d > 0 {
+			l.writeTimeout = d
+		}
+	}
+}
+
+// NewLibp2p returns a Dialer that opens heartbeat streams from h.
+//
+// Each Dial adds the target's addresses to h's peerstore (permanently, as the
+// legacy sender did: the target is configuration, not a discovered address),
+// then opens a stream with protocol wire.ProtocolID. It dials with
+// network.WithForceDirectDial and network.WithDialPeerTimeout, so the swarm's
+// own per-peer dial backoff never swallows a retry the caller decided on.
+// While a stream is open the aggregator is protected in h's connection
+// manager, under a tag unique to that stream.
+func NewLibp2p(h host.Host, opts ...Libp2pOption) Dialer {
+	d := &libp2pDialer{
+		h:            h,
+		dialTimeout:  DefaultDialTimeout,
+		writeTimeout: DefaultWriteTimeout,
+	}
+	for _, o := range opts {
+		o(d)
+	}
+	return d
+}
+
+type libp2pDialer struct {
+	h            host.Host
+	dialTimeout  time.Duration
+	writeTimeout time.Duration
+}
+
+// Dial implements Dialer.
+func (d *libp2pDialer) Dial(ctx context.Context, target peer.AddrInfo) (Stream, error) {
+	if target.ID == "" {
+		return nil, dialError(ctx, target.ID, errors.New("no peer id in target"))
+	}
+	// A dial the caller already gave up on must not touch the network.
+	if err := ctx.Err(); err != nil {
+		return nil, dialError(ctx, target.ID, err)
+	}
+	d.h.Peerstore().AddAddrs(target.ID, target.Addrs, peerstore.PermanentAddrTTL)
+
+	dctx, cancel := context.WithTimeout(ctx, d.dialTimeout)
+	defer cancel()
+	dctx = network.WithForceDirectDial(dctx, forceDirectReason)
+	dctx = network.WithDialPeerTimeout(dctx, d.dialTimeout)
+
+	s, err := d.h.NewStream(dctx, target.ID, wire.ProtocolID)
+	if err != nil {
+		return nil, dialError(ctx, target.ID, err)
+	}
+	if err := s.Scope().SetService(wire.ServiceName); err != nil {
+		_ = s.Reset()
+		return nil, dialError(ctx, target.ID, fmt.Errorf("attach stream to service %s: %w", wire.ServiceName, err))
+	}
+	tag := fmt.Sprintf("%s%d", protectTagPrefix, protectSeq.Add(1))
+	d.h.ConnManager().Protect(target.ID, tag)
+	return newLibp2pStream(s, d.h.ConnManager(), target.ID, tag, d.writeTimeout), nil
+}
+
+// dialError wraps cause so that it matches ErrDialFailed and, when ctx ended
+// the dial, ctx.Err() too (libp2p does not always wrap it).
+func dialError(ctx context.Context, id peer.ID, cause error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(cause, cerr) {
+		return fmt.Errorf("dial %s: %w: %w (%w)", id, ErrDialFailed, cause, cerr)
+	}
+	return fmt.Errorf("dial %s: %w: %w", id, ErrDialFailed, cause)
+}
