@@ -214,7 +214,13 @@ func (m *Machine) perform(a Action, now, due time.Time, ev Event) {
 		case Connecting:
 			m.emit(Effect{Kind: CancelDial, Attempt: m.attempt})
 		case Beating:
-			m.emit(Effect{Kind: CloseStream, Attempt: m.attempt})
+			// Close in order, unless a write is in flight: then the end is
+			// not orderly, and a reset also frees the blocked writer at once.
+			how := CloseStream
+			if m.writing {
+				how = ResetStream
+			}
+			m.emit(Effect{Kind: how, Attempt: m.attempt})
 		}
 		m.writing = false
 		for tm := range m.deadlines {

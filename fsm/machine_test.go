@@ -140,8 +140,8 @@ func TestTransitions(t *testing.T) {
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},
 			logOf(LogRecord{Level: LevelWarn, Kind: LogRemoteReset, Attempt: 1, Err: errRefused}),
 			arm(RetryTimer, sec(12)), moved(Beating, Backoff)}},
-		{"stop while beating closes in order", Beating, sec(2), Event{Kind: Stop}, Stopped, []Effect{
-			{Kind: CloseStream, Attempt: 1}, cancel(BeatTimer), cancel(WriteTimer), moved(Beating, Stopped)}},
+		{"stop while a write is in flight resets", Beating, sec(2), Event{Kind: Stop}, Stopped, []Effect{
+			{Kind: ResetStream, Attempt: 1}, cancel(BeatTimer), cancel(WriteTimer), moved(Beating, Stopped)}},
 		{"late write result of an old stream", Beating, sec(2), Event{Kind: WriteSucceeded, Attempt: 9}, Beating, nil},
 		{"late write failure of an old stream", Beating, sec(2), Event{Kind: WriteFailed, Attempt: 9}, Beating, nil},
 		{"end of an old stream", Beating, sec(2), Event{Kind: RemoteClosed, Attempt: 9}, Beating, nil},
@@ -177,6 +177,14 @@ func TestTransitions(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestStopWhileBeatingIdleClosesInOrder(t *testing.T) {
+	m := reach(t, Beating)
+	step(t, m, sec(1), Event{Kind: WriteSucceeded, Attempt: 1})
+	got := step(t, m, sec(2), Event{Kind: Stop})
+	require.Equal(t, []Effect{{Kind: CloseStream, Attempt: 1}, {Kind: CancelTimer, Timer: BeatTimer},
+		{Kind: Transitioned, From: Beating, To: Stopped}}, got)
 }
 
 func TestBeatWhileWriteInFlightIsSkipped(t *testing.T) {

@@ -110,7 +110,7 @@ var Table = []Transition{
 	{Beating, WriteTimedOut, Awaited, Backoff, DropStream, "a stalled write counts as a failed one"},
 	{Beating, RemoteClosed, Awaited, Backoff, RemoteEnded, "the aggregator ended the stream in order"},
 	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the aggregator reset the stream"},
-	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order"},
+	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order (reset it if a write is in flight)"},
 
 	{Backoff, RetryDue, Awaited, Connecting, OpenStream, "next attempt"},
 	{Backoff, Stop, Always, Stopped, Shutdown, "cancel the retry"},

@@ -139,6 +139,9 @@ const (
 	numTimers
 )
 
+// NumTimers is the number of timers, for shells that keep one slot per timer.
+const NumTimers = int(numTimers)
+
 var timerNames = [numTimers]string{"beat", "retry", "dial", "write"}
 
 func (t Timer) String() string {

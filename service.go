@@ -1,0 +1,512 @@
+package heartbeat
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pbeat/heartbeat/clockwork"
+	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/transport"
+	"github.com/p2pbeat/heartbeat/wire"
+)
+
+// Observation is what the Service did with one event: a plain value for
+// tests, metrics and traces.
+type Observation struct {
+	// At is the Service clock's time the event was handled at.
+	At    time.Time
+	Event fsm.Event
+	// Row is the fsm.Table row that handled it, -1 if it was rejected.
+	Row      int
+	From, To fsm.State
+	// Effects are the effects carried out, in order (a copy).
+	Effects []fsm.Effect
+	// Err is the state machine's rejection, if any (a bug, never expected).
+	Err error
+}
+
+// Status is a snapshot of a Service.
+type Status struct {
+	Name      string
+	Target    peer.ID
+	State     fsm.State
+	Since     time.Time
+	Attempt   uint64
+	Failures  uint64
+	LastError error
+	// NextRetry is when the next attempt is due, zero unless in Backoff.
+	NextRetry time.Time
+	BeatsSent uint64
+}
+
+// ErrAlreadyRunning is returned by Run on a Service that is (or was) running.
+var ErrAlreadyRunning = errors.New("heartbeat: service already running")
+
+// ErrClosed is returned by Run on a Service closed before it ran.
+var ErrClosed = errors.New("heartbeat: service closed")
+
+// Service sends heartbeats to one aggregator. Create it with New, run it
+// with Run (blocking) or Start, and end it with Close or by cancelling the
+// context. All its methods are safe for concurrent use.
+type Service struct {
+	cfg     settings
+	opts    options
+	log     hclog.Logger
+	dialer  transport.Dialer
+	head    HeadFunc
+	machine *fsm.Machine
+
+	// Owned by the actor goroutine.
+	timer     *clockwork.Timer
+	deadlines [fsm.NumTimers]time.Time // per fsm.Timer, mirrored from ArmTimer/CancelTimer effects
+	streams   map[uint64]transport.Stream
+	dials     map[uint64]context.CancelFunc
+	lastHead  ChainHead
+	headDown  bool
+	runCtx    context.Context
+
+	results chan result
+	stopped chan struct{} // closed once the actor no longer reads results
+	ops     sync.WaitGroup
+	pending atomic.Int64 // dials and writes whose result the actor has not handled
+
+	closeOnce sync.Once
+	closing   chan struct{}
+	started   atomic.Bool
+	closed    atomic.Bool // Close ran before Run
+	done      chan struct{} // closed when Run returns
+
+	mu     sync.Mutex
+	status Status
+}
+
+// result is the outcome of an operation, handed to the actor.
+type result struct {
+	ev     fsm.Event
+	stream transport.Stream // a dial's stream
+	op     bool             // counts in pending
+}
+
+// New returns a Service that will send heartbeats to cfg.BeatTarget from
+// host h, reporting the head that head returns. It validates cfg and the
+// options, naming the bad field; it starts nothing.
+func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, error) {
+	s, err := cfg.parse()
+	if err != nil {
+		return nil, err
+	}
+	if head == nil {
+		return nil, errors.New("heartbeat: head func is nil")
+	}
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, fmt.Errorf("heartbeat: %w", err)
+		}
+	}
+	if !o.seedSet {
+		var b [8]byte
+		_, _ = crand.Read(b[:])
+		o.seed = binary.LittleEndian.Uint64(b[:])
+	}
+	machine, err := fsm.New(o.machineConfig(s))
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat: %w", err)
+	}
+	if o.dialer == nil {
+		if h == nil {
+			return nil, errors.New("heartbeat: nil host and no WithTransport")
+		}
+		o.dialer = transport.NewLibp2p(h, transport.WithDialTimeout(o.dialTimeout), transport.WithWriteTimeout(o.writeTimeout))
+	}
+	if o.logger == nil {
+		o.logger = hclog.New(&hclog.LoggerOptions{Name: "heartbeat", Level: hclog.Info, TimeFn: o.clock.Now})
+	} else {
+		o.logger = o.logger.Named("heartbeat")
+	}
+	return &Service{
+		cfg:     s,
+		opts:    o,
+		log:     o.logger.Named(o.name).With("target", s.target.ID.String()),
+		dialer:  o.dialer,
+		head:    head,
+		machine: machine,
+		streams: make(map[uint64]transport.Stream),
+		dials:   make(map[uint64]context.CancelFunc),
+		results: make(chan result),
+		stopped: make(chan struct{}),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
+		status:  Status{Name: o.name, Target: s.target.ID},
+	}, nil
+}
+
+// Run connects at once and sends heartbeats until ctx is done or Close is
+// called. It returns nil after Close, ctx.Err() after ctx ended it, and
+// ErrAlreadyRunning on a second call. No goroutine of the Service outlives it.
+func (s *Service) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		if s.closed.Load() {
+			return ErrClosed
+		}
+		return ErrAlreadyRunning
+	}
+	return s.run(ctx)
+}
+
+// Start runs the Service in a goroutine of its own, as Run does; Close ends it.
+func (s *Service) Start(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		if s.closed.Load() {
+			return ErrClosed
+		}
+		return ErrAlreadyRunning
+	}
+	go func() { _ = s.run(ctx) }()
+	return nil
+}
+
+func (s *Service) run(ctx context.Context) error {
+	defer close(s.done)
+	select {
+	case <-s.closing:
+		return nil
+	default:
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.runCtx = runCtx
+	s.timer = clockwork.NewTimer(s.opts.clock)
+	defer s.timer.Close()
+
+	s.publish(s.step(fsm.Event{Kind: fsm.Start}))
+	var err error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+			break loop
+		case <-s.closing:
+			break loop
+		case <-s.timer.C():
+			s.fireTimers()
+			s.timer.Ack()
+		case r := <-s.results:
+			s.handle(r)
+		}
+	}
+	s.shutdown(cancel)
+	return err
+}
+
+// Close stops the Service: it closes the stream in order (or cancels the
+// dial), and returns once every goroutine of the Service has ended. It is
+// idempotent and safe to call before, during or after Run.
+func (s *Service) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		if s.started.CompareAndSwap(false, true) {
+			// Never run: no actor to stop, so stop the machine here.
+			s.publish(s.step(fsm.Event{Kind: fsm.Stop}))
+			s.closed.Store(true)
+			close(s.done)
+		}
+	})
+	<-s.done
+	return nil
+}
+
+// Status returns a snapshot of the Service's state.
+func (s *Service) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Pending is the number of dials and writes in flight whose result the
+// Service has not handled yet. Tests use it as a sync point together with
+// transport.Network.Blocked.
+func (s *Service) Pending() int { return int(s.pending.Load()) }
+
+// shutdown steps Stop, then waits for every operation goroutine, resetting
+// whatever stream arrives late, so nothing outlives Run.
+func (s *Service) shutdown(cancel context.CancelFunc) {
+	s.publish(s.step(fsm.Event{Kind: fsm.Stop}))
+	close(s.stopped)
+	cancel()
+	s.ops.Wait()
+	for a, st := range s.streams {
+		_ = st.Reset()
+		delete(s.streams, a)
+	}
+	s.pending.Store(0)
+}
+
+// post hands r to the actor, or, once the actor has stopped, resets the
+// stream r carries so that nothing leaks.
+func (s *Service) post(r result) {
+	select {
+	case s.results <- r:
+	case <-s.stopped:
+		if r.stream != nil {
+			_ = r.stream.Reset()
+		}
+	}
+}
+
+func (s *Service) handle(r result) {
+	switch r.ev.Kind {
+	case fsm.DialSucceeded, fsm.DialFailed:
+		if cancel, ok := s.dials[r.ev.Attempt]; ok {
+			cancel()
+			delete(s.dials, r.ev.Attempt)
+		}
+		if r.stream != nil {
+			s.streams[r.ev.Attempt] = r.stream
+		}
+	}
+	o := s.step(r.ev)
+	if r.ev.Kind == fsm.DialSucceeded {
+		// The machine adopted the stream unless it reset it: watch its end.
+		if st, ok := s.streams[r.ev.Attempt]; ok {
+			s.watch(r.ev.Attempt, st)
+		}
+	}
+	// Only now is the result fully handled (timers re-armed, new operations
+	// started), so only now may Pending drop: tests step the clock on it.
+	if r.op {
+		s.pending.Add(-1)
+	}
+	s.publish(o)
+}
+
+// fireTimers steps every timer that is due, earliest first.
+func (s *Service) fireTimers() {
+	now := s.opts.clock.Now()
+	for {
+		tm, at, ok := s.earliest()
+		if !ok || at.After(now) {
+			break
+		}
+		s.deadlines[tm] = time.Time{}
+		s.publish(s.step(fsm.Event{Kind: tm.Event()}))
+	}
+	s.rearm()
+}
+
+func (s *Service) earliest() (fsm.Timer, time.Time, bool) {
+	var (
+		best fsm.Timer
+		at   time.Time
+	)
+	for i, d := range s.deadlines {
+		if !d.IsZero() && (at.IsZero() || d.Before(at)) {
+			best, at = fsm.Timer(i), d
+		}
+	}
+	return best, at, !at.IsZero()
+}
+
+// rearm points the one clock timer at the earliest armed deadline.
+func (s *Service) rearm() {
+	if s.timer == nil {
+		return // stopped before it ran
+	}
+	_, at, ok := s.earliest()
+	if !ok {
+		s.timer.Stop()
+		return
+	}
+	if cur, armed := s.timer.Deadline(); !armed || !cur.Equal(at) {
+		s.timer.ResetAt(at)
+	}
+}
+
+// step hands ev to the machine and carries out its effects in order. The
+// caller publishes the returned observation once its own bookkeeping is done.
+func (s *Service) step(ev fsm.Event) Observation {
+	now := s.opts.clock.Now()
+	from := s.machine.State()
+	effects, err := s.machine.Step(now, ev)
+	if err != nil {
+		// A rejected event is a bug in this shell; say so loudly, keep going.
+		s.log.Error("state machine rejected an event", "event", ev.Kind.String(), "state", from.String(), "error", err)
+	}
+	for _, e := range effects {
+		s.execute(e)
+	}
+	s.rearm()
+	return Observation{
+		At: now, Event: ev, Row: s.machine.LastRow(), From: from, To: s.machine.State(),
+		Effects: append([]fsm.Effect(nil), effects...), Err: err,
+	}
+}
+
+func (s *Service) execute(e fsm.Effect) {
+	switch e.Kind {
+	case fsm.Dial:
+		s.dial(e.Attempt)
+	case fsm.CancelDial:
+		if cancel, ok := s.dials[e.Attempt]; ok {
+			cancel()
+			delete(s.dials, e.Attempt)
+		}
+	case fsm.Send:
+		s.send(e.Attempt)
+	case fsm.ResetStream:
+		if st, ok := s.streams[e.Attempt]; ok {
+			_ = st.Reset()
+			delete(s.streams, e.Attempt)
+		}
+	case fsm.CloseStream:
+		if st, ok := s.streams[e.Attempt]; ok {
+			_ = st.Close()
+			delete(s.streams, e.Attempt)
+		}
+	case fsm.ArmTimer:
+		s.deadlines[e.Timer] = e.At
+	case fsm.CancelTimer:
+		s.deadlines[e.Timer] = time.Time{}
+	case fsm.Log:
+		s.emitLog(e.Log)
+	case fsm.Transitioned:
+		s.log.Debug("state changed", "from", e.From.String(), "to", e.To.String())
+	}
+}
+
+func (s *Service) dial(attempt uint64) {
+	ctx, cancel := context.WithCancel(s.runCtx)
+	s.dials[attempt] = cancel
+	s.pending.Add(1)
+	s.ops.Add(1)
+	go func() {
+		defer s.ops.Done()
+		st, err := s.dialer.Dial(ctx, s.cfg.target)
+		if err != nil {
+			s.post(result{ev: fsm.Event{Kind: fsm.DialFailed, Attempt: attempt, Err: err}, op: true})
+			return
+		}
+		s.post(result{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt}, stream: st, op: true})
+	}()
+}
+
+func (s *Service) send(attempt uint64) {
+	st, ok := s.streams[attempt]
+	if !ok {
+		// Cannot happen: the machine only sends on the stream it adopted.
+		s.log.Error("no stream to send on", "attempt", attempt)
+		return
+	}
+	line, err := wire.AppendLine(nil, s.heartbeat())
+	s.pending.Add(1)
+	s.ops.Add(1)
+	go func() {
+		defer s.ops.Done()
+		if err == nil {
+			_, err = st.Write(line)
+		}
+		if err != nil {
+			s.post(result{ev: fsm.Event{Kind: fsm.WriteFailed, Attempt: attempt, Err: err}, op: true})
+			return
+		}
+		s.post(result{ev: fsm.Event{Kind: fsm.WriteSucceeded, Attempt: attempt}, op: true})
+	}()
+}
+
+// watch reports the end of attempt's stream as soon as the remote closes or
+// resets it, without waiting for the next write.
+func (s *Service) watch(attempt uint64, st transport.Stream) {
+	s.ops.Add(1)
+	go func() {
+		defer s.ops.Done()
+		err := st.WaitRemote()
+		switch {
+		case err == nil:
+			return // closed by us: nothing to report
+		case errors.Is(err, io.EOF):
+			s.post(result{ev: fsm.Event{Kind: fsm.RemoteClosed, Attempt: attempt}})
+		default:
+			s.post(result{ev: fsm.Event{Kind: fsm.RemoteReset, Attempt: attempt, Err: err}})
+		}
+	}()
+}
+
+// heartbeat builds the next report. A failing head getter still yields a
+// heartbeat, with the last good head; its error is logged once per outage.
+func (s *Service) heartbeat() Heartbeat {
+	h, err := s.head()
+	switch {
+	case err != nil && !s.headDown:
+		s.headDown = true
+		s.log.Warn("head unavailable, reporting the last good head", "height", s.lastHead.Height, "error", err)
+	case err == nil:
+		if s.headDown {
+			s.headDown = false
+			s.log.Info("head available again", "height", h.Height)
+		}
+		s.lastHead = h
+	}
+	hb := Heartbeat{
+		Head:       s.lastHead.Head,
+		Height:     s.lastHead.Height,
+		Nickname:   s.cfg.nickname,
+		GenesisCID: s.opts.genesis,
+	}
+	if s.opts.miner != nil {
+		hb.MinerAddress = s.opts.miner()
+	}
+	return hb
+}
+
+func (s *Service) emitLog(r fsm.LogRecord) {
+	args := []any{"attempt", r.Attempt}
+	if r.Kind == fsm.LogConnectFailed || r.Kind == fsm.LogConnected {
+		args = append(args, "outage", r.Outage.String(), "failures", r.Failures)
+	}
+	if r.Err != nil {
+		args = append(args, "error", r.Err)
+	}
+	s.log.Log(hclogLevel(r.Level), r.Message(), args...)
+}
+
+func hclogLevel(l fsm.Level) hclog.Level {
+	switch l {
+	case fsm.LevelDebug:
+		return hclog.Debug
+	case fsm.LevelInfo:
+		return hclog.Info
+	case fsm.LevelWarn:
+		return hclog.Warn
+	default:
+		return hclog.Error
+	}
+}
+
+// publish updates the status snapshot and tells the observer.
+func (s *Service) publish(o Observation) {
+	m := s.machine
+	s.mu.Lock()
+	s.status.State = m.State()
+	s.status.Since = m.Since()
+	s.status.Attempt = m.Attempt()
+	s.status.Failures = m.Failures()
+	s.status.LastError = m.LastError()
+	s.status.BeatsSent = m.Beats()
+	s.status.NextRetry, _ = m.Deadline(fsm.RetryTimer)
+	s.mu.Unlock()
+	if s.opts.observer != nil {
+		s.opts.observer(o)
+	}
+}
