@@ -197,7 +197,7 @@ func TestStalledWriteHitsItsDeadline(t *testing.T) {
 	h.net.SetFaults(h.aggID, transport.Faults{StallWrites: true})
 	require.Equal(t, 6*time.Second, h.advance()) // this write stalls
 	require.Equal(t, 1, h.net.Blocked())
-	require.Equal(t, 9*time.Second, h.advance()) // beat due while the write is in flight: skipped
+	require.Equal(t, 9*time.Second, h.advance())  // beat due while the write is in flight: skipped
 	require.Equal(t, 11*time.Second, h.advance()) // the write deadline
 	require.Equal(t, 0, h.net.Blocked(), "the reset freed the stalled writer")
 	h.net.SetFaults(h.aggID, transport.Faults{})

@@ -84,7 +84,7 @@ type Service struct {
 	closeOnce sync.Once
 	closing   chan struct{}
 	started   atomic.Bool
-	closed    atomic.Bool // Close ran before Run
+	closed    atomic.Bool   // Close ran before Run
 	done      chan struct{} // closed when Run returns
 
 	mu     sync.Mutex
