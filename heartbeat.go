@@ -9,6 +9,8 @@
 // a clock and a logger, all injectable. See docs/embedding.md.
 package heartbeat
 
+//go:generate go run ./internal/gendocs docs/state-machine.md
+
 import (
 	"errors"
 	"fmt"

@@ -38,13 +38,15 @@ type Observation struct {
 
 // Status is a snapshot of a Service.
 type Status struct {
-	Name      string
-	Target    peer.ID
-	State     fsm.State
-	Since     time.Time
-	Attempt   uint64
-	Failures  uint64
-	LastError error
+	Name   string
+	Target peer.ID
+	// BeatPeriod and ReconnectPeriod are the validated config.
+	BeatPeriod, ReconnectPeriod time.Duration
+	State                       fsm.State
+	Since                       time.Time
+	Attempt                     uint64
+	Failures                    uint64
+	LastError                   error
 	// NextRetry is when the next attempt is due, zero unless in Backoff.
 	NextRetry time.Time
 	BeatsSent uint64
@@ -148,7 +150,8 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 		stopped: make(chan struct{}),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
-		status:  Status{Name: o.name, Target: s.target.ID},
+		status: Status{Name: o.name, Target: s.target.ID,
+			BeatPeriod: s.beatPeriod, ReconnectPeriod: s.reconnectPeriod},
 	}, nil
 }
 

@@ -1,0 +1,148 @@
+package heartbeat_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/p2pbeat/heartbeat"
+	"github.com/p2pbeat/heartbeat/transport"
+)
+
+func TestConfigErrorsNameTheField(t *testing.T) {
+	head := func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{}, nil }
+	good := "/ip4/127.0.0.1/tcp/4001/p2p/" + testPeerID(t, 1).String()
+	cases := []struct {
+		cfg   heartbeat.Config
+		field string
+	}{
+		{heartbeat.Config{BeatTarget: good, BeatPeriod: "3 seconds"}, "beatPeriod"},
+		{heartbeat.Config{BeatTarget: good, BeatPeriod: "0s"}, "beatPeriod"},
+		{heartbeat.Config{BeatTarget: good, ReconnectPeriod: "-1s"}, "reconnectPeriod"},
+		{heartbeat.Config{BeatTarget: good, ReconnectPeriod: "soon"}, "reconnectPeriod"},
+		{heartbeat.Config{BeatTarget: ""}, "beatTarget"},
+		{heartbeat.Config{BeatTarget: "not a multiaddr"}, "beatTarget"},
+		{heartbeat.Config{BeatTarget: "/ip4/127.0.0.1/tcp/4001"}, "beatTarget"}, // no /p2p/
+	}
+	for _, tc := range cases {
+		_, err := heartbeat.New(nil, tc.cfg, head, heartbeat.WithTransport(transport.NewNetwork().Dialer("me")))
+		var cerr *heartbeat.ConfigError
+		require.ErrorAs(t, err, &cerr, "%+v", tc.cfg)
+		require.Equal(t, tc.field, cerr.Field)
+		require.Contains(t, err.Error(), tc.field)
+	}
+	// Options are validated too, naming what is wrong.
+	_, err := heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, head,
+		heartbeat.WithTransport(transport.NewNetwork().Dialer("me")), heartbeat.WithBackoff(heartbeat.Backoff{Jitter: 2}))
+	require.ErrorContains(t, err, "Jitter")
+	_, err = heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, head)
+	require.ErrorContains(t, err, "host")
+	_, err = heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, nil, heartbeat.WithTransport(transport.NewNetwork().Dialer("me")))
+	require.ErrorContains(t, err, "head")
+}
+
+func TestDefaultsAreTheLegacyOnes(t *testing.T) {
+	c := heartbeat.DefaultConfig()
+	require.Equal(t, "3s", c.BeatPeriod)
+	require.Equal(t, "10s", c.ReconnectPeriod)
+	require.Equal(t, "fil/heartbeat/1.0.0", heartbeat.ProtocolID)
+}
+
+// A failing head getter still yields heartbeats, with the last good head,
+// and its error is logged once per outage, not once per beat.
+func TestHeadErrorsKeepTheLastGoodHead(t *testing.T) {
+	var mu sync.Mutex
+	calls := 0
+	head := func() (heartbeat.ChainHead, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if calls >= 2 && calls <= 4 {
+			return heartbeat.ChainHead{}, errors.New("chain store closed")
+		}
+		return heartbeat.ChainHead{Head: "{ h" + strings.Repeat("i", calls) + " }", Height: uint64(calls)}, nil
+	}
+	h := newHarness(t, harnessConfig{head: head})
+	h.startAggregator()
+	h.run()
+	h.advanceUntil(13 * time.Second) // beats at 0, 3, 6, 9, 12
+	var heights []uint64
+	for range 5 {
+		heights = append(heights, h.nextLine().hb.Height)
+	}
+	require.Equal(t, []uint64{1, 1, 1, 1, 5}, heights)
+	var warns, infos []time.Duration
+	for _, l := range h.sink.lines(t) {
+		switch {
+		case strings.HasPrefix(l.Message, "head unavailable"):
+			warns = append(warns, l.At)
+			require.Equal(t, "chain store closed", l.Fields["error"])
+		case strings.HasPrefix(l.Message, "head available again"):
+			infos = append(infos, l.At)
+		}
+	}
+	require.Equal(t, seconds(3), warns)
+	require.Equal(t, seconds(12), infos)
+}
+
+// The node-runtime helper starts the primary sender and one alert sender
+// per FIL_HEARTBEAT_ALERTS target, with the legacy 10 s periods.
+func TestStartNodeSenders(t *testing.T) {
+	noLeaks(t)
+	net := transport.NewNetwork()
+	var targets []string
+	var listeners []*transport.Listener
+	for i := range 3 {
+		id := testPeerID(t, int64(10+i))
+		l, err := net.Listen(id)
+		require.NoError(t, err)
+		listeners = append(listeners, l)
+		targets = append(targets, "/ip4/127.0.0.1/tcp/4001/p2p/"+id.String())
+	}
+	t.Setenv(heartbeat.AlertsEnv, " "+targets[1]+" ,, "+targets[2])
+	head := func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{Head: "{ }"}, nil }
+	cfg := heartbeat.Config{BeatTarget: targets[0], Nickname: "n1"}
+	senders, err := heartbeat.StartNodeSenders(t.Context(), nil, cfg, head, heartbeat.WithTransport(net.Dialer(testPeerID(t, 2))))
+	require.NoError(t, err)
+	defer func() { require.NoError(t, senders.Close()) }()
+
+	var names []string
+	for i, svc := range senders.Services() {
+		st := svc.Status()
+		names = append(names, st.Name)
+		require.Equal(t, listeners[i].ID(), st.Target)
+		if i == 0 {
+			require.Equal(t, [2]time.Duration{3 * time.Second, 10 * time.Second}, [2]time.Duration{st.BeatPeriod, st.ReconnectPeriod})
+		} else {
+			require.Equal(t, [2]time.Duration{heartbeat.AlertPeriod, heartbeat.AlertPeriod}, [2]time.Duration{st.BeatPeriod, st.ReconnectPeriod})
+		}
+	}
+	require.Equal(t, []string{"primary", "alert-1", "alert-2"}, names)
+	for _, l := range listeners {
+		ctx, cancel := context.WithTimeout(t.Context(), guard)
+		s, err := l.Accept(ctx)
+		cancel()
+		require.NoError(t, err)
+		line := make([]byte, 64)
+		n, err := s.Read(line)
+		require.NoError(t, err)
+		require.Contains(t, string(line[:n]), `"Nickname":"n1"`)
+		require.NoError(t, l.Close())
+	}
+
+	// No primary target and no alerts: nothing starts.
+	t.Setenv(heartbeat.AlertsEnv, "")
+	none, err := heartbeat.StartNodeSenders(t.Context(), nil, heartbeat.Config{}, head, heartbeat.WithTransport(net.Dialer("me")))
+	require.NoError(t, err)
+	require.Empty(t, none.Services())
+
+	// A bad alert target fails the whole start, naming the sender, and leaves nothing running.
+	_, err = heartbeat.StartSenders(t.Context(), nil, cfg, "/ip4/1.2.3.4", head, heartbeat.WithTransport(net.Dialer("me")))
+	require.ErrorContains(t, err, "alert-1")
+	require.ErrorContains(t, err, "beatTarget")
+}

@@ -1,0 +1,90 @@
+package heartbeat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+)
+
+// AlertsEnv names the environment variable with the alert targets: a
+// comma-separated list of aggregator multiaddrs, as the legacy node read it.
+const AlertsEnv = "FIL_HEARTBEAT_ALERTS"
+
+// AlertPeriod is both the BeatPeriod and the ReconnectPeriod of an alert
+// sender, as in the legacy node.
+const AlertPeriod = 10 * time.Second
+
+// Senders are the heartbeat services of one node: the primary sender and
+// the alert senders. Close stops them all.
+type Senders struct {
+	services []*Service
+}
+
+// Services lists the running senders, the primary first.
+func (s *Senders) Services() []*Service { return append([]*Service(nil), s.services...) }
+
+// Close stops every sender and waits for them.
+func (s *Senders) Close() error {
+	var errs []error
+	for _, svc := range s.services {
+		errs = append(errs, svc.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// StartNodeSenders does what the legacy node's setupHeartbeatServices did:
+// it starts the primary sender when cfg.BeatTarget is set, and one alert
+// sender per target in the FIL_HEARTBEAT_ALERTS environment variable
+// (comma-separated), each beating and reconnecting every 10 s with the same
+// nickname. Empty targets start nothing. If any sender cannot be created,
+// none is left running and the error names the target.
+func StartNodeSenders(ctx context.Context, h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Senders, error) {
+	return StartSenders(ctx, h, cfg, os.Getenv(AlertsEnv), head, opts...)
+}
+
+// StartSenders is StartNodeSenders with the alert targets given as a
+// comma-separated list instead of read from the environment.
+func StartSenders(ctx context.Context, h host.Host, cfg Config, alerts string, head HeadFunc, opts ...Option) (*Senders, error) {
+	type plan struct {
+		name string
+		cfg  Config
+	}
+	var plans []plan
+	if strings.TrimSpace(cfg.BeatTarget) != "" {
+		plans = append(plans, plan{"primary", cfg})
+	}
+	n := 0
+	for _, target := range strings.Split(alerts, ",") {
+		if target = strings.TrimSpace(target); target == "" {
+			continue
+		}
+		n++
+		plans = append(plans, plan{fmt.Sprintf("alert-%d", n), Config{
+			BeatTarget:      target,
+			BeatPeriod:      AlertPeriod.String(),
+			ReconnectPeriod: AlertPeriod.String(),
+			Nickname:        cfg.Nickname,
+		}})
+	}
+	s := &Senders{}
+	for _, p := range plans {
+		svc, err := New(h, p.cfg, head, append(append([]Option(nil), opts...), WithName(p.name))...)
+		if err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("heartbeat: %s sender: %w", p.name, err)
+		}
+		s.services = append(s.services, svc)
+	}
+	for _, svc := range s.services {
+		if err := svc.Start(ctx); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
