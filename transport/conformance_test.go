@@ -39,7 +39,8 @@ type env interface {
 	// Accept returns the receiver's end of the next stream dialled to
 	// Target, failing the test if none comes within patience.
 	Accept(t *testing.T) serverStream
-	// StopListening makes Target unreachable, like an aggregator that died.
+	// StopListening makes Target unreachable and aborts the streams it
+	// accepted, like an aggregator that died.
 	StopListening(t *testing.T)
 	// Unreachable returns a target nobody listens on.
 	Unreachable(t *testing.T) peer.AddrInfo
@@ -71,6 +72,7 @@ func runConformance(t *testing.T, newEnv envFactory) {
 		{"ServerResetEndsWaitRemoteAndWrite", testServerReset},
 		{"LocalReset", testLocalReset},
 		{"LocalClose", testLocalClose},
+		{"AggregatorGoneMidStream", testAggregatorGone},
 		{"ResetAndCloseAreIdempotent", testIdempotent},
 		{"ResetUnblocksWrite", testResetUnblocksWrite},
 		{"StalledReaderWriteTimesOut", testStalledReader},
@@ -208,11 +210,8 @@ func testWriteReachesServer(t *testing.T, newEnv envFactory) {
 
 func testServerClose(t *testing.T, newEnv envFactory) {
 	e := newEnv(t, 0)
+	// Nothing is written: the end is noticed without waiting for a write.
 	s, ss := dial(t, e)
-	want := lines(t, 1)
-	writeLines(t, s, want)
-	require.Equal(t, want, readN(t, ss, len(want)))
-
 	require.NoError(t, ss.Close())
 	err := waitRemote(t, s)
 	require.Equal(t, io.EOF, err, "WaitRemote after the server's Close: %v", err)
@@ -263,6 +262,18 @@ func testLocalClose(t *testing.T, newEnv envFactory) {
 	require.ErrorIs(t, err, io.EOF)
 	require.Equal(t, want, got)
 	require.NoError(t, ss.Close())
+}
+
+func testAggregatorGone(t *testing.T, newEnv envFactory) {
+	e := newEnv(t, 0)
+	s, _ := dial(t, e)
+	writeLines(t, s, lines(t, 1))
+	e.StopListening(t)
+	// A lost connection is a reset, never an orderly end.
+	require.ErrorIs(t, waitRemote(t, s), transport.ErrReset)
+	_, err := s.Write(lines(t, 1))
+	require.ErrorIs(t, err, transport.ErrReset)
+	require.NoError(t, s.Reset())
 }
 
 func testIdempotent(t *testing.T, newEnv envFactory) {

@@ -22,8 +22,9 @@ const (
 )
 
 type memoryEnv struct {
-	net *transport.Network
-	l   *transport.Listener
+	net      *transport.Network
+	l        *transport.Listener
+	accepted []*transport.ServerStream
 }
 
 // newMemoryEnv builds a memory network on the real clock: the conformance
@@ -48,10 +49,18 @@ func (e *memoryEnv) Accept(t *testing.T) serverStream {
 	ss, err := e.l.Accept(ctx)
 	require.NoError(t, err)
 	require.Equal(t, senderID, ss.RemotePeer())
+	e.accepted = append(e.accepted, ss)
 	return ss
 }
 
-func (e *memoryEnv) StopListening(t *testing.T) { require.NoError(t, e.l.Close()) }
+// StopListening closes the listener and resets the streams it accepted: a
+// dead aggregator host takes its connections with it.
+func (e *memoryEnv) StopListening(t *testing.T) {
+	require.NoError(t, e.l.Close())
+	for _, ss := range e.accepted {
+		require.NoError(t, ss.Reset())
+	}
+}
 
 func (e *memoryEnv) Unreachable(*testing.T) peer.AddrInfo { return peer.AddrInfo{ID: nobodyID} }
 

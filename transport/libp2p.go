@@ -71,7 +71,14 @@ func WithWriteTimeout(d time.Duration) Libp2pOption {
 // network.WithForceDirectDial and network.WithDialPeerTimeout, so the swarm's
 // own per-peer dial backoff never swallows a retry the caller decided on.
 // While a stream is open the aggregator is protected in h's connection
-// manager, under a tag unique to that stream.
+// manager, under a tag unique to that stream, until the stream's Reset or
+// Close (the caller must call one of them, as with any libp2p stream).
+//
+// When identify already told h that the aggregator speaks the protocol,
+// libp2p negotiates it lazily: Dial returns before the aggregator confirmed
+// it, and a refusal shows up as the error WaitRemote returns. The stream's
+// read loop starts the negotiation at once, so the aggregator sees the stream
+// right after Dial, before the first Write.
 func NewLibp2p(h host.Host, opts ...Libp2pOption) Dialer {
 	d := &libp2pDialer{
 		h:            h,

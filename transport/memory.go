@@ -27,9 +27,9 @@ const DefaultWindow = 256 << 10
 // mock clock: they tell when every operation that will block is parked, so
 // the clock can be advanced without sleeping.
 //
-// All state is guarded by one mutex, so every operation is atomic with
-// respect to every other: there is no interleaving to be lucky or unlucky
-// with.
+// All state is guarded by one mutex, so operations are atomic with respect
+// to one another, and the network starts no goroutines of its own: whatever
+// runs, a caller runs.
 type Network struct {
 	clock        clock.Clock
 	writeTimeout time.Duration
@@ -100,8 +100,8 @@ type Faults struct {
 	// RefuseDials makes Dial fail at once, like a closed port.
 	RefuseDials bool
 	// HangDials makes Dial block until its ctx is done (or the network's
-	// dial timeout passes), like a black-holed address. Takes precedence
-	// over nothing: RefuseDials wins when both are set.
+	// dial timeout passes), like a black-holed address. RefuseDials wins
+	// when both are set.
 	HangDials bool
 	// WriteErr, when non-nil, makes every Write fail at once with an error
 	// wrapping it. The stream stays open: resetting is the caller's call.
@@ -136,6 +136,10 @@ func (n *Network) SetFaults(target peer.ID, f Faults) {
 // happens (a Read making room, a Reset, a Close), not when its goroutine gets
 // to run. A timeout is the exception: the operation stops being counted when
 // its goroutine has seen the timer fire (Changed is signalled then).
+//
+// A parked write under a write timeout, and a hanging dial under a dial
+// timeout, hold one timer on the network's clock, armed before the operation
+// is counted; operations that do not park arm none.
 func (n *Network) Blocked() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
