@@ -339,3 +339,26 @@ func TestFSMIsPure(t *testing.T) {
 	sort.Strings(seen)
 	require.Contains(t, seen, "time")
 }
+
+// TestOnlyClockworkImportsTheClockModule: time enters the module through
+// clockwork alone, so the Mock's pitfalls are handled in one place.
+func TestOnlyClockworkImportsTheClockModule(t *testing.T) {
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(".", func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
+			return err
+		}
+		if strings.HasPrefix(path, "clockwork"+string(filepath.Separator)) {
+			return nil
+		}
+		af, err := parser.ParseFile(fset, path, nil, parser.ImportsOnly)
+		if err != nil {
+			return err
+		}
+		for _, imp := range af.Imports {
+			require.NotEqual(t, `"github.com/benbjohnson/clock"`, imp.Path.Value, "%s imports benbjohnson/clock; use clockwork", path)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+}

@@ -5,8 +5,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pbeat/heartbeat/clockwork"
 )
 
 // DefaultWindow is the memory transport's default send window: the bytes a
@@ -31,7 +31,7 @@ const DefaultWindow = 256 << 10
 // to one another, and the network starts no goroutines of its own: whatever
 // runs, a caller runs.
 type Network struct {
-	clock        clock.Clock
+	clock        clockwork.Clock
 	writeTimeout time.Duration
 	dialTimeout  time.Duration
 	window       int
@@ -49,7 +49,7 @@ type NetworkOption func(*Network)
 
 // WithClock sets the clock write and dial timeouts are measured on (default:
 // the real clock). Pass a mock to drive timeouts in virtual time.
-func WithClock(c clock.Clock) NetworkOption {
+func WithClock(c clockwork.Clock) NetworkOption {
 	return func(n *Network) { n.clock = c }
 }
 
@@ -80,7 +80,7 @@ func WithWindow(size int) NetworkOption {
 // NewNetwork returns an empty network.
 func NewNetwork(opts ...NetworkOption) *Network {
 	n := &Network{
-		clock:     clock.New(),
+		clock:     clockwork.Real(),
 		window:    DefaultWindow,
 		changed:   make(chan struct{}, 1),
 		listeners: make(map[peer.ID]*Listener),

@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pbeat/heartbeat/clockwork"
 )
 
 // errRefused is the cause of a dial to a peer that does not listen (or
@@ -61,7 +61,7 @@ func (d *memDialer) Dial(ctx context.Context, target peer.AddrInfo) (Stream, err
 func (n *Network) hangLocked(ctx context.Context) error {
 	// The timer is armed before the dial counts as blocked, so a test that
 	// advances a mock clock once Blocked() says so cannot miss it.
-	var timer *clock.Timer
+	var timer *clockwork.RawTimer
 	var timeout <-chan time.Time
 	if n.dialTimeout > 0 {
 		timer = n.clock.Timer(n.dialTimeout)

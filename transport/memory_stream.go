@@ -7,8 +7,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/benbjohnson/clock"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/p2pbeat/heartbeat/clockwork"
 )
 
 // pipe is the state of one memory stream, shared by its two ends. Every
@@ -133,7 +133,7 @@ func (s *memStream) Write(b []byte) (int, error) {
 	if n.writeTimeout > 0 {
 		start = n.clock.Now()
 	}
-	var timer *clock.Timer
+	var timer *clockwork.RawTimer
 	defer func() {
 		if timer != nil {
 			timer.Stop()

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/benbjohnson/clock"
+	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat/transport"
@@ -20,7 +20,7 @@ var errBoom = errors.New("boom")
 // memNet is a memory network on a mock clock with one listening aggregator.
 type memNet struct {
 	net   *transport.Network
-	clock *clock.Mock
+	clock *clockwork.Mock
 	l     *transport.Listener
 	d     transport.Dialer
 }
@@ -28,7 +28,7 @@ type memNet struct {
 func newMemNet(t *testing.T, opts ...transport.NetworkOption) *memNet {
 	t.Helper()
 	checkLeaks(t)
-	m := &memNet{clock: clock.NewMock()}
+	m := &memNet{clock: clockwork.NewMock(time.Unix(0, 0))}
 	m.net = transport.NewNetwork(append([]transport.NetworkOption{transport.WithClock(m.clock)}, opts...)...)
 	l, err := m.net.Listen(aggregatorID)
 	require.NoError(t, err)
