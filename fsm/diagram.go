@@ -25,17 +25,22 @@ func target(t Transition) State {
 	return t.To
 }
 
+// edges calls f for every drawn row, in table order.
+func edges(f func(from, to State, label string)) {
+	for _, t := range Table {
+		if drawn(t) {
+			f(t.From, target(t), edgeLabel(t))
+		}
+	}
+}
+
 // Mermaid renders the transition table as a Mermaid state diagram, in table
 // order, so the output is byte-for-byte reproducible.
 func Mermaid() string {
 	var b strings.Builder
 	b.WriteString("stateDiagram-v2\n")
 	b.WriteString("    [*] --> Disconnected\n")
-	for _, t := range Table {
-		if drawn(t) {
-			fmt.Fprintf(&b, "    %s --> %s: %s\n", t.From, target(t), edgeLabel(t))
-		}
-	}
+	edges(func(from, to State, label string) { fmt.Fprintf(&b, "    %s --> %s: %s\n", from, to, label) })
 	b.WriteString("    Stopped --> [*]\n")
 	return b.String()
 }
@@ -48,11 +53,7 @@ func DOT() string {
 	b.WriteString("    node [shape=box, style=rounded];\n")
 	b.WriteString("    start [shape=point];\n")
 	b.WriteString("    start -> Disconnected;\n")
-	for _, t := range Table {
-		if drawn(t) {
-			fmt.Fprintf(&b, "    %s -> %s [label=%q];\n", t.From, target(t), edgeLabel(t))
-		}
-	}
+	edges(func(from, to State, label string) { fmt.Fprintf(&b, "    %s -> %s [label=%q];\n", from, to, label) })
 	b.WriteString("}\n")
 	return b.String()
 }
