@@ -1,0 +1,122 @@
+package aggregator
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+)
+
+// Defaults applied by New (and HostOptions) to zero Config fields.
+const (
+	// DefaultMaxNodes is the number of nodes one aggregator tracks.
+	DefaultMaxNodes = tracker.DefaultMaxNodes
+	// DefaultMaxLineBytes bounds one heartbeat line, without its '\n'. A
+	// 2019 heartbeat is about 150 bytes; a tipset key of a dozen CIDs in
+	// Head stays under 1 KiB.
+	DefaultMaxLineBytes = 8 << 10
+	// DefaultIdleTimeout ends a stream on which no complete line arrived
+	// for that long: ten times the legacy 3 s BeatPeriod.
+	DefaultIdleTimeout = 30 * time.Second
+	// DefaultSweepInterval is how often silence detection runs.
+	DefaultSweepInterval = time.Second
+	// DefaultRejectLogInterval is the per-peer interval between two logged
+	// rejections; the ones in between are counted, not logged.
+	DefaultRejectLogInterval = time.Minute
+)
+
+// Limits on Config values that would make the aggregator useless or unsafe.
+const (
+	minLineBytes = 256     // below this not even the 2019 example fits
+	maxLineBytes = 1 << 20 // a line buffer is reserved per stream
+)
+
+// Config sets the aggregator's limits and thresholds. Zero fields take the
+// defaults; invalid values make New return an error that names the field.
+type Config struct {
+	// MaxNodes bounds the tracked nodes; past it a new peer's stream is
+	// refused and counted as "too_many_nodes". Default 10,000. HostOptions
+	// sizes the libp2p resource limits from it.
+	MaxNodes int
+	// MaxLineBytes bounds one line without its '\n'; a longer line, or that
+	// many bytes with no newline, ends the stream ("line_too_long"). It is
+	// also the memory reserved per stream. Default 8 KiB; 256 B to 1 MiB.
+	MaxLineBytes int
+	// IdleTimeout ends a stream on which no complete line arrived for that
+	// long ("idle_timeout"). It is a wall-clock read deadline on the libp2p
+	// stream, re-armed after each line. Default 30 s.
+	IdleTimeout time.Duration
+	// ExpectedPeriod is the senders' BeatPeriod. Default 3 s.
+	ExpectedPeriod time.Duration
+	// SuspectAfter, DownAfter and StartupGrace are the tracker's silence
+	// thresholds; zero takes tracker's defaults (2x and 5x ExpectedPeriod,
+	// grace DownAfter; a negative StartupGrace means none).
+	SuspectAfter time.Duration
+	DownAfter    time.Duration
+	StartupGrace time.Duration
+	// SweepInterval is how often silence detection runs on the
+	// aggregator's clock; it is the precision of Suspect/Down. Default 1 s,
+	// at most ExpectedPeriod.
+	SweepInterval time.Duration
+	// RejectLogInterval is the minimum interval between two logged
+	// rejections of the same peer; rejections are always counted. Default
+	// one minute; negative logs every rejection.
+	RejectLogInterval time.Duration
+}
+
+// withDefaults fills zero fields and validates, naming the bad field.
+func (c Config) withDefaults() (Config, error) {
+	if c.MaxNodes < 0 {
+		return c, fmt.Errorf("aggregator: Config.MaxNodes (%d) must not be negative", c.MaxNodes)
+	}
+	if c.MaxNodes == 0 {
+		c.MaxNodes = DefaultMaxNodes
+	}
+	if c.MaxLineBytes == 0 {
+		c.MaxLineBytes = DefaultMaxLineBytes
+	}
+	if c.MaxLineBytes < minLineBytes || c.MaxLineBytes > maxLineBytes {
+		return c, fmt.Errorf("aggregator: Config.MaxLineBytes (%d) must be between %d and %d", c.MaxLineBytes, minLineBytes, maxLineBytes)
+	}
+	if c.IdleTimeout < 0 {
+		return c, fmt.Errorf("aggregator: Config.IdleTimeout (%v) must not be negative", c.IdleTimeout)
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.ExpectedPeriod < 0 {
+		return c, fmt.Errorf("aggregator: Config.ExpectedPeriod (%v) must not be negative", c.ExpectedPeriod)
+	}
+	if c.ExpectedPeriod == 0 {
+		c.ExpectedPeriod = tracker.DefaultExpectedPeriod
+	}
+	if c.IdleTimeout <= c.ExpectedPeriod {
+		return c, fmt.Errorf("aggregator: Config.IdleTimeout (%v) must be longer than ExpectedPeriod (%v), or beating senders would be cut off", c.IdleTimeout, c.ExpectedPeriod)
+	}
+	if c.SweepInterval < 0 {
+		return c, fmt.Errorf("aggregator: Config.SweepInterval (%v) must not be negative", c.SweepInterval)
+	}
+	if c.SweepInterval == 0 {
+		c.SweepInterval = min(DefaultSweepInterval, c.ExpectedPeriod)
+	}
+	if c.SweepInterval > c.ExpectedPeriod {
+		return c, fmt.Errorf("aggregator: Config.SweepInterval (%v) must not exceed ExpectedPeriod (%v)", c.SweepInterval, c.ExpectedPeriod)
+	}
+	if c.RejectLogInterval == 0 {
+		c.RejectLogInterval = DefaultRejectLogInterval
+	}
+	// The tracker validates (and names) the threshold fields: New passes
+	// them on and wraps its error.
+	return c, nil
+}
+
+// trackerConfig is the part of c the tracker takes.
+func (c Config) trackerConfig() tracker.Config {
+	return tracker.Config{
+		ExpectedPeriod: c.ExpectedPeriod,
+		SuspectAfter:   c.SuspectAfter,
+		DownAfter:      c.DownAfter,
+		StartupGrace:   c.StartupGrace,
+		MaxNodes:       c.MaxNodes,
+	}
+}

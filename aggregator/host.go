@@ -1,0 +1,225 @@
+package aggregator
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
+	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/p2pbeat/heartbeat/wire"
+)
+
+// AllowGater is a connection gater that admits only the listed peers. It
+// refuses the others as soon as the secure handshake has proved who they are
+// (InterceptSecured), before any stream is opened, and never dials them
+// (InterceptPeerDial). A nil *AllowGater admits everyone.
+type AllowGater struct {
+	allow   map[peer.ID]struct{}
+	refused atomic.Uint64
+	// onRefuse is set by the aggregator (WithGater) to count and log the
+	// refusals; the gater exists before the aggregator does.
+	onRefuse atomic.Pointer[func(peer.ID)]
+}
+
+var _ connmgr.ConnectionGater = (*AllowGater)(nil)
+
+// Gater returns a gater that admits only the peers in allow, or nil (admit
+// everyone) when allow is empty: an empty allowlist means "no allowlist",
+// never "refuse all". Pass it to HostOptions and to New (WithGater).
+func Gater(allow []peer.ID) *AllowGater {
+	if len(allow) == 0 {
+		return nil
+	}
+	g := &AllowGater{allow: make(map[peer.ID]struct{}, len(allow))}
+	for _, id := range allow {
+		g.allow[id] = struct{}{}
+	}
+	return g
+}
+
+// Allows reports whether p may connect.
+func (g *AllowGater) Allows(p peer.ID) bool {
+	if g == nil {
+		return true
+	}
+	_, ok := g.allow[p]
+	return ok
+}
+
+// Refused returns how many connections (and dials) the gater refused.
+func (g *AllowGater) Refused() uint64 {
+	if g == nil {
+		return 0
+	}
+	return g.refused.Load()
+}
+
+func (g *AllowGater) check(p peer.ID) bool {
+	if g.Allows(p) {
+		return true
+	}
+	g.refused.Add(1)
+	if f := g.onRefuse.Load(); f != nil {
+		(*f)(p)
+	}
+	return false
+}
+
+// InterceptPeerDial refuses dials to peers outside the allowlist.
+func (g *AllowGater) InterceptPeerDial(p peer.ID) bool { return g.check(p) }
+
+// InterceptAddrDial allows every address of an allowed peer.
+func (g *AllowGater) InterceptAddrDial(peer.ID, ma.Multiaddr) bool { return true }
+
+// InterceptAccept allows every inbound connection: the peer is not known
+// until the secure handshake.
+func (g *AllowGater) InterceptAccept(network.ConnMultiaddrs) bool { return true }
+
+// InterceptSecured refuses a connection, in either direction, from a peer
+// outside the allowlist: the secure channel has just authenticated it.
+func (g *AllowGater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return g.check(p)
+}
+
+// InterceptUpgraded allows every connection that got this far.
+func (g *AllowGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) {
+	return true, 0
+}
+
+// HostOptions returns the libp2p options an aggregator's host needs, for the
+// embedder to pass to libp2p.New with its own (listen addresses, identity,
+// transports):
+//   - a resource manager with ResourceLimits(cfg.MaxNodes, cfg.MaxLineBytes),
+//     because go-libp2p's default limits refuse connections past a few
+//     hundred peers;
+//   - no connection manager trimming (connmgr.NullConnMgr): go-libp2p's
+//     default one closes connections above 192, and every connection of an
+//     aggregator is a sender it wants to hear;
+//   - the allowlist gater g, when not nil (see Gater).
+func HostOptions(cfg Config, g *AllowGater) ([]libp2p.Option, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	limits := ResourceLimits(cfg.MaxNodes, cfg.MaxLineBytes)
+	opts := []libp2p.Option{
+		// Built when libp2p.New applies it, like go-libp2p's own default, so
+		// that options that are never used start no goroutine.
+		func(c *libp2p.Config) error {
+			mgr, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits))
+			if err != nil {
+				return fmt.Errorf("aggregator resource manager: %w", err)
+			}
+			return c.Apply(libp2p.ResourceManager(mgr))
+		},
+		libp2p.ConnectionManager(&connmgr.NullConnMgr{}),
+	}
+	if g != nil {
+		opts = append(opts, libp2p.ConnectionGater(g))
+	}
+	return opts, nil
+}
+
+// yamuxStreamWindow is the receive window go-libp2p's yamux reserves from a
+// connection's resource scope for every stream it opens or accepts.
+const yamuxStreamWindow = 256 << 10
+
+// ResourceLimits returns resource-manager limits that admit maxNodes
+// heartbeat senders at once (plus headroom), built on go-libp2p's
+// auto-scaled defaults, which are never lowered:
+//   - system and transient: maxNodes+headroom inbound connections (after an
+//     aggregator restart every sender reconnects at once, and a new
+//     connection is transient until its peer is known), four inbound streams
+//     per connection (heartbeat, a superseding heartbeat, identify, ping),
+//     one file descriptor per connection, and memory for yamux's
+//     per-stream window reservation plus our line buffer;
+//   - the heartbeat service and protocol: two streams per node (a newer
+//     stream supersedes the older, which is briefly still open) and
+//     maxLineBytes of memory per stream; per peer, four streams;
+//   - identify (which runs on every new connection) scaled the same way.
+//
+// The memory figures are reservations, not resident memory: yamux reserves
+// a 256 KiB window per stream but allocates buffers as data arrives. The
+// process also needs an open-file limit above maxNodes (ulimit -n); the
+// resource manager only accounts, the kernel enforces.
+func ResourceLimits(maxNodes, maxLineBytes int) rcmgr.ConcreteLimitConfig {
+	if maxNodes <= 0 {
+		maxNodes = DefaultMaxNodes
+	}
+	if maxLineBytes <= 0 {
+		maxLineBytes = DefaultMaxLineBytes
+	}
+	scaling := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&scaling)
+	defaults := scaling.AutoScale()
+
+	headroom := max(64, maxNodes/8)
+	conns := maxNodes + headroom
+	streamsIn := 4 * conns
+	ours := 2*maxNodes + headroom
+
+	// Every value is raised to at least what the defaults give.
+	grow := func(def rcmgr.BaseLimit, want rcmgr.BaseLimit) rcmgr.ResourceLimits {
+		pick := func(d, w int) rcmgr.LimitVal { return rcmgr.LimitVal(max(d, w)) }
+		return rcmgr.ResourceLimits{
+			Streams:         pick(def.Streams, want.Streams),
+			StreamsInbound:  pick(def.StreamsInbound, want.StreamsInbound),
+			StreamsOutbound: pick(def.StreamsOutbound, want.StreamsOutbound),
+			Conns:           pick(def.Conns, want.Conns),
+			ConnsInbound:    pick(def.ConnsInbound, want.ConnsInbound),
+			ConnsOutbound:   pick(def.ConnsOutbound, want.ConnsOutbound),
+			FD:              pick(def.FD, want.FD),
+			Memory:          rcmgr.LimitVal64(max(def.Memory, want.Memory)),
+		}
+	}
+	base := defaults.ToPartialLimitConfig()
+	def := func(l rcmgr.ResourceLimits) rcmgr.BaseLimit { return l.Build(rcmgr.BaseLimit{}) }
+
+	connScope := rcmgr.BaseLimit{
+		Conns:           conns + 256,
+		ConnsInbound:    conns,
+		ConnsOutbound:   256,
+		Streams:         streamsIn + 1024,
+		StreamsInbound:  streamsIn,
+		StreamsOutbound: 1024,
+		FD:              conns + 256,
+		Memory:          int64(conns) * (2*yamuxStreamWindow + int64(maxLineBytes)),
+	}
+	oursScope := rcmgr.BaseLimit{
+		Streams:        ours,
+		StreamsInbound: ours,
+		Memory:         int64(ours) * int64(maxLineBytes),
+	}
+	oursPeer := rcmgr.BaseLimit{Streams: 4, StreamsInbound: 4, Memory: 4 * int64(maxLineBytes)}
+	identifyScope := rcmgr.BaseLimit{
+		Streams: 2 * conns, StreamsInbound: conns, StreamsOutbound: conns,
+	}
+
+	partial := rcmgr.PartialLimitConfig{
+		System:    grow(def(base.System), connScope),
+		Transient: grow(def(base.Transient), connScope),
+		Service: map[string]rcmgr.ResourceLimits{
+			wire.ServiceName:     grow(def(base.ServiceDefault), oursScope),
+			identify.ServiceName: grow(def(base.Service[identify.ServiceName]), identifyScope),
+		},
+		ServicePeer: map[string]rcmgr.ResourceLimits{
+			wire.ServiceName: grow(def(base.ServicePeerDefault), oursPeer),
+		},
+		Protocol: map[protocol.ID]rcmgr.ResourceLimits{
+			wire.ProtocolID: grow(def(base.ProtocolDefault), oursScope),
+			identify.ID:     grow(def(base.Protocol[identify.ID]), identifyScope),
+		},
+		ProtocolPeer: map[protocol.ID]rcmgr.ResourceLimits{
+			wire.ProtocolID: grow(def(base.ProtocolPeerDefault), oursPeer),
+		},
+	}
+	return partial.Build(defaults)
+}

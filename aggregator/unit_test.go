@@ -1,0 +1,436 @@
+package aggregator
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/test"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/stretchr/testify/require"
+
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/clockwork"
+	"github.com/p2pbeat/heartbeat/wire"
+)
+
+var t0 = time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+
+func randomPeer(t testing.TB) peer.ID {
+	t.Helper()
+	id, err := test.RandPeerID()
+	require.NoError(t, err)
+	return id
+}
+
+func TestConfigValidation(t *testing.T) {
+	checkLeaks(t)
+	h := newHost(t)
+	tests := []struct {
+		cfg   Config
+		field string
+	}{
+		{Config{MaxNodes: -1}, "MaxNodes"},
+		{Config{MaxLineBytes: 10}, "MaxLineBytes"},
+		{Config{MaxLineBytes: 2 << 20}, "MaxLineBytes"},
+		{Config{IdleTimeout: -time.Second}, "IdleTimeout"},
+		{Config{IdleTimeout: 3 * time.Second}, "IdleTimeout"},
+		{Config{ExpectedPeriod: -time.Second}, "ExpectedPeriod"},
+		{Config{SweepInterval: -time.Second}, "SweepInterval"},
+		{Config{SweepInterval: 4 * time.Second}, "SweepInterval"},
+		{Config{SuspectAfter: time.Second}, "SuspectAfter"},
+		{Config{DownAfter: 6 * time.Second}, "DownAfter"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.field, func(t *testing.T) {
+			_, err := New(h, tc.cfg)
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "Config."+tc.field)
+			_, err = HostOptions(tc.cfg, nil)
+			if tc.field != "SuspectAfter" && tc.field != "DownAfter" {
+				require.ErrorContains(t, err, "Config."+tc.field)
+			}
+		})
+	}
+	_, err := New(nil, Config{})
+	require.Error(t, err)
+
+	a, err := New(h, Config{})
+	require.NoError(t, err)
+	defer a.Close()
+	got := a.Config()
+	require.Equal(t, DefaultMaxNodes, got.MaxNodes)
+	require.Equal(t, DefaultMaxLineBytes, got.MaxLineBytes)
+	require.Equal(t, DefaultIdleTimeout, got.IdleTimeout)
+	require.Equal(t, 3*time.Second, got.ExpectedPeriod)
+	require.Equal(t, 6*time.Second, got.SuspectAfter)
+	require.Equal(t, 15*time.Second, got.DownAfter)
+	require.Equal(t, time.Second, got.SweepInterval)
+}
+
+func TestLineReader(t *testing.T) {
+	const max = 16
+	read := func(r io.Reader) ([]string, error) {
+		lr := newLineReader(r, make([]byte, max+1), max)
+		var lines []string
+		for {
+			line, err := lr.next()
+			if err != nil {
+				return lines, err
+			}
+			lines = append(lines, string(line))
+		}
+	}
+	tests := []struct {
+		name  string
+		input string
+		lines []string
+		err   error
+	}{
+		{"lines", "a\nbb\n\nccc\n", []string{"a", "bb", "", "ccc"}, io.EOF},
+		{"last line without newline", "a\nbb", []string{"a", "bb"}, io.EOF},
+		{"exactly the limit", strings.Repeat("x", max) + "\nz\n", []string{strings.Repeat("x", max), "z"}, io.EOF},
+		{"one past the limit", "ok\n" + strings.Repeat("x", max+1) + "\n", []string{"ok"}, errLineTooLong},
+		{"no newline past the limit", strings.Repeat("x", 10*max), nil, errLineTooLong},
+		{"empty", "", nil, io.EOF},
+	}
+	for _, tc := range tests {
+		for _, mode := range []string{"whole", "bytewise", "halves"} {
+			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				var r io.Reader = strings.NewReader(tc.input)
+				switch mode {
+				case "bytewise":
+					r = iotest.OneByteReader(r)
+				case "halves":
+					r = iotest.HalfReader(r)
+				}
+				lines, err := read(r)
+				require.Equal(t, tc.lines, lines)
+				require.ErrorIs(t, err, tc.err)
+			})
+		}
+	}
+
+	t.Run("partial line dropped on a read error", func(t *testing.T) {
+		boom := errors.New("boom")
+		lines, err := read(io.MultiReader(strings.NewReader("a\n{\"Hea"), iotest.ErrReader(boom)))
+		require.Equal(t, []string{"a"}, lines)
+		require.ErrorIs(t, err, boom)
+	})
+	t.Run("a reader that makes no progress", func(t *testing.T) {
+		_, err := read(zeroReader{})
+		require.ErrorIs(t, err, io.ErrNoProgress)
+	})
+	t.Run("reads no more than the limit", func(t *testing.T) {
+		cr := &countingReader{r: &endlessReader{remaining: 1 << 20}}
+		_, err := read(cr)
+		require.ErrorIs(t, err, errLineTooLong)
+		require.LessOrEqual(t, cr.n, max+1)
+	})
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read([]byte) (int, error) { return 0, nil }
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// endlessReader yields remaining bytes of 'x' (no newline) without
+// allocating, then io.EOF.
+type endlessReader struct{ remaining int }
+
+func (e *endlessReader) Read(p []byte) (int, error) {
+	if e.remaining == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), e.remaining)
+	for i := range p[:n] {
+		p[i] = 'x'
+	}
+	e.remaining -= n
+	return n, nil
+}
+
+// deadlineReader records the read deadlines set on it.
+type deadlineReader struct {
+	io.Reader
+	armed int
+}
+
+func (d *deadlineReader) SetReadDeadline(time.Time) error { d.armed++; return nil }
+
+// The idle deadline is armed before the first read and re-armed only after
+// a complete line: a partial line trickling in does not extend it.
+func TestIdleDeadlineArming(t *testing.T) {
+	dr := &deadlineReader{Reader: iotest.OneByteReader(strings.NewReader("ab\ncd\nef"))}
+	lr := newLineReader(dr, make([]byte, 17), 16)
+	lr.dl, lr.idle = dr, time.Minute
+	line, err := lr.next() // reads a, b, \n: armed once, before 'a'
+	require.NoError(t, err)
+	require.Equal(t, "ab", string(line))
+	require.Equal(t, 1, dr.armed)
+	line, err = lr.next() // re-armed before 'c' only
+	require.NoError(t, err)
+	require.Equal(t, "cd", string(line))
+	require.Equal(t, 2, dr.armed)
+	line, err = lr.next() // re-armed before 'e' only, not before 'f' or EOF
+	require.NoError(t, err)
+	require.Equal(t, "ef", string(line))
+	require.Equal(t, 3, dr.armed)
+}
+
+// A 100 MiB stream with no newline is refused after MaxLineBytes, and the
+// heap does not grow with it.
+func TestMemoryBoundedWithoutNewline(t *testing.T) {
+	checkLeaks(t)
+	a, err := New(newHost(t), Config{})
+	require.NoError(t, err)
+	defer a.Close()
+	id := randomPeer(t)
+
+	src := &countingReader{r: &endlessReader{remaining: 100 << 20}}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	err = a.ServeLines(id, src)
+	runtime.ReadMemStats(&after)
+
+	require.ErrorIs(t, err, ErrLineTooLong)
+	require.LessOrEqual(t, src.n, DefaultMaxLineBytes+1, "read no more than the limit")
+	allocated := after.TotalAlloc - before.TotalAlloc
+	grown := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("100 MiB offered: read %d bytes, allocated %d bytes, heap in use grew by %d bytes", src.n, allocated, grown)
+	require.Less(t, allocated, uint64(1<<20), "total allocation during the stream")
+	require.Less(t, grown, int64(2<<20), "heap growth")
+	require.Equal(t, 1.0, counter(t, a.Registry(), "heartbeat_rejected_total", "reason", reasonLineTooLong))
+}
+
+// The same over a real libp2p stream: the sender tries to write 100 MiB
+// without a newline; the aggregator resets the stream after MaxLineBytes,
+// so the sender gets a reset long before, and the process's heap (both
+// hosts included) grows by a bounded amount, set by yamux's windows rather
+// than by the input.
+func TestMemoryBoundedOverLibp2p(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, Config{}, nil)
+	s := newSender(t)
+	st := s.open(t, e)
+
+	chunk := bytes.Repeat([]byte("x"), 1<<20)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	written := 0
+	var werr error
+	for written < 100<<20 {
+		var n int
+		n, werr = st.Write(chunk)
+		written += n
+		if werr != nil {
+			break
+		}
+	}
+	require.ErrorIs(t, werr, network.ErrReset, "the sender sees the reset before 100 MiB")
+	require.ErrorIs(t, e.rec.waitEnds(t, s.id(), 1), ErrLineTooLong)
+	runtime.ReadMemStats(&after)
+	allocated := after.TotalAlloc - before.TotalAlloc
+	grown := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("sender wrote %d bytes before the reset; process allocated %d bytes, heap in use grew by %d bytes", written, allocated, grown)
+	require.Less(t, allocated, uint64(4<<20))
+	require.Less(t, grown, int64(4<<20))
+}
+
+// The sweeper detects silence on the injected clock, at the thresholds,
+// and logs one JSON line per change with the agreed keys.
+func TestSweeperOnMockClock(t *testing.T) {
+	checkLeaks(t)
+	mock := clockwork.NewMock(t0)
+	logs := &logBuffer{}
+	rec := newRecorder()
+	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: -1} // Suspect after 2s, Down after 5s
+	a, err := New(newHost(t), cfg, WithClock(mock), withHooks(rec.hooks()),
+		WithLogger(hclog.New(&hclog.LoggerOptions{Output: logs, JSONFormat: true, Level: hclog.Info})))
+	require.NoError(t, err)
+	defer a.Close()
+
+	id := randomPeer(t)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- a.ServeLines(id, pr) }()
+	_, err = fmt.Fprintf(pw, `{"Head":"{ h }","Height":1,"Nickname":"n1"}`+"\n")
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 1)
+
+	state := func() tracker.State {
+		n, ok := a.Tracker().Node(id)
+		require.True(t, ok)
+		return n.State
+	}
+	clockwork.AdvanceTo(mock, t0.Add(2*time.Second)) // silent exactly 2s: not yet
+	require.Equal(t, tracker.Up, state())
+	clockwork.AdvanceTo(mock, t0.Add(3*time.Second))
+	require.Equal(t, tracker.Suspect, state())
+	clockwork.AdvanceTo(mock, t0.Add(5*time.Second)) // silent exactly 5s: not yet
+	require.Equal(t, tracker.Suspect, state())
+	clockwork.AdvanceTo(mock, t0.Add(6*time.Second))
+	require.Equal(t, tracker.Down, state())
+
+	_, err = fmt.Fprintf(pw, `{"Head":"{ h2 }","Height":2,"Nickname":"n1"}`+"\n")
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 2)
+	require.Equal(t, tracker.Up, state())
+	require.NoError(t, pw.Close())
+	require.NoError(t, recv(t, done))
+	require.Equal(t, tracker.Left, state())
+
+	var got []string
+	for _, m := range logs.entries(t, "node state changed") {
+		require.Equal(t, id.String(), m["peer_id"])
+		require.Equal(t, "n1", m["nickname"])
+		require.NotEmpty(t, m["last_seen"])
+		got = append(got, fmt.Sprintf("%s->%s@%s", m["from"], m["to"], m["at"]))
+	}
+	at := func(d time.Duration) string { return t0.Add(d).Format(time.RFC3339Nano) }
+	require.Equal(t, []string{
+		"joining->up@" + at(0),
+		"up->suspect@" + at(3*time.Second),
+		"suspect->down@" + at(6*time.Second),
+		"down->up@" + at(6*time.Second),
+		"up->left@" + at(6*time.Second),
+	}, got)
+	for _, m := range logs.entries(t, "node state changed") {
+		if m["to"] == "suspect" || m["to"] == "down" {
+			require.Equal(t, "warn", m["@level"])
+		}
+	}
+}
+
+// WithBeatLog writes one JSON line per heartbeat.
+func TestBeatLog(t *testing.T) {
+	checkLeaks(t)
+	logs := &logBuffer{}
+	a, err := New(newHost(t), Config{}, WithBeatLog(true),
+		WithLogger(hclog.New(&hclog.LoggerOptions{Output: logs, JSONFormat: true})))
+	require.NoError(t, err)
+	defer a.Close()
+	id := randomPeer(t)
+	in := `{"Head":"{ a }","Height":1,"Nickname":"n","MinerAddress":"t01"}` + "\n" + `{"Head":"{ b }","Height":2,"Nickname":"n","MinerAddress":"t01"}` + "\n"
+	require.NoError(t, a.ServeLines(id, strings.NewReader(in)))
+	beats := logs.entries(t, "heartbeat")
+	require.Len(t, beats, 2)
+	require.Equal(t, id.String(), beats[1]["peer_id"])
+	require.Equal(t, "{ b }", beats[1]["head"])
+	require.Equal(t, 2.0, beats[1]["height"])
+	require.Equal(t, "t01", beats[1]["miner_address"])
+	require.Equal(t, "n", beats[1]["nickname"])
+}
+
+func TestResourceLimits(t *testing.T) {
+	for _, maxNodes := range []int{100, DefaultMaxNodes, 50000} {
+		t.Run(fmt.Sprint(maxNodes), func(t *testing.T) {
+			l := rcmgr.NewFixedLimiter(ResourceLimits(maxNodes, DefaultMaxLineBytes))
+			for name, scope := range map[string]rcmgr.Limit{"system": l.GetSystemLimits(), "transient": l.GetTransientLimits()} {
+				require.Greater(t, scope.GetConnLimit(network.DirInbound), maxNodes, name)
+				require.Greater(t, scope.GetConnTotalLimit(), maxNodes, name)
+				require.GreaterOrEqual(t, scope.GetStreamLimit(network.DirInbound), 2*maxNodes, name)
+				require.GreaterOrEqual(t, scope.GetStreamTotalLimit(), 2*maxNodes, name)
+				require.Greater(t, scope.GetFDLimit(), maxNodes, name)
+				// Every node's heartbeat stream reserves yamux's window
+				// and our line buffer.
+				require.GreaterOrEqual(t, scope.GetMemoryLimit(), int64(maxNodes)*(yamuxStreamWindow+DefaultMaxLineBytes), name)
+			}
+			for name, scope := range map[string]rcmgr.Limit{
+				"service":  l.GetServiceLimits(wire.ServiceName),
+				"protocol": l.GetProtocolLimits(wire.ProtocolID),
+			} {
+				// A superseding stream briefly doubles a node's streams.
+				require.Greater(t, scope.GetStreamLimit(network.DirInbound), maxNodes, name)
+				require.Greater(t, scope.GetStreamTotalLimit(), maxNodes, name)
+				require.GreaterOrEqual(t, scope.GetMemoryLimit(), int64(maxNodes)*int64(DefaultMaxLineBytes+1), name)
+			}
+			for name, scope := range map[string]rcmgr.Limit{
+				"service peer":  l.GetServicePeerLimits(wire.ServiceName),
+				"protocol peer": l.GetProtocolPeerLimits(wire.ProtocolID),
+			} {
+				require.GreaterOrEqual(t, scope.GetStreamLimit(network.DirInbound), 2, name)
+				require.GreaterOrEqual(t, scope.GetMemoryLimit(), int64(2*(DefaultMaxLineBytes+1)), name)
+			}
+			require.GreaterOrEqual(t, l.GetServiceLimits("libp2p.identify").GetStreamLimit(network.DirInbound), maxNodes)
+		})
+	}
+	// Why: go-libp2p's auto-scaled defaults admit far fewer connections.
+	def := rcmgr.DefaultLimits
+	t.Logf("go-libp2p default system inbound conns on this machine: %d", rcmgr.NewFixedLimiter(def.AutoScale()).GetSystemLimits().GetConnLimit(network.DirInbound))
+}
+
+func TestGaterUnit(t *testing.T) {
+	in, out := randomPeer(t), randomPeer(t)
+	g := Gater([]peer.ID{in})
+	require.True(t, g.InterceptSecured(network.DirInbound, in, nil))
+	require.False(t, g.InterceptSecured(network.DirInbound, out, nil))
+	require.True(t, g.InterceptPeerDial(in))
+	require.False(t, g.InterceptPeerDial(out))
+	require.True(t, g.InterceptAccept(nil))
+	ok, _ := g.InterceptUpgraded(nil)
+	require.True(t, ok)
+	require.Equal(t, uint64(2), g.Refused())
+
+	var none *AllowGater
+	require.True(t, none.InterceptSecured(network.DirInbound, out, nil))
+	require.Zero(t, none.Refused())
+}
+
+func TestRateLog(t *testing.T) {
+	r := newRateLog(time.Minute, 2)
+	p1, p2, p3 := randomPeer(t), randomPeer(t), randomPeer(t)
+	ok, _ := r.allow(p1, t0)
+	require.True(t, ok)
+	ok, _ = r.allow(p1, t0.Add(time.Second))
+	require.False(t, ok)
+	ok, _ = r.allow(p1, t0.Add(2*time.Second))
+	require.False(t, ok)
+	ok, suppressed := r.allow(p1, t0.Add(time.Minute))
+	require.True(t, ok)
+	require.Equal(t, 2, suppressed)
+
+	ok, _ = r.allow(p2, t0.Add(time.Minute))
+	require.True(t, ok)
+	ok, _ = r.allow(p3, t0.Add(time.Minute)) // map full, nothing expired
+	require.False(t, ok)
+	ok, _ = r.allow(p3, t0.Add(3*time.Minute)) // expired entries are dropped
+	require.True(t, ok)
+}
+
+// ServeLines on a tracker that is full refuses before reading.
+func TestServeLinesFull(t *testing.T) {
+	checkLeaks(t)
+	a, err := New(newHost(t), Config{MaxNodes: 1})
+	require.NoError(t, err)
+	defer a.Close()
+	// A reset (not a graceful EOF) leaves the node tracked; a Left node
+	// would be evicted to make room.
+	boom := errors.New("reset")
+	require.ErrorIs(t, a.ServeLines(randomPeer(t), io.MultiReader(strings.NewReader(`{"Height":1}`+"\n"), iotest.ErrReader(boom))), boom)
+	src := &countingReader{r: strings.NewReader(`{"Height":1}` + "\n")}
+	err = a.ServeLines(randomPeer(t), src)
+	require.ErrorIs(t, err, tracker.ErrFull)
+	require.Zero(t, src.n)
+}
