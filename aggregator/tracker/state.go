@@ -110,7 +110,8 @@ type Node struct {
 	Height uint64
 	// MinerAddress is the last reported miner address; "" when unset.
 	MinerAddress string
-	// Genesis is the last reported genesis CID as text; "" when unknown.
+	// Genesis is the last reported genesis CID as text, as received (it
+	// may not parse as a CID: it is only a label); "" when unknown.
 	Genesis string
 	// FirstSeen is when the tracker first heard of the node (first stream
 	// or first heartbeat), on the caller's clock.

@@ -110,11 +110,11 @@ const (
 // slot an eviction freed; past it the newcomer gets ErrFull.
 const evictAttempts = 4
 
-// Interned empty values, so that a node's head and genesis handles are never
-// the zero Handle (whose Value panics).
+// Interned empty values, so that a node's handles are never the zero Handle
+// (whose Value panics).
 var (
-	emptyHead    = unique.Make("")
-	emptyGenesis = unique.Make(cid.Undef)
+	emptyString = unique.Make("")
+	emptyCID    = unique.Make(cid.Undef)
 )
 
 // Tracker holds every known node, keyed by authenticated peer id. It is pure
@@ -155,20 +155,21 @@ type shard struct {
 // honoured and each time costs 8 bytes instead of 24.
 type node struct {
 	// What Beat reads and writes comes first, to share cache lines.
-	nickname  string
-	miner     string
-	head      unique.Handle[string] // interned: most nodes share a head
-	genesis   unique.Handle[cid.Cid]
-	height    uint64
-	beats     uint64
-	lastSeen  int64
-	state     State
-	stream    StreamState
-	open      uint32 // streams open now
-	streams   uint32 // streams opened, ever
-	firstSeen int64
-	since     int64
-	peer      peer.ID
+	nickname   string
+	miner      string
+	head       unique.Handle[string]  // interned: most nodes share a head
+	genesis    unique.Handle[string]  // the text, as in Node.Genesis
+	genesisCID unique.Handle[cid.Cid] // binary form when set from GenesisCID alone
+	height     uint64
+	beats      uint64
+	lastSeen   int64
+	state      State
+	stream     StreamState
+	open       uint32 // streams open now
+	streams    uint32 // streams opened, ever
+	firstSeen  int64
+	since      int64
+	peer       peer.ID
 }
 
 // group is a consensus candidate: nodes agree when both fields are equal.
@@ -237,24 +238,37 @@ func (t *Tracker) acquire(id peer.ID, at int64) (*shard, *node, error) {
 		if n := s.nodes[id]; n != nil {
 			return s, n, nil
 		}
-		// Reserve first, check after: concurrent admissions can never
-		// overshoot MaxNodes.
-		if t.count.Add(1) <= int64(t.cfg.MaxNodes) {
+		if t.reserve() {
 			n := &node{
-				peer:      id,
-				head:      emptyHead,
-				genesis:   emptyGenesis,
-				firstSeen: at,
-				since:     at,
+				peer:       id,
+				head:       emptyString,
+				genesis:    emptyString,
+				genesisCID: emptyCID,
+				firstSeen:  at,
+				since:      at,
 			}
 			s.nodes[id] = n
 			return s, n, nil
 		}
-		t.count.Add(-1)
 		// Evicting locks other shards: never with s held.
 		s.mu.Unlock()
 		if attempt == evictAttempts || !t.evictOldestLeft() {
 			return nil, nil, ErrFull
+		}
+	}
+}
+
+// reserve takes a slot for a new node if one is free. A compare-and-swap
+// loop rather than add-then-undo, so the count never exceeds MaxNodes even
+// for an instant (Len reads it).
+func (t *Tracker) reserve() bool {
+	for {
+		c := t.count.Load()
+		if c >= int64(t.cfg.MaxNodes) {
+			return false
+		}
+		if t.count.CompareAndSwap(c, c+1) {
+			return true
 		}
 	}
 }
@@ -358,13 +372,7 @@ func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, b
 	if n.head.Value() != hb.Head {
 		n.head = unique.Make(hb.Head) // copies the string when it is new
 	}
-	gen := cid.Undef
-	if hb.GenesisCID != nil {
-		gen = *hb.GenesisCID
-	}
-	if n.genesis.Value() != gen {
-		n.genesis = unique.Make(gen)
-	}
+	t.setGenesis(n, hb)
 	n.height = hb.Height
 	// Concurrent streams may present their nows out of order: last seen
 	// never moves back, which also keeps shard.next a valid lower bound.
@@ -381,6 +389,23 @@ func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, b
 	}
 	s.mu.Unlock()
 	return ch, changed, nil
+}
+
+// setGenesis keeps the genesis label. A decoded heartbeat carries the text
+// as received in hb.Genesis (even when it does not parse as a CID); a
+// heartbeat built by hand (the simulation's) may set only GenesisCID, whose
+// text costs an allocation, so its binary form is kept to compare with and
+// the text is made only when it changes.
+func (t *Tracker) setGenesis(n *node, hb *wire.Heartbeat) {
+	if hb.Genesis != "" || hb.GenesisCID == nil || !hb.GenesisCID.Defined() {
+		if n.genesis.Value() != hb.Genesis {
+			n.genesis, n.genesisCID = unique.Make(hb.Genesis), emptyCID
+		}
+		return
+	}
+	if c := *hb.GenesisCID; n.genesisCID.Value() != c {
+		n.genesis, n.genesisCID = unique.Make(c.String()), unique.Make(c)
+	}
 }
 
 // StreamOpened records that id opened a heartbeat stream. A peer the
@@ -566,9 +591,7 @@ func (t *Tracker) snapshot(n *node) Node {
 	if n.beats > 0 {
 		out.LastSeen = t.abs(n.lastSeen)
 	}
-	if g := n.genesis.Value(); g.Defined() {
-		out.Genesis = g.String()
-	}
+	out.Genesis = n.genesis.Value()
 	return out
 }
 

@@ -309,6 +309,33 @@ func TestNodeFields(t *testing.T) {
 	require.False(t, ok)
 }
 
+// The genesis label is the text as received, parseable or not; a heartbeat
+// built by hand with GenesisCID only gets the CID's text.
+func TestGenesis(t *testing.T) {
+	tr := newTracker(t, noGrace)
+	id := pid(1)
+	var h wire.Heartbeat
+	require.NoError(t, wire.DecodeLine([]byte(`{"Head":"{ bafy2bzaceabc }","Height":12,"Nickname":"n1","MinerAddress":"","GenesisCID":{"/":"bafy2bzacegenesis"}}`), &h))
+	require.Nil(t, h.GenesisCID, "wire-v1.md's example genesis does not parse")
+	beat(t, tr, id, &h, t0)
+	n, _ := tr.Node(id)
+	require.Equal(t, "bafy2bzacegenesis", n.Genesis)
+
+	gen := mkCID(t, "genesis")
+	beat(t, tr, id, &wire.Heartbeat{GenesisCID: &gen}, t0)
+	n, _ = tr.Node(id)
+	require.Equal(t, gen.String(), n.Genesis)
+
+	require.NoError(t, wire.DecodeLine([]byte(`{"Head":"x","GenesisCID":{"/":"`+gen.String()+`"}}`), &h))
+	beat(t, tr, id, &h, t0)
+	n, _ = tr.Node(id)
+	require.Equal(t, gen.String(), n.Genesis)
+
+	beat(t, tr, id, &wire.Heartbeat{}, t0)
+	n, _ = tr.Node(id)
+	require.Equal(t, "", n.Genesis)
+}
+
 // Beat copies what it keeps: the caller may reuse its buffers.
 func TestBeatCopiesStrings(t *testing.T) {
 	tr := newTracker(t, noGrace)
@@ -569,6 +596,30 @@ func TestBeatDoesNotAllocate(t *testing.T) {
 		}
 	})
 	require.Zero(t, allocs)
+}
+
+// The aggregator's hot path: one Heartbeat per stream, decoded into again
+// and again, then Beat. Neither allocates for a steady sender.
+func TestDecodeAndBeatDoNotAllocate(t *testing.T) {
+	tr := newTracker(t, noGrace)
+	gen := mkCID(t, "g")
+	line := []byte(`{"Head":"{ bafy2bzaceabc bafy2bzacedef }","Height":444,"Nickname":"BobHoblaw","MinerAddress":"t01234","GenesisCID":{"/":"` + gen.String() + `"}}`)
+	var h wire.Heartbeat
+	id := pid(1)
+	now := t0
+	step := func() {
+		now = now.Add(time.Second)
+		if err := wire.DecodeLine(line, &h); err != nil {
+			panic(err)
+		}
+		if _, _, err := tr.Beat(id, &h, now); err != nil {
+			panic(err)
+		}
+	}
+	step()
+	require.Zero(t, testing.AllocsPerRun(1000, step))
+	n, _ := tr.Node(pid(1))
+	require.Equal(t, gen.String(), n.Genesis)
 }
 
 // Everything at once under -race: the counts must add up afterwards.

@@ -1,0 +1,229 @@
+// Package metrics exposes the aggregator's Prometheus metrics on a registry
+// the caller owns (never the global one).
+//
+// Counters the stream handler increments:
+//
+//	heartbeat_rejected_total{reason}   streams ended or refused, by reason (Reasons)
+//	heartbeat_streams_opened_total     heartbeat streams accepted
+//	heartbeat_streams_closed_total{how} accepted streams that ended: eof, reset, error
+//
+// Values computed from tracker.Summary at scrape time, by a custom
+// collector (one O(n) pass per scrape, nothing to keep in sync):
+//
+//	heartbeat_heartbeats_received_total heartbeats the tracker accepted
+//	heartbeat_connected_nodes           nodes with an open stream  (2018: connected_nodes)
+//	heartbeat_nodes{state}              nodes by state: joining, up, suspect, down, left
+//	heartbeat_nodes_in_consensus        Up nodes on the consensus head (2018: nodes_in_consensus)
+//	heartbeat_nodes_in_dispute          the other Up nodes            (2018: nodes_in_dispute)
+//	heartbeat_consensus_height          height of the consensus head; 0 with no Up node
+//	heartbeat_max_nodes                 the tracker's MaxNodes, to alert before refusals start
+//
+// Every label value comes from a fixed set of constants: a reason the
+// handler passes that is not one of Reasons is counted as "other", so a bug
+// or a peer can never create new series. Nicknames, heads and peer ids are
+// never labels.
+package metrics
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/wire"
+)
+
+// The values of the reason label of heartbeat_rejected_total. The first
+// three are the wire decoder's own (wire.Reason), spelled the same.
+const (
+	// ReasonNotJSON: a line that is not JSON or not a JSON object.
+	ReasonNotJSON = string(wire.ReasonNotJSON)
+	// ReasonBadType: a known field with the wrong JSON type or range.
+	ReasonBadType = string(wire.ReasonBadType)
+	// ReasonInvalidUTF8: a line that is not valid UTF-8.
+	ReasonInvalidUTF8 = string(wire.ReasonInvalidUTF8)
+	// ReasonLineTooLong: a line longer than the limit, or no newline
+	// within it.
+	ReasonLineTooLong = "line_too_long"
+	// ReasonIdleTimeout: no complete line within the idle timeout.
+	ReasonIdleTimeout = "idle_timeout"
+	// ReasonTooManyNodes: a new peer past the tracker's MaxNodes
+	// (tracker.ErrFull).
+	ReasonTooManyNodes = "too_many_nodes"
+	// ReasonNotAllowed: a peer outside the allowlist.
+	ReasonNotAllowed = "not_allowed"
+	// ReasonSuperseded: an older stream reset because the same peer opened
+	// a newer one.
+	ReasonSuperseded = "superseded"
+	// ReasonResourceLimit: the resource manager refused memory for the
+	// stream's line buffer.
+	ReasonResourceLimit = "resource_limit"
+	// ReasonOther: anything else, including a reason not in this list.
+	ReasonOther = "other"
+)
+
+// Reasons lists every value of the reason label, in a fixed order.
+func Reasons() []string {
+	return []string{
+		ReasonNotJSON, ReasonBadType, ReasonInvalidUTF8, ReasonLineTooLong,
+		ReasonIdleTimeout, ReasonTooManyNodes, ReasonNotAllowed,
+		ReasonSuperseded, ReasonResourceLimit, ReasonOther,
+	}
+}
+
+// The values of the how label of heartbeat_streams_closed_total.
+const (
+	// ClosedEOF: the sender ended the stream cleanly.
+	ClosedEOF = "eof"
+	// ClosedReset: the sender reset the stream or the connection dropped.
+	ClosedReset = "reset"
+	// ClosedError: the aggregator ended the stream (a rejection, a timeout,
+	// its own shutdown).
+	ClosedError = "error"
+)
+
+// Closes lists every value of the how label.
+func Closes() []string { return []string{ClosedEOF, ClosedReset, ClosedError} }
+
+// Metrics holds the aggregator's collectors. Its methods are safe for
+// concurrent use and do not allocate.
+type Metrics struct {
+	rejected map[string]prometheus.Counter // one child per Reasons value
+	opened   prometheus.Counter
+	closed   map[string]prometheus.Counter // one child per Closes value
+}
+
+// New registers the aggregator's metrics on reg and a collector that reads
+// t on every scrape. It fails, naming the metric, if reg already holds one of
+// them (e.g. New called twice on one registry).
+func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
+	if reg == nil {
+		return nil, errors.New("metrics: nil prometheus.Registerer")
+	}
+	if t == nil {
+		return nil, errors.New("metrics: nil tracker")
+	}
+	rejected := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "heartbeat_rejected_total",
+		Help: "Heartbeat streams ended or refused by the aggregator, by reason.",
+	}, []string{"reason"})
+	opened := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "heartbeat_streams_opened_total",
+		Help: "Heartbeat streams accepted.",
+	})
+	closed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "heartbeat_streams_closed_total",
+		Help: "Accepted heartbeat streams that ended, by how: eof (clean), reset (by the sender or the network), error (by the aggregator).",
+	}, []string{"how"})
+	m := &Metrics{
+		rejected: make(map[string]prometheus.Counter),
+		opened:   opened,
+		closed:   make(map[string]prometheus.Counter),
+	}
+	// Every series exists from the start at 0, so rate() and absence
+	// alerts work before the first event.
+	for _, r := range Reasons() {
+		m.rejected[r] = rejected.WithLabelValues(r)
+	}
+	for _, h := range Closes() {
+		m.closed[h] = closed.WithLabelValues(h)
+	}
+	cs := []struct {
+		name string
+		c    prometheus.Collector
+	}{
+		{"heartbeat_rejected_total", rejected},
+		{"heartbeat_streams_opened_total", opened},
+		{"heartbeat_streams_closed_total", closed},
+		{"the tracker collector (heartbeat_nodes...)", newTrackerCollector(t)},
+	}
+	for _, c := range cs {
+		if err := reg.Register(c.c); err != nil {
+			return nil, fmt.Errorf("metrics: register %s: %w", c.name, err)
+		}
+	}
+	return m, nil
+}
+
+// Rejected counts one stream ended or refused for reason, one of the
+// Reason constants; any other string is counted as ReasonOther.
+func (m *Metrics) Rejected(reason string) {
+	c, ok := m.rejected[reason]
+	if !ok {
+		c = m.rejected[ReasonOther]
+	}
+	c.Inc()
+}
+
+// StreamOpened counts one accepted heartbeat stream.
+func (m *Metrics) StreamOpened() { m.opened.Inc() }
+
+// StreamClosed counts the end of an accepted stream: ClosedEOF when
+// graceful, ClosedError otherwise. Use StreamClosedHow to tell a reset by
+// the sender from an error.
+func (m *Metrics) StreamClosed(graceful bool) {
+	if graceful {
+		m.closed[ClosedEOF].Inc()
+		return
+	}
+	m.closed[ClosedError].Inc()
+}
+
+// StreamClosedHow counts the end of an accepted stream; how is one of the
+// Closed constants, any other string counts as ClosedError.
+func (m *Metrics) StreamClosedHow(how string) {
+	c, ok := m.closed[how]
+	if !ok {
+		c = m.closed[ClosedError]
+	}
+	c.Inc()
+}
+
+// trackerCollector turns one tracker.Summary per scrape into metrics.
+type trackerCollector struct {
+	t                                                *tracker.Tracker
+	maxNodes                                         float64
+	received, connected, nodes, inCons, inDisp, high *prometheus.Desc
+	max                                              *prometheus.Desc
+}
+
+func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
+	return &trackerCollector{
+		t:        t,
+		maxNodes: float64(t.Config().MaxNodes),
+		received: prometheus.NewDesc("heartbeat_heartbeats_received_total",
+			"Heartbeats received and recorded by the tracker.", nil, nil),
+		connected: prometheus.NewDesc("heartbeat_connected_nodes",
+			"Nodes with an open heartbeat stream (2018: connected_nodes).", nil, nil),
+		nodes: prometheus.NewDesc("heartbeat_nodes",
+			"Tracked nodes by state: joining (stream open, no heartbeat yet), up, suspect, down, left.", []string{"state"}, nil),
+		inCons: prometheus.NewDesc("heartbeat_nodes_in_consensus",
+			"Up nodes on the consensus head: the largest group of Up nodes sharing a head and height (2018: nodes_in_consensus).", nil, nil),
+		inDisp: prometheus.NewDesc("heartbeat_nodes_in_dispute",
+			"Up nodes not on the consensus head (2018: nodes_in_dispute).", nil, nil),
+		high: prometheus.NewDesc("heartbeat_consensus_height",
+			"Chain height of the consensus head; 0 when no node is Up.", nil, nil),
+		max: prometheus.NewDesc("heartbeat_max_nodes",
+			"The most nodes the aggregator tracks; new peers past it are rejected as too_many_nodes.", nil, nil),
+	}
+}
+
+func (c *trackerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max} {
+		ch <- d
+	}
+}
+
+func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.t.Summary()
+	ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(s.Beats))
+	ch <- prometheus.MustNewConstMetric(c.connected, prometheus.GaugeValue, float64(s.Connected))
+	for _, st := range tracker.States() {
+		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(s.ByState[st]), st.String())
+	}
+	ch <- prometheus.MustNewConstMetric(c.inCons, prometheus.GaugeValue, float64(s.InConsensus))
+	ch <- prometheus.MustNewConstMetric(c.inDisp, prometheus.GaugeValue, float64(s.InDispute))
+	ch <- prometheus.MustNewConstMetric(c.high, prometheus.GaugeValue, float64(s.ConsensusHeight))
+	ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, c.maxNodes)
+}
