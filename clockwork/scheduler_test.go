@@ -154,8 +154,8 @@ func TestSchedulerPopReleasesValues(t *testing.T) {
 	s.Pop()
 	s.Pop()
 	// The spare capacity must not keep popped values reachable.
-	for _, e := range s.heap[:cap(s.heap)] {
-		require.Nil(t, e.v)
+	for _, v := range s.vals[:cap(s.vals)] {
+		require.Nil(t, v)
 	}
 }
 
