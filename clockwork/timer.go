@@ -11,8 +11,9 @@ import (
 // Timer is a one-shot timer armed at absolute times, for an owner that
 // computes deadlines (a state machine that says "next beat at T") rather
 // than durations. It is owned by one goroutine: that goroutine alone calls
-// ResetAt, Stop, Ack and Close and receives from C. Deadline may be called
-// from anywhere.
+// ResetAt, Stop, Ack and Close and receives from C. On a Mock, Deadline may
+// also be called from other goroutines (a test inspecting an actor); on other
+// clocks only the owner may call it.
 //
 // On a *clock.Mock the owner must call Ack after handling every value it
 // receives from C; see the package documentation. Use NewTimer; the zero
