@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -40,6 +41,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/p2pbeat/heartbeat/aggregator/api"
+	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire"
@@ -171,7 +174,7 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	// Read the thresholds back with the tracker's defaults applied.
 	tc := t.Config()
 	cfg.SuspectAfter, cfg.DownAfter, cfg.StartupGrace = tc.SuspectAfter, tc.DownAfter, tc.StartupGrace
-	obs, err := newPromObserver(o.reg)
+	obs, err := metrics.New(o.reg, t)
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: %w", err)
 	}
@@ -194,7 +197,7 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	size := cfg.MaxLineBytes + 1
 	a.bufs.New = func() any { b := make([]byte, size); return &b }
 	if a.gater != nil {
-		f := func(id peer.ID) { a.reject(id, reasonNotAllowed, ErrNotAllowed) }
+		f := func(id peer.ID) { a.reject(id, metrics.ReasonNotAllowed, ErrNotAllowed) }
 		a.gater.onRefuse.Store(&f)
 	}
 	// The sweeper's timer is armed here, before New returns, so that a test
@@ -217,8 +220,15 @@ func (a *Aggregator) Config() Config { return a.cfg }
 func (a *Aggregator) Tracker() *tracker.Tracker { return a.tracker }
 
 // Registry returns the Prometheus registry holding the aggregator's
-// metrics, to gather or to serve on /metrics.
+// metrics (see package aggregator/metrics), to gather or to serve.
 func (a *Aggregator) Registry() *prometheus.Registry { return a.reg }
+
+// HTTPHandler serves /metrics (from Registry), /api/nodes, /api/summary and
+// /healthz (see package aggregator/api), with times on the aggregator's
+// clock. Serve it with api.NewServer, which sets the server timeouts.
+func (a *Aggregator) HTTPHandler() http.Handler {
+	return api.NewHandler(a.tracker, a.reg, a.clock.Now)
+}
 
 // Run blocks until ctx is done or Close is called, then closes the
 // aggregator. It returns ctx.Err() when ctx ended it, nil after Close.
@@ -282,18 +292,18 @@ func (a *Aggregator) handleStream(s network.Stream) {
 	defer a.wg.Done()
 	id := s.Conn().RemotePeer()
 	if err := s.Scope().SetService(wire.ServiceName); err != nil {
-		a.log.Debug("cannot attach stream to the heartbeat service", "peer_id", id.String(), "error", err)
+		a.reject(id, metrics.ReasonResourceLimit, fmt.Errorf("attach stream to service %s: %w", wire.ServiceName, err))
 		s.Reset()
 		return
 	}
 	if !a.gater.Allows(id) {
-		a.reject(id, reasonNotAllowed, ErrNotAllowed)
+		a.reject(id, metrics.ReasonNotAllowed, ErrNotAllowed)
 		s.Reset()
 		return
 	}
 	size := a.cfg.MaxLineBytes + 1
 	if err := s.Scope().ReserveMemory(size, network.ReservationPriorityAlways); err != nil {
-		a.log.Debug("cannot reserve memory for a heartbeat stream", "peer_id", id.String(), "error", err)
+		a.reject(id, metrics.ReasonResourceLimit, fmt.Errorf("reserve %d bytes for the line buffer: %w", size, err))
 		s.Reset()
 		return
 	}
@@ -326,7 +336,7 @@ func (a *Aggregator) register(id peer.ID, ls *liveStream) bool {
 	if old != nil {
 		old.superseded.Store(true)
 		old.s.Reset()
-		a.reject(id, reasonSuperseded, ErrSuperseded)
+		a.reject(id, metrics.ReasonSuperseded, ErrSuperseded)
 	}
 	return true
 }
@@ -358,7 +368,7 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 	}
 	if err := a.tracker.StreamOpened(id, a.clock.Now()); err != nil {
 		if errors.Is(err, tracker.ErrFull) {
-			a.reject(id, reasonTooManyNodes, err)
+			a.reject(id, metrics.ReasonTooManyNodes, err)
 		}
 		return fmt.Errorf("heartbeat stream from %s refused: %w", id, err)
 	}
@@ -372,16 +382,18 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 	err = a.readLoop(id, lr)
 	a.bufs.Put(bp)
 
-	graceful := err == nil
-	if ls != nil && ls.superseded.Load() {
-		err = ErrSuperseded // counted by register
-	} else if err != nil {
-		err = a.classify(id, err)
+	how := metrics.ClosedEOF
+	switch {
+	case err == nil:
+	case ls != nil && ls.superseded.Load():
+		err, how = ErrSuperseded, metrics.ClosedError // counted by register
+	default:
+		err, how = a.classify(id, err)
 	}
-	if ch, ok := a.tracker.StreamEnded(id, graceful, a.clock.Now()); ok {
+	if ch, ok := a.tracker.StreamEnded(id, how == metrics.ClosedEOF, a.clock.Now()); ok {
 		a.logChange(ch)
 	}
-	a.obs.StreamClosed(graceful)
+	a.obs.StreamClosedHow(how)
 	if err != nil {
 		return fmt.Errorf("heartbeat stream from %s: %w", id, err)
 	}
@@ -428,34 +440,35 @@ func (a *Aggregator) readLoop(id peer.ID, lr *lineReader) error {
 }
 
 // classify maps the error that ended a stream to its rejection reason,
-// counts and logs it, and returns the error to report (wrapped sentinel).
-// Transport errors that are not the peer's fault (reset, closed
-// connection, our own shutdown) are returned as they are, uncounted.
-func (a *Aggregator) classify(id peer.ID, err error) error {
+// counts and logs it, and returns the error to report (with our sentinel)
+// and how the stream closed for the metrics: "error" when the aggregator
+// ended it, "reset" when the sender or the network did (not the peer's
+// protocol fault: uncounted as a rejection, logged at DEBUG).
+func (a *Aggregator) classify(id peer.ID, err error) (error, string) {
 	var de *wire.DecodeError
 	switch {
 	case errors.As(err, &de):
 		a.reject(id, string(de.Reason), err)
-		return err
+		return err, metrics.ClosedError
 	case errors.Is(err, errLineTooLong):
 		err = fmt.Errorf("%w (limit %d bytes)", ErrLineTooLong, a.cfg.MaxLineBytes)
-		a.reject(id, reasonLineTooLong, err)
-		return err
+		a.reject(id, metrics.ReasonLineTooLong, err)
+		return err, metrics.ClosedError
 	case errors.Is(err, tracker.ErrFull):
-		a.reject(id, reasonTooManyNodes, err)
-		return err
+		a.reject(id, metrics.ReasonTooManyNodes, err)
+		return err, metrics.ClosedError
 	case isTimeout(err):
 		err = fmt.Errorf("%w (%v): %w", ErrIdleTimeout, a.cfg.IdleTimeout, err)
-		a.reject(id, reasonIdleTimeout, err)
-		return err
+		a.reject(id, metrics.ReasonIdleTimeout, err)
+		return err, metrics.ClosedError
 	}
 	select {
 	case <-a.done:
-		return fmt.Errorf("%w: %w", ErrClosed, err)
+		return fmt.Errorf("%w: %w", ErrClosed, err), metrics.ClosedError
 	default:
 	}
 	a.log.Debug("heartbeat stream ended", "peer_id", id.String(), "error", err)
-	return err
+	return err, metrics.ClosedReset
 }
 
 func isTimeout(err error) bool {
@@ -472,7 +485,7 @@ func isTimeout(err error) bool {
 func (a *Aggregator) reject(id peer.ID, reason string, err error) {
 	a.obs.Rejected(reason)
 	level := hclog.Warn
-	if reason == reasonSuperseded {
+	if reason == metrics.ReasonSuperseded {
 		level = hclog.Info
 	}
 	if ok, suppressed := a.rejects.allow(id, a.clock.Now()); ok {

@@ -3,8 +3,11 @@ package aggregator
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -14,6 +17,8 @@ import (
 	mh "github.com/multiformats/go-multihash"
 	"github.com/stretchr/testify/require"
 
+	"github.com/p2pbeat/heartbeat/aggregator/api"
+	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 )
@@ -84,6 +89,27 @@ func TestLegacySenders(t *testing.T) {
 	n1, _ = e.a.Tracker().Node(old.id())
 	require.Equal(t, tracker.Left, n1.State)
 	require.Equal(t, tracker.StreamClosed, n1.Stream)
+	require.Equal(t, 2.0, counter(t, e.a.Registry(), "heartbeat_streams_opened_total"))
+	require.Equal(t, 1.0, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedEOF))
+
+	// The HTTP API shows both nodes, keyed by peer id.
+	rr := httptest.NewRecorder()
+	e.a.HTTPHandler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "/api/nodes", nil))
+	require.Equal(t, http.StatusOK, rr.Code)
+	var nodes []api.Node
+	require.NoError(t, json.Unmarshal(rr.Body.Bytes(), &nodes))
+	require.Len(t, nodes, 2)
+	byID := map[string]api.Node{}
+	for _, n := range nodes {
+		byID[n.PeerID] = n
+	}
+	require.Equal(t, "left", byID[old.id().String()].State)
+	require.Equal(t, uint64(444), byID[old.id().String()].Height)
+	require.Equal(t, "up", byID[later.id().String()].State)
+	rr = httptest.NewRecorder()
+	e.a.HTTPHandler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Equal(t, http.StatusOK, rr.Code)
+	require.Contains(t, rr.Body.String(), `heartbeat_heartbeats_received_total 3`)
 
 	// One JSON log line per state change, with the agreed keys.
 	changes := e.log.entries(t, "node state changed")
@@ -130,16 +156,16 @@ func TestBadInput(t *testing.T) {
 		input  []byte
 		reason string
 	}{
-		{"not JSON", []byte("hello, aggregator\n"), reasonNotJSON},
-		{"JSON but not an object", []byte("[1,2,3]\n"), reasonNotJSON},
-		{"height as string", []byte(`{"Head":"{ h }","Height":"5"}` + "\n"), reasonBadType},
-		{"negative height", []byte(`{"Height":-1}` + "\n"), reasonBadType},
-		{"fractional height", []byte(`{"Height":1.5}` + "\n"), reasonBadType},
-		{"numeric nickname", []byte(`{"Nickname":7}` + "\n"), reasonBadType},
-		{"oversized line", append(bytes.Repeat([]byte("x"), maxLine+1), '\n'), reasonLineTooLong},
-		{"no newline past the limit", bytes.Repeat([]byte(`{"Head":"`), 8*maxLine), reasonLineTooLong},
-		{"invalid UTF-8", []byte("{\"Nickname\":\"\xff\xfe\"}\n"), reasonInvalidUTF8},
-		{"bad line after a good one", []byte(`{"Height":1}` + "\n" + `{"Height":true}` + "\n"), reasonBadType},
+		{"not JSON", []byte("hello, aggregator\n"), metrics.ReasonNotJSON},
+		{"JSON but not an object", []byte("[1,2,3]\n"), metrics.ReasonNotJSON},
+		{"height as string", []byte(`{"Head":"{ h }","Height":"5"}` + "\n"), metrics.ReasonBadType},
+		{"negative height", []byte(`{"Height":-1}` + "\n"), metrics.ReasonBadType},
+		{"fractional height", []byte(`{"Height":1.5}` + "\n"), metrics.ReasonBadType},
+		{"numeric nickname", []byte(`{"Nickname":7}` + "\n"), metrics.ReasonBadType},
+		{"oversized line", append(bytes.Repeat([]byte("x"), maxLine+1), '\n'), metrics.ReasonLineTooLong},
+		{"no newline past the limit", bytes.Repeat([]byte(`{"Head":"`), 8*maxLine), metrics.ReasonLineTooLong},
+		{"invalid UTF-8", []byte("{\"Nickname\":\"\xff\xfe\"}\n"), metrics.ReasonInvalidUTF8},
+		{"bad line after a good one", []byte(`{"Height":1}` + "\n" + `{"Height":true}` + "\n"), metrics.ReasonBadType},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -154,8 +180,9 @@ func TestBadInput(t *testing.T) {
 			err := e.rec.waitEnds(t, bad.id(), i+1)
 			require.Error(t, err)
 			require.Equal(t, before+1, rejected(t, e, tc.reason), "counter for %s", tc.reason)
+			require.Equal(t, float64(i+1), counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedError))
 			switch tc.reason {
-			case reasonLineTooLong:
+			case metrics.ReasonLineTooLong:
 				require.ErrorIs(t, err, ErrLineTooLong)
 			default:
 				var de *wire.DecodeError
@@ -182,23 +209,26 @@ func TestBadInput(t *testing.T) {
 }
 
 // A stream that sends no complete line within IdleTimeout is reset and
-// counted, and a partial line does not keep it alive.
+// counted; a partial line is not a sign of life. (That the deadline is
+// re-armed after each complete line, and only then, is checked without a
+// network, and without timing, in TestIdleDeadlineArming.)
 func TestIdleTimeout(t *testing.T) {
 	checkLeaks(t)
-	// Wall-clock deadlines: keep them short, but longer than the period.
+	// A wall-clock deadline: short, but longer than the period. The test
+	// does not race it: whenever the partial line arrives, it must not
+	// re-arm the deadline.
 	cfg := Config{ExpectedPeriod: 50 * time.Millisecond, IdleTimeout: 200 * time.Millisecond}
 	e := newEnv(t, cfg, nil)
 	s := newSender(t)
 
 	st := s.open(t, e)
-	encode(t, st, legacyHeartbeat{Head: "{ h }", Height: 1})
-	e.rec.waitBeats(t, s.id(), 1)
-	_, err := st.Write([]byte(`{"Head":`)) // a partial line: not a sign of life
+	_, err := st.Write([]byte(`{"Head":`))
 	require.NoError(t, err)
 	requireReset(t, st)
 	err = e.rec.waitEnds(t, s.id(), 1)
 	require.ErrorIs(t, err, ErrIdleTimeout)
-	require.Equal(t, 1.0, rejected(t, e, reasonIdleTimeout))
+	require.Equal(t, 1.0, rejected(t, e, metrics.ReasonIdleTimeout))
+	require.Zero(t, e.rec.beatCount(s.id()))
 }
 
 // A newer stream from the same peer supersedes the older, which is reset
@@ -217,7 +247,7 @@ func TestSupersedingStream(t *testing.T) {
 	requireReset(t, first)
 	require.ErrorIs(t, e.rec.waitEnds(t, s.id(), 1), ErrSuperseded)
 	e.rec.waitBeats(t, s.id(), 2)
-	require.Equal(t, 1.0, rejected(t, e, reasonSuperseded))
+	require.Equal(t, 1.0, rejected(t, e, metrics.ReasonSuperseded))
 
 	n, ok := e.a.Tracker().Node(s.id())
 	require.True(t, ok)
@@ -263,7 +293,7 @@ func TestAllowlist(t *testing.T) {
 	}
 	require.Error(t, err, "a non-listed peer must be refused")
 	require.GreaterOrEqual(t, g.Refused(), uint64(1))
-	require.GreaterOrEqual(t, rejected(t, e, reasonNotAllowed), 1.0)
+	require.GreaterOrEqual(t, rejected(t, e, metrics.ReasonNotAllowed), 1.0)
 	_, known := e.a.Tracker().Node(other.id())
 	require.False(t, known)
 
@@ -286,7 +316,7 @@ func TestAllowlistWithoutHostGater(t *testing.T) {
 	st := other.open(t, e)
 	_, _ = st.Write([]byte(`{"Height":1}` + "\n"))
 	requireReset(t, st)
-	require.Equal(t, 1.0, rejected(t, e, reasonNotAllowed))
+	require.Equal(t, 1.0, rejected(t, e, metrics.ReasonNotAllowed))
 	require.Zero(t, e.a.Tracker().Len())
 }
 
@@ -304,7 +334,7 @@ func TestMaxNodes(t *testing.T) {
 	_, _ = st2.Write([]byte(`{"Height":1}` + "\n"))
 	requireReset(t, st2)
 	require.ErrorIs(t, e.rec.waitEnds(t, second.id(), 1), tracker.ErrFull)
-	require.Equal(t, 1.0, rejected(t, e, reasonTooManyNodes))
+	require.Equal(t, 1.0, rejected(t, e, metrics.ReasonTooManyNodes))
 	_, known := e.a.Tracker().Node(second.id())
 	require.False(t, known)
 

@@ -52,7 +52,7 @@ func checkLeaks(t *testing.T) {
 }
 
 // newHost starts a libp2p host on loopback and closes it when t ends.
-func newHost(t *testing.T, opts ...libp2p.Option) host.Host {
+func newHost(t testing.TB, opts ...libp2p.Option) host.Host {
 	t.Helper()
 	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings(loopback)}, opts...)...)
 	require.NoError(t, err)

@@ -18,6 +18,7 @@ import (
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/stretchr/testify/require"
 
+	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire"
@@ -220,7 +221,7 @@ func TestMemoryBoundedWithoutNewline(t *testing.T) {
 	t.Logf("100 MiB offered: read %d bytes, allocated %d bytes, heap in use grew by %d bytes", src.n, allocated, grown)
 	require.Less(t, allocated, uint64(1<<20), "total allocation during the stream")
 	require.Less(t, grown, int64(2<<20), "heap growth")
-	require.Equal(t, 1.0, counter(t, a.Registry(), "heartbeat_rejected_total", "reason", reasonLineTooLong))
+	require.Equal(t, 1.0, counter(t, a.Registry(), "heartbeat_rejected_total", "reason", metrics.ReasonLineTooLong))
 }
 
 // The same over a real libp2p stream: the sender tries to write 100 MiB
@@ -429,6 +430,9 @@ func TestServeLinesFull(t *testing.T) {
 	// would be evicted to make room.
 	boom := errors.New("reset")
 	require.ErrorIs(t, a.ServeLines(randomPeer(t), io.MultiReader(strings.NewReader(`{"Height":1}`+"\n"), iotest.ErrReader(boom))), boom)
+	// Ended by the sender or the network: counted as a reset, not a
+	// rejection.
+	require.Equal(t, 1.0, counter(t, a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedReset))
 	src := &countingReader{r: strings.NewReader(`{"Height":1}` + "\n")}
 	err = a.ServeLines(randomPeer(t), src)
 	require.ErrorIs(t, err, tracker.ErrFull)

@@ -1,0 +1,176 @@
+package aggregator
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pbeat/heartbeat/wire"
+)
+
+// benchStreams is the number of concurrent in-memory streams: many more
+// than cores, as on a real aggregator.
+const benchStreams = 1000
+
+// linesPerBlock canonical heartbeat lines make one block; a stream replays
+// its block. The head changes every 10 lines, as a Filecoin head changes
+// every 30 s epoch under a 3 s BeatPeriod, and all nodes share it.
+const linesPerBlock = 100
+
+// beatBlock is one node's block of canonical 2019 lines (json.Encoder
+// output) and the byte offset of each line in it.
+func beatBlock(tb testing.TB, node int) ([]byte, []int) {
+	tb.Helper()
+	var block []byte
+	offs := make([]int, 0, linesPerBlock+1)
+	for i := range linesPerBlock {
+		offs = append(offs, len(block))
+		epoch := 3_000_000 + i/10
+		var err error
+		block, err = wire.AppendLine(block, wire.Heartbeat{
+			Head:         "{ bafy2bzaceb" + strconv.Itoa(epoch) + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa }",
+			Height:       uint64(epoch),
+			Nickname:     "node-" + strconv.Itoa(node),
+			MinerAddress: "f0" + strconv.Itoa(1000+node),
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return block, append(offs, len(block))
+}
+
+// blockReader replays block for exactly n lines, copying into the caller's
+// buffer as a network read does.
+type blockReader struct {
+	block     []byte
+	pos       int // position in block
+	remaining int // bytes left in the stream
+}
+
+func newBlockReader(block []byte, offs []int, lines int) *blockReader {
+	full, rest := lines/linesPerBlock, lines%linesPerBlock
+	return &blockReader{block: block, remaining: full*len(block) + offs[rest]}
+}
+
+func (r *blockReader) Read(p []byte) (int, error) {
+	if r.remaining == 0 {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) && r.remaining > 0 {
+		c := copy(p[n:min(len(p), n+r.remaining)], r.block[r.pos:])
+		n += c
+		r.remaining -= c
+		r.pos = (r.pos + c) % len(r.block)
+	}
+	return n, nil
+}
+
+// benchIngest feeds b.N heartbeats through serve, split over benchStreams
+// concurrent streams, and reports beats/s.
+func benchIngest(b *testing.B, serve func(id peer.ID, r io.Reader) error) {
+	ids := make([]peer.ID, benchStreams)
+	blocks := make([][]byte, benchStreams)
+	offs := make([][]int, benchStreams)
+	for i := range ids {
+		ids[i] = randomPeer(b)
+		blocks[i], offs[i] = beatBlock(b, i)
+	}
+	readers := make([]*blockReader, benchStreams)
+	for i := range readers {
+		n := b.N / benchStreams
+		if i < b.N%benchStreams {
+			n++
+		}
+		readers[i] = newBlockReader(blocks[i], offs[i], n)
+	}
+	errs := make(chan error, benchStreams)
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range readers {
+		wg.Go(func() {
+			if err := serve(ids[i], readers[i]); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "beats/s")
+}
+
+// BenchmarkIngest is ours: bounded line reader, wire.DecodeLine's fast
+// path, the sharded tracker, one timestamp per chunk.
+func BenchmarkIngest(b *testing.B) {
+	a, err := New(newHost(b), Config{MaxNodes: benchStreams})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	benchIngest(b, a.ServeLines)
+	if got := a.Tracker().Summary().Beats; got != uint64(b.N) {
+		b.Fatalf("tracker counted %d beats, want %d", got, b.N)
+	}
+}
+
+// legacy2018 is the 2018 aggregator's design: a json.Decoder on each
+// stream and one mutex over one map, stamped with time.Now per beat.
+type legacy2018 struct {
+	mu    sync.Mutex
+	nodes map[peer.ID]*legacyNode
+}
+
+type legacyNode struct {
+	hb       wire.Heartbeat
+	lastSeen time.Time
+	beats    uint64
+}
+
+func (l *legacy2018) serve(id peer.ID, r io.Reader) error {
+	dec := json.NewDecoder(r)
+	for {
+		var hb wire.Heartbeat
+		if err := dec.Decode(&hb); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("decode heartbeat from %s: %w", id, err)
+		}
+		l.mu.Lock()
+		n := l.nodes[id]
+		if n == nil {
+			n = &legacyNode{}
+			l.nodes[id] = n
+		}
+		n.hb = hb
+		n.lastSeen = time.Now()
+		n.beats++
+		l.mu.Unlock()
+	}
+}
+
+// BenchmarkIngest2018 is the 2018 design on the same input, for the ratio.
+func BenchmarkIngest2018(b *testing.B) {
+	l := &legacy2018{nodes: make(map[peer.ID]*legacyNode)}
+	benchIngest(b, l.serve)
+	var total uint64
+	for _, n := range l.nodes {
+		total += n.beats
+	}
+	if total != uint64(b.N) {
+		b.Fatalf("counted %d beats, want %d", total, b.N)
+	}
+}
