@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -63,6 +62,3 @@ func beat(t testing.TB, tr *Tracker, id peer.ID, h *wire.Heartbeat, at time.Time
 	require.NoError(t, err)
 	return ch, ok
 }
-
-// unsafeString aliases b, as a zero-copy decoder would.
-func unsafeString(b []byte) string { return unsafe.String(&b[0], len(b)) }

@@ -7,7 +7,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,9 +120,11 @@ var (
 // (no I/O, goroutines, clock reads or logging) and safe for concurrent use.
 // See the package documentation for the rules.
 type Tracker struct {
-	cfg   Config
-	start time.Time
-	mix   uint64 // random per tracker: see shardFor
+	cfg       Config
+	start     time.Time
+	startSec  int64  // start.Unix()
+	startNsec int    // start.Nanosecond()
+	mix       uint64 // random per tracker: see shardFor
 
 	// Thresholds in nanoseconds, the unit of the stored times.
 	suspectNs, downNs, graceNs int64
@@ -147,12 +148,15 @@ type shard struct {
 	// now <= next and recomputes it exactly when it scans.
 	next  int64
 	beats uint64
-	_     [32]byte // keep shards on separate cache lines
+	// 128 bytes a shard: wherever the array starts, the hot fields of two
+	// shards never share a cache line, so cores beating into different
+	// shards do not steal each other's lines.
+	_ [96]byte
 }
 
-// node is one record. Times are nanoseconds since the tracker's start,
-// computed with time.Time.Sub, so a monotonic clock reading in now is
-// honoured and each time costs 8 bytes instead of 24.
+// node is one record (128 bytes). Times are nanoseconds since the tracker's
+// start (see rel: a monotonic reading in now is honoured), 8 bytes each
+// instead of a time.Time's 24.
 type node struct {
 	// What Beat reads and writes comes first, to share cache lines.
 	nickname   string
@@ -189,6 +193,8 @@ func New(cfg Config, start time.Time) (*Tracker, error) {
 	t := &Tracker{
 		cfg:       cfg,
 		start:     start,
+		startSec:  start.Unix(),
+		startNsec: start.Nanosecond(),
 		mix:       rand.Uint64(),
 		suspectNs: int64(cfg.SuspectAfter),
 		downNs:    int64(cfg.DownAfter),
@@ -209,7 +215,17 @@ func (t *Tracker) Config() Config { return t.cfg }
 // Len returns the number of tracked nodes.
 func (t *Tracker) Len() int { return int(t.count.Load()) }
 
-func (t *Tracker) rel(now time.Time) int64 { return int64(now.Sub(t.start)) }
+// rel converts now to nanoseconds since start. With monotonic readings on
+// both (a real clock), time.Time.Sub uses them and is cheap. Without (virtual
+// time, tests), Sub verifies overflow with an Add and an Equal, which costs
+// more than the rest of a Beat; the wall arithmetic below gives the same
+// result for any now within ±292 years of start.
+func (t *Tracker) rel(now time.Time) int64 {
+	if now != now.Round(0) { // now has a monotonic reading
+		return int64(now.Sub(t.start))
+	}
+	return (now.Unix()-t.startSec)*int64(time.Second) + int64(now.Nanosecond()-t.startNsec)
+}
 
 func (t *Tracker) abs(ns int64) time.Time { return t.start.Add(time.Duration(ns)) }
 
@@ -219,9 +235,15 @@ func (t *Tracker) abs(ns int64) time.Time { return t.start.Add(time.Duration(ns)
 // whole id. The seed keeps a peer that grinds keys from aiming at one
 // shard (which would only cost contention, never correctness).
 func (t *Tracker) shardFor(id peer.ID) *shard {
-	x := t.mix
-	for i := max(0, len(id)-8); i < len(id); i++ {
-		x = x<<8 | uint64(id[i])
+	var x uint64
+	if len(id) >= 8 {
+		b := id[len(id)-8:] // one 8-byte load: the compiler merges these
+		x = uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
+			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
+	} else {
+		for i := range len(id) {
+			x = x<<8 | uint64(id[i])
+		}
 	}
 	x ^= t.mix
 	x *= 0x9e3779b97f4a7c15 // Fibonacci hashing: the top bits mix all of x
@@ -348,9 +370,12 @@ func (t *Tracker) transitionLocked(n *node, to State, at int64) Change {
 // -> Up; Suspect/Down/Left -> Up), if any. A new peer past MaxNodes gets
 // ErrFull.
 //
-// Beat keeps no reference into hb: strings it stores are copied (only when
-// they differ from the stored ones, so a steady node costs no allocation),
-// which lets the caller reuse hb and decode into borrowed buffers.
+// Beat keeps no reference to hb itself, so the caller may reuse it. It
+// keeps hb's Nickname and MinerAddress strings as they are (Go strings are
+// immutable): a caller that builds strings over a reused buffer with unsafe
+// must copy them first, and one that slices them out of a larger string
+// keeps that string alive. Head and genesis are interned (copied once per
+// distinct value). A steady node costs no allocation.
 func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, bool, error) {
 	if id == "" {
 		return Change{}, false, errNoPeer
@@ -363,11 +388,14 @@ func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, b
 	if err != nil {
 		return Change{}, false, err
 	}
+	// Keeping the caller's own strings (not copies) makes the next compare
+	// a pointer compare when the caller reuses them, as wire.DecodeLine does
+	// for an unchanged field: no stored byte is read for a steady node.
 	if n.nickname != hb.Nickname {
-		n.nickname = strings.Clone(hb.Nickname)
+		n.nickname = hb.Nickname
 	}
 	if n.miner != hb.MinerAddress {
-		n.miner = strings.Clone(hb.MinerAddress)
+		n.miner = hb.MinerAddress
 	}
 	if n.head.Value() != hb.Head {
 		n.head = unique.Make(hb.Head) // copies the string when it is new

@@ -336,25 +336,6 @@ func TestGenesis(t *testing.T) {
 	require.Equal(t, "", n.Genesis)
 }
 
-// Beat copies what it keeps: the caller may reuse its buffers.
-func TestBeatCopiesStrings(t *testing.T) {
-	tr := newTracker(t, noGrace)
-	buf := []byte("nick-headminer")
-	h := &wire.Heartbeat{
-		Nickname:     unsafeString(buf[0:4]),
-		Head:         unsafeString(buf[5:9]),
-		MinerAddress: unsafeString(buf[9:14]),
-	}
-	beat(t, tr, pid(1), h, t0)
-	for i := range buf {
-		buf[i] = 'X'
-	}
-	n, _ := tr.Node(pid(1))
-	require.Equal(t, "nick", n.Nickname)
-	require.Equal(t, "head", n.Head)
-	require.Equal(t, "miner", n.MinerAddress)
-}
-
 func TestBadArguments(t *testing.T) {
 	tr := newTracker(t, noGrace)
 	_, _, err := tr.Beat("", hb("h", 1, ""), t0)
@@ -704,4 +685,21 @@ func TestConcurrentAdmission(t *testing.T) {
 	sum := tr.Summary()
 	require.Equal(t, max, sum.Nodes)
 	require.Equal(t, int64(sum.ByState[Left]), tr.left.Load())
+}
+
+// rel agrees with time.Time.Sub with and without monotonic readings, across
+// zones and before start.
+func TestRel(t *testing.T) {
+	wall := newTracker(t, noGrace)
+	mono, err := New(noGrace, time.Now()) // the only clock read in the tests: a monotonic reading
+	require.NoError(t, err)
+	zone := time.FixedZone("X", -7*3600)
+	for _, d := range []time.Duration{0, 1, -1, 999_999_999, time.Second + 1, -time.Hour - 7, 24 * 365 * time.Hour} {
+		for _, tr := range []*Tracker{wall, mono} {
+			for _, now := range []time.Time{tr.start.Add(d), tr.start.Add(d).Round(0), tr.start.Add(d).In(zone)} {
+				require.Equal(t, int64(now.Sub(tr.start)), tr.rel(now), "d=%v now=%v", d, now)
+				require.True(t, tr.abs(tr.rel(now)).Equal(now))
+			}
+		}
+	}
 }
