@@ -24,12 +24,18 @@ func benchPeers() []peer.ID {
 }
 
 // benchBeats returns one heartbeat per peer, shaped like the legacy example
-// line, with strings of their own (as a decoder would allocate them).
+// line, each with a nickname and miner address of its own. The nodes are on
+// one of 3 heads; the 3 head strings are shared, which models what the
+// aggregator sees: the head it compares was just decoded, so it is in cache.
 func benchBeats(n int) []wire.Heartbeat {
+	var heads [3]string
+	for i := range heads {
+		heads[i] = fmt.Sprintf("{ bafy2bzacea%052d bafy2bzaced%052d }", i, i)
+	}
 	hbs := make([]wire.Heartbeat, n)
 	for i := range hbs {
 		hbs[i] = wire.Heartbeat{
-			Head:         fmt.Sprintf("{ bafy2bzacea%052d bafy2bzaced%052d }", i%3, i%3),
+			Head:         heads[i%3],
 			Height:       444,
 			Nickname:     fmt.Sprintf("node-%05d", i),
 			MinerAddress: fmt.Sprintf("t0%d", 1000+i),
