@@ -56,9 +56,9 @@ type LogRecord struct {
 	Kind  LogKind
 	// Attempt is the attempt the record is about.
 	Attempt uint64
-	// Outage is how long the failures have lasted: for LogConnectFailed
-	// since the first failure (as the legacy counted), for LogConnected since
-	// the stream was lost or the first failure.
+	// Outage is how long the failures have lasted, to the millisecond: for
+	// LogConnectFailed since the first failure (as the legacy counted), for
+	// LogConnected since the stream was lost or the first failure.
 	Outage time.Duration
 	// Failures is the number of failed attempts in the current outage.
 	Failures uint64

@@ -175,7 +175,7 @@ func (m *Machine) perform(a Action, now, due time.Time, ev Event) {
 	case BeginBeating:
 		m.disarm(DialTimer)
 		if ended, outage, failures := m.policy.connected(now); ended {
-			m.log(LogRecord{Level: LevelInfo, Kind: LogConnected, Outage: outage, Failures: failures})
+			m.log(LogRecord{Level: LevelInfo, Kind: LogConnected, Outage: outage.Round(time.Millisecond), Failures: failures})
 		}
 		m.lastErr = nil
 		m.send(now, now)
@@ -251,7 +251,7 @@ func (m *Machine) nextBeat(now, due time.Time) time.Time {
 func (m *Machine) connectFailed(now time.Time, err error) {
 	m.lastErr = err
 	level, outage := m.policy.connectFailed(now)
-	m.log(LogRecord{Level: level, Kind: LogConnectFailed, Outage: outage, Failures: m.policy.failures, Err: err})
+	m.log(LogRecord{Level: level, Kind: LogConnectFailed, Outage: outage.Round(time.Millisecond), Failures: m.policy.failures, Err: err})
 	m.arm(RetryTimer, now.Add(m.delay(m.policy.failures)))
 }
 

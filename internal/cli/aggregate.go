@@ -1,0 +1,162 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/api"
+	"github.com/p2pbeat/heartbeat/internal/keyfile"
+)
+
+// aggregatorSetup is what it takes to start an aggregator process.
+type aggregatorSetup struct {
+	key     crypto.PrivKey
+	listen  string // libp2p multiaddr
+	http    string // host:port; "" for no HTTP server
+	cfg     aggregator.Config
+	allow   []peer.ID
+	beatLog bool
+	log     hclog.Logger
+}
+
+// runningAggregator is a libp2p host, the aggregator on it and its HTTP server.
+type runningAggregator struct {
+	host    host.Host
+	agg     *aggregator.Aggregator
+	http    *http.Server
+	httpURL string
+	served  chan error
+}
+
+// dialable is the multiaddr senders use, with /p2p/.
+func (r *runningAggregator) dialable() string {
+	return r.host.Addrs()[0].String() + "/p2p/" + r.host.ID().String()
+}
+
+func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
+	gater := aggregator.Gater(s.allow)
+	hostOpts, err := aggregator.HostOptions(s.cfg, gater)
+	if err != nil {
+		return nil, usageError("%v", err)
+	}
+	h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(s.key), libp2p.ListenAddrStrings(s.listen)}, hostOpts...)...)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p host on %s: %w", s.listen, err)
+	}
+	if len(h.Addrs()) == 0 {
+		h.Close()
+		return nil, fmt.Errorf("libp2p host on %s: no listen address", s.listen)
+	}
+	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog)}
+	if gater != nil {
+		opts = append(opts, aggregator.WithGater(gater))
+	}
+	agg, err := aggregator.New(h, s.cfg, opts...)
+	if err != nil {
+		h.Close()
+		return nil, usageError("%v", err)
+	}
+	r := &runningAggregator{host: h, agg: agg, served: make(chan error, 1)}
+	if s.http != "" {
+		ln, err := net.Listen("tcp", s.http)
+		if err != nil {
+			r.stop()
+			return nil, fmt.Errorf("http listen %s: %w", s.http, err)
+		}
+		r.httpURL = "http://" + ln.Addr().String()
+		r.http = api.NewServer(s.http, api.NewHandler(agg.Tracker(), agg.Registry(), time.Now))
+		go func() { r.served <- r.http.Serve(ln) }()
+	}
+	return r, nil
+}
+
+// stop shuts the HTTP server down (finishing requests in flight, briefly),
+// then the aggregator and the host.
+func (r *runningAggregator) stop() error {
+	var errs []error
+	if r.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, r.http.Shutdown(ctx))
+		cancel()
+		if err := <-r.served; !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, r.agg.Close(), r.host.Close())
+	return errors.Join(errs...)
+}
+
+func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...] [--log-level L] [--log-json]", stderr)
+	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP address for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one)")
+	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
+	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked and connected at once")
+	period := fs.Duration("expected-period", 3*time.Second, "the senders' beat period: silence over 2x is Suspect, over 5x Down")
+	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
+	var allow listFlag
+	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
+	var lf logFlags
+	lf.register(fs, "info")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	log, err := lf.logger("heartbeat", stderr)
+	if err != nil {
+		return err
+	}
+	var allowed []peer.ID
+	for _, s := range allow {
+		id, err := peer.Decode(s)
+		if err != nil {
+			return usageError("--allow %q: %v", s, err)
+		}
+		allowed = append(allowed, id)
+	}
+	key, err := loadKey(*keyPath)
+	if err != nil {
+		return err
+	}
+	r, err := startAggregator(aggregatorSetup{
+		key: key, listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
+		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "aggregator %s\n", r.dialable())
+	for _, a := range r.host.Addrs()[1:] {
+		fmt.Fprintf(stdout, "also      %s/p2p/%s\n", a, r.host.ID())
+	}
+	if r.httpURL != "" {
+		fmt.Fprintf(stdout, "http      %s\n", r.httpURL)
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-r.served:
+		r.served <- err // stop reads it again
+	}
+	log.Info("shutting down")
+	return r.stop()
+}
+
+// loadKey reads or creates the key file, or makes a fresh key without one.
+func loadKey(path string) (crypto.PrivKey, error) {
+	if path != "" {
+		return keyfile.LoadOrCreate(path)
+	}
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	return key, err
+}

@@ -1,0 +1,77 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+
+	"github.com/p2pbeat/heartbeat"
+	"github.com/p2pbeat/heartbeat/internal/keyfile"
+)
+
+func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("beat", "--target MULTIADDR [--nickname N] [--beat-period D] [--reconnect-period D] [--key FILE] [--log-level L] [--log-json]", stderr)
+	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required)")
+	nickname := fs.String("nickname", "", "the node's nickname in the aggregator's views")
+	beatPeriod := fs.String("beat-period", heartbeat.DefaultBeatPeriod.String(), "time between heartbeats")
+	reconnectPeriod := fs.String("reconnect-period", heartbeat.DefaultReconnectPeriod.String(), "time between connection attempts")
+	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
+	var lf logFlags
+	lf.register(fs, "info")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *target == "" {
+		fs.Usage()
+		return usageError("--target is required")
+	}
+	log, err := lf.logger("beat", stderr)
+	if err != nil {
+		return err
+	}
+	cfg := heartbeat.Config{BeatTarget: *target, BeatPeriod: *beatPeriod, ReconnectPeriod: *reconnectPeriod, Nickname: *nickname}
+
+	opts := []libp2p.Option{libp2p.NoListenAddrs}
+	if *keyPath != "" {
+		key, err := keyfile.LoadOrCreate(*keyPath)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, libp2p.Identity(key))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		return fmt.Errorf("libp2p host: %w", err)
+	}
+	defer h.Close()
+
+	chain := syntheticChain{genesis: time.Now(), period: 30 * time.Second, now: time.Now}
+	svc, err := newSender(h, cfg, chain, log)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	fmt.Fprintf(stdout, "peer id %s, beating to %s\n", h.ID(), *target)
+	if err := svc.Run(ctx); err != nil && ctx.Err() == nil {
+		return err
+	}
+	return nil
+}
+
+// newSender builds a Service that logs its state transitions at INFO.
+func newSender(h host.Host, cfg heartbeat.Config, chain syntheticChain, log hclog.Logger, opts ...heartbeat.Option) (*heartbeat.Service, error) {
+	named := log.Named("heartbeat").Named("primary")
+	opts = append([]heartbeat.Option{
+		heartbeat.WithLogger(log),
+		heartbeat.WithObserver(func(o heartbeat.Observation) {
+			if o.From != o.To {
+				named.Info("state", "from", o.From.String(), "to", o.To.String(), "attempt", o.Event.Attempt)
+			}
+		}),
+	}, opts...)
+	return heartbeat.New(h, cfg, chain.head, opts...)
+}

@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/p2pbeat/heartbeat/fsm"
+)
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestDiagram(t *testing.T) {
+	code, out, _ := run(t, "diagram")
+	require.Equal(t, 0, code)
+	require.Equal(t, fsm.Mermaid(), out)
+	code, out, _ = run(t, "diagram", "--format", "dot")
+	require.Equal(t, 0, code)
+	require.Equal(t, fsm.DOT(), out)
+	code, _, errs := run(t, "diagram", "--format", "svg")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "mermaid or dot")
+}
+
+func TestUsage(t *testing.T) {
+	code, _, errs := run(t)
+	require.Equal(t, 2, code)
+	for _, c := range commands() {
+		require.Contains(t, errs, c.name)
+	}
+	code, _, _ = run(t, "help")
+	require.Equal(t, 0, code)
+	code, _, errs = run(t, "beat", "-h")
+	require.Equal(t, 0, code)
+	require.Contains(t, errs, "--target")
+}
+
+// TestDemoShortRun runs the whole demo, shortened: the aggregator stops at
+// 1.5 s and comes back at 3.75 s, and every sender must be beating to it
+// again before the end.
+func TestDemoShortRun(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	code, out, errs := run(t, "demo", "--duration", "7s")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "stopping the aggregator")
+	require.Contains(t, out, "aggregator back, same identity and address")
+	require.Contains(t, out, "Heartbeat service failed to connect for 0s", "the WARN of the outage")
+	require.Contains(t, out, "Heartbeat service connected to aggregator", "the INFO of the recovery")
+	require.Regexp(t, `all senders beating\s+\d`, out)
+	require.Regexp(t, `all nodes up\s+\d`, out, "the aggregator saw every node Up again")
+	sent := reportNumber(t, out, "heartbeats sent")
+	received := reportNumber(t, out, "heartbeats received")
+	require.Greater(t, sent, 5*3)
+	require.LessOrEqual(t, received, sent)
+	require.Greater(t, received, sent/2)
+	require.GreaterOrEqual(t, reportNumber(t, out, "reconnects"), 5)
+	require.Equal(t, 1, strings.Count(out, "\nreport\n"))
+}
+
+func reportNumber(t *testing.T, out, label string) int {
+	t.Helper()
+	m := regexp.MustCompile(label + `\s+(\d+)`).FindStringSubmatch(out)
+	require.NotNil(t, m, "no %q in the report:\n%s", label, out)
+	n, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	return n
+}
