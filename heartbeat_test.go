@@ -2,6 +2,7 @@ package heartbeat_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -145,4 +146,23 @@ func TestStartNodeSenders(t *testing.T) {
 	_, err = heartbeat.StartSenders(t.Context(), nil, cfg, "/ip4/1.2.3.4", head, heartbeat.WithTransport(net.Dialer("me")))
 	require.ErrorContains(t, err, "alert-1")
 	require.ErrorContains(t, err, "beatTarget")
+}
+
+// The config section keeps the legacy JSON names and duration strings.
+func TestConfigReadsTheLegacyJSONSection(t *testing.T) {
+	var c heartbeat.Config
+	require.NoError(t, json.Unmarshal([]byte(`{"beatTarget":"/ip4/1.2.3.4/tcp/1/p2p/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu",
+		"beatPeriod":"5s","reconnectPeriod":"1m","nickname":"BobHoblaw"}`), &c))
+	require.Equal(t, heartbeat.Config{
+		BeatTarget: "/ip4/1.2.3.4/tcp/1/p2p/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu",
+		BeatPeriod: "5s", ReconnectPeriod: "1m", Nickname: "BobHoblaw",
+	}, c)
+	svc, err := heartbeat.New(nil, c, func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{}, nil },
+		heartbeat.WithTransport(transport.NewNetwork().Dialer("me")))
+	require.NoError(t, err)
+	require.Equal(t, 5*time.Second, svc.Status().BeatPeriod)
+	require.Equal(t, time.Minute, svc.Status().ReconnectPeriod)
+	out, err := json.Marshal(heartbeat.DefaultConfig())
+	require.NoError(t, err)
+	require.JSONEq(t, `{"beatTarget":"","beatPeriod":"3s","reconnectPeriod":"10s","nickname":""}`, string(out))
 }
