@@ -47,8 +47,8 @@ func TestUsage(t *testing.T) {
 }
 
 // TestDemoShortRun runs the whole demo, shortened: the aggregator stops at
-// 1.5 s and comes back at 3.75 s, and every sender must be beating to it
-// again before the end.
+// 1.75 s (once every sender beats) for 2.6 s, and the run goes on until
+// every sender beats to it again and the aggregator sees every node Up.
 func TestDemoShortRun(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	code, out, errs := run(t, "demo", "--duration", "7s")
@@ -61,9 +61,9 @@ func TestDemoShortRun(t *testing.T) {
 	require.Regexp(t, `all nodes up\s+\d`, out, "the aggregator saw every node Up again")
 	sent := reportNumber(t, out, "heartbeats sent")
 	received := reportNumber(t, out, "heartbeats received")
-	require.Greater(t, sent, 5*3)
-	require.LessOrEqual(t, received, sent)
-	require.Greater(t, received, sent/2)
+	// Every node was Up at the restarted aggregator: it counted a beat of each.
+	require.GreaterOrEqual(t, received, 5)
+	require.Positive(t, sent)
 	require.GreaterOrEqual(t, reportNumber(t, out, "reconnects"), 5)
 	require.Equal(t, 1, strings.Count(out, "\nreport\n"))
 }

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -19,11 +18,18 @@ import (
 	"github.com/p2pbeat/heartbeat/fsm"
 )
 
-const demoNodes = 5
+const (
+	demoNodes = 5
+	// demoGrace is how long the demo may run past --duration while the
+	// system has not recovered yet: 40 s + 20 s keeps the default run
+	// within a minute, and a slow machine still gets to see the recovery.
+	demoGrace = 20 * time.Second
+)
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "[--duration D]", stderr)
-	duration := fs.Duration("duration", 40*time.Second, "run length; the aggregator stops at 1/4 of it and comes back at 5/8")
+	fs := newFlagSet("demo", "[--duration D] [--http ADDR]", stderr)
+	duration := fs.Duration("duration", 40*time.Second,
+		"run length: the aggregator stops at 1/4 of it and comes back at 5/8; the run goes on at most 20s longer until every node is back")
 	httpAddr := fs.String("http", "127.0.0.1:0", "HTTP address of the aggregator's API (port 0 picks a free one)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -32,31 +38,31 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return usageError("--duration %s: want at least 4s", *duration)
 	}
 	d := &demo{
-		tl:        &timeline{w: stdout, start: time.Now()},
-		duration:  *duration,
-		stopAt:    *duration / 4,
-		restartAt: *duration * 5 / 8,
-		http:      *httpAddr,
+		tl:       &timeline{w: stdout, start: time.Now()},
+		duration: *duration,
+		stopAt:   *duration / 4,
+		downtime: *duration*5/8 - *duration/4,
+		http:     *httpAddr,
 	}
 	return d.run(ctx)
 }
 
-// demo runs an aggregator and five senders in one process, on loopback.
+// demo runs an aggregator and five senders in one process, on loopback,
+// stops the aggregator for a while and reports how the system recovered.
+// One goroutine (run) drives the phases; the senders' observers only
+// update their demoSender.
 type demo struct {
-	tl                          *timeline
-	duration, stopAt, restartAt time.Duration
-	http                        string
+	tl                         *timeline
+	duration, stopAt, downtime time.Duration
+	http                       string
 
 	key     crypto.PrivKey
 	listen  string
-	mu      sync.Mutex
 	agg     *runningAggregator
-	beats   uint64 // received by aggregators already stopped
+	beats   uint64 // received by aggregator runs already stopped
 	senders []*demoSender
 
-	recovered struct {
-		restartedAt, sendersAt, aggregatorAt time.Time
-	}
+	stoppedAt, restartedAt, sendersBackAt, nodesUpAt time.Time
 }
 
 type demoSender struct {
@@ -69,8 +75,6 @@ type demoSender struct {
 }
 
 func (d *demo) run(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, d.duration)
-	defer cancel()
 	var err error
 	if d.key, _, err = crypto.GenerateEd25519Key(nil); err != nil {
 		return err
@@ -79,55 +83,94 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.startAggregator(); err != nil {
 		return err
 	}
+	defer d.shutdown()
 	// Restart on the same port, and keep the HTTP URL stable too.
 	d.listen = d.agg.host.Addrs()[0].String()
 	d.http = d.agg.httpURL[len("http://"):]
 	target := d.agg.dialable()
 	d.tl.printf("demo", "aggregator %s", target)
 	d.tl.printf("demo", "http       %s/api/nodes  %s/api/summary  %s/metrics", d.agg.httpURL, d.agg.httpURL, d.agg.httpURL)
-	d.tl.printf("demo", "%d senders beat every 1s; the aggregator stops at +%s and comes back at +%s", demoNodes, d.stopAt, d.restartAt)
+	d.tl.printf("demo", "%d senders beat every 1s; the aggregator stops at +%s for %s", demoNodes, d.stopAt, d.downtime)
 
 	genesis := time.Now()
 	for i := 1; i <= demoNodes; i++ {
 		s, err := d.startSender(i, target, genesis)
 		if err != nil {
-			d.shutdown()
 			return err
 		}
 		d.senders = append(d.senders, s)
 	}
 
-	watchDone := make(chan struct{})
-	go d.watch(ctx, watchDone)
-
-	stop := time.NewTimer(d.stopAt)
-	restart := time.NewTimer(d.restartAt)
-	defer stop.Stop()
-	defer restart.Stop()
-	for ctx.Err() == nil {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	last := ""
+	for {
 		select {
 		case <-ctx.Done():
-		case <-stop.C:
+			d.report()
+			return ctx.Err()
+		case <-tick.C:
+		}
+		now, elapsed := time.Now(), time.Since(d.tl.start)
+		beating := d.beating()
+		var sum tracker.Summary
+		if d.agg != nil {
+			sum = d.agg.agg.Tracker().Summary()
+		}
+		switch {
+		case d.stoppedAt.IsZero() && elapsed >= d.stopAt && beating == demoNodes:
+			// Stop only once every sender is beating, however slow the start.
 			d.tl.printf("demo", "stopping the aggregator")
 			d.stopAggregator()
-		case <-restart.C:
+			d.stoppedAt = now
+		case !d.stoppedAt.IsZero() && d.restartedAt.IsZero() && now.Sub(d.stoppedAt) >= d.downtime:
 			if err := d.startAggregator(); err != nil {
-				d.tl.printf("demo", "restart failed: %v", err)
-				continue
+				return fmt.Errorf("restart the aggregator: %w", err)
 			}
-			d.mu.Lock()
-			d.recovered.restartedAt = time.Now()
-			d.mu.Unlock()
+			d.restartedAt = now
 			d.tl.printf("demo", "aggregator back, same identity and address")
+		case !d.restartedAt.IsZero():
+			if beating == demoNodes && d.sendersBackAt.IsZero() {
+				d.sendersBackAt = now
+			}
+			if sum.ByState[tracker.Up] == demoNodes && d.nodesUpAt.IsZero() {
+				d.nodesUpAt = now
+			}
+		}
+		if line := summaryLine(d.agg != nil, sum); line != last {
+			last = line
+			d.tl.printf("aggregator", "      %s", line)
+		}
+		recovered := !d.sendersBackAt.IsZero() && !d.nodesUpAt.IsZero()
+		if (elapsed >= d.duration && recovered) || elapsed >= d.duration+demoGrace {
+			d.report()
+			return nil
 		}
 	}
-	<-watchDone
-	d.report()
-	d.shutdown()
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return nil
+}
+
+// summaryLine is the aggregator's view in one line. It leaves out the
+// height, which grows every epoch: the line prints only when membership
+// or consensus changes.
+func summaryLine(up bool, sum tracker.Summary) string {
+	if !up {
+		return "down"
 	}
-	return ctx.Err()
+	return fmt.Sprintf("nodes %d: up %d, suspect %d, down %d, left %d; in consensus %d, in dispute %d",
+		sum.Nodes, sum.ByState[tracker.Up], sum.ByState[tracker.Suspect], sum.ByState[tracker.Down], sum.ByState[tracker.Left],
+		sum.InConsensus, sum.InDispute)
+}
+
+func (d *demo) beating() int {
+	n := 0
+	for _, s := range d.senders {
+		s.mu.Lock()
+		if s.beating {
+			n++
+		}
+		s.mu.Unlock()
+	}
+	return n
 }
 
 func (d *demo) startAggregator() error {
@@ -139,27 +182,19 @@ func (d *demo) startAggregator() error {
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
 	d.agg = r
-	d.mu.Unlock()
 	return nil
 }
 
 func (d *demo) stopAggregator() {
-	d.mu.Lock()
-	r := d.agg
-	d.agg = nil
-	d.mu.Unlock()
-	if r == nil {
+	if d.agg == nil {
 		return
 	}
-	beats := r.agg.Tracker().Summary().Beats
-	if err := r.stop(); err != nil {
+	d.beats += d.agg.agg.Tracker().Summary().Beats
+	if err := d.agg.stop(); err != nil {
 		d.tl.printf("demo", "aggregator stop: %v", err)
 	}
-	d.mu.Lock()
-	d.beats += beats
-	d.mu.Unlock()
+	d.agg = nil
 }
 
 func (d *demo) startSender(i int, target string, genesis time.Time) (*demoSender, error) {
@@ -191,96 +226,44 @@ func (d *demo) startSender(i int, target string, genesis time.Time) (*demoSender
 			s.mu.Unlock()
 		}),
 	)
-	if err != nil {
-		h.Close()
-		return nil, err
+	if err == nil {
+		err = s.svc.Start(context.Background())
 	}
-	if err := s.svc.Start(context.Background()); err != nil {
+	if err != nil {
 		h.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// watch prints the aggregator's summary whenever it changes, and notes
-// when the system recovered after the restart.
-func (d *demo) watch(ctx context.Context, done chan<- struct{}) {
-	defer close(done)
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	last := ""
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-		d.mu.Lock()
-		r, restarted := d.agg, d.recovered.restartedAt
-		d.mu.Unlock()
-		beating := 0
-		for _, s := range d.senders {
-			s.mu.Lock()
-			if s.beating {
-				beating++
-			}
-			s.mu.Unlock()
-		}
-		now := time.Now()
-		if !restarted.IsZero() && beating == demoNodes && d.recovered.sendersAt.IsZero() {
-			d.recovered.sendersAt = now
-		}
-		line := "down"
-		if r != nil {
-			sum := r.agg.Tracker().Summary()
-			// No height here: it grows every second, and this line
-			// prints only when membership or consensus changes.
-			line = fmt.Sprintf("nodes %d: up %d, suspect %d, down %d, left %d; in consensus %d, in dispute %d",
-				sum.Nodes, sum.ByState[tracker.Up], sum.ByState[tracker.Suspect], sum.ByState[tracker.Down], sum.ByState[tracker.Left],
-				sum.InConsensus, sum.InDispute)
-			if !restarted.IsZero() && sum.ByState[tracker.Up] == demoNodes && d.recovered.aggregatorAt.IsZero() {
-				d.recovered.aggregatorAt = now
-			}
-		}
-		if line != last {
-			last = line
-			d.tl.printf("aggregator", "      %s", line)
-		}
-	}
-}
-
 func (d *demo) report() {
-	d.mu.Lock()
 	received := d.beats
 	if d.agg != nil {
 		received += d.agg.agg.Tracker().Summary().Beats
 	}
-	rec := d.recovered
-	d.mu.Unlock()
 	var sent uint64
 	reconnects := 0
 	for _, s := range d.senders {
 		sent += s.svc.Status().BeatsSent
 		s.mu.Lock()
-		if s.beatings > 1 {
-			reconnects += s.beatings - 1
-		}
+		reconnects += max(s.beatings-1, 0)
 		s.mu.Unlock()
 	}
-	w := d.tl.w
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "report")
-	fmt.Fprintf(w, "  senders                 %d\n", demoNodes)
-	fmt.Fprintf(w, "  heartbeats sent         %d\n", sent)
-	fmt.Fprintf(w, "  heartbeats received     %d (the difference was in flight when the aggregator stopped)\n", received)
-	fmt.Fprintf(w, "  reconnects              %d\n", reconnects)
-	switch {
-	case rec.restartedAt.IsZero():
-		fmt.Fprintln(w, "  recovery                the aggregator did not come back within the run")
-	default:
-		fmt.Fprintf(w, "  all senders beating     %s after the restart\n", since(rec.restartedAt, rec.sendersAt))
-		fmt.Fprintf(w, "  all nodes up            %s after the restart (aggregator's view)\n", since(rec.restartedAt, rec.aggregatorAt))
-	}
+	d.tl.block(func(w io.Writer) {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "report")
+		fmt.Fprintf(w, "  senders                 %d\n", demoNodes)
+		fmt.Fprintf(w, "  heartbeats sent         %d\n", sent)
+		fmt.Fprintf(w, "  heartbeats received     %d (the difference was in flight when the aggregator stopped)\n", received)
+		fmt.Fprintf(w, "  reconnects              %d\n", reconnects)
+		if d.restartedAt.IsZero() {
+			fmt.Fprintln(w, "  recovery                the aggregator was not restarted within the run")
+			return
+		}
+		fmt.Fprintf(w, "  aggregator down         %s\n", d.restartedAt.Sub(d.stoppedAt).Round(10*time.Millisecond))
+		fmt.Fprintf(w, "  all senders beating     %s after the restart\n", since(d.restartedAt, d.sendersBackAt))
+		fmt.Fprintf(w, "  all nodes up            %s after the restart (aggregator's view)\n", since(d.restartedAt, d.nodesUpAt))
+	})
 }
 
 func since(from, to time.Time) string {

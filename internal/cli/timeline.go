@@ -23,6 +23,13 @@ func (t *timeline) printf(who, format string, args ...any) {
 	fmt.Fprintf(t.w, "%+7.1fs  %-10s %s\n", time.Since(t.start).Seconds(), who, fmt.Sprintf(format, args...))
 }
 
+// block writes several lines at once, without lines of other goroutines in between.
+func (t *timeline) block(f func(w io.Writer)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	f(t.w)
+}
+
 // logWriter turns hclog JSON lines into timeline lines, keeping the level,
 // the message and the fields a reader of the demo cares about.
 type logWriter struct {
