@@ -99,11 +99,14 @@ func (r *runningAggregator) stop() error {
 }
 
 func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...] [--log-level L] [--log-json]", stderr)
+	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
+		"       [--expected-period D] [--max-line-bytes N] [--idle-timeout D] [--beat-log] [--log-level L] [--log-json]", stderr)
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP address for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
-	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked and connected at once")
+	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
+	maxLine := fs.Int("max-line-bytes", aggregator.DefaultMaxLineBytes, "longest heartbeat line accepted; a longer one resets that stream")
+	idle := fs.Duration("idle-timeout", aggregator.DefaultIdleTimeout, "reset a stream on which no complete line arrived for this long")
 	period := fs.Duration("expected-period", 3*time.Second, "the senders' beat period: silence over 2x is Suspect, over 5x Down")
 	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
 	var allow listFlag
@@ -131,7 +134,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	r, err := startAggregator(aggregatorSetup{
 		key: key, listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
-		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period},
+		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle},
 	})
 	if err != nil {
 		return err

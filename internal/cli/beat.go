@@ -50,7 +50,7 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer h.Close()
 
-	chain := syntheticChain{genesis: time.Now(), period: 30 * time.Second, now: time.Now}
+	chain := syntheticChain{genesis: mainnetGenesis, period: 30 * time.Second, now: time.Now}
 	svc, err := newSender(h, cfg, chain, log)
 	if err != nil {
 		return usageError("%v", err)

@@ -7,6 +7,10 @@ import (
 	"github.com/p2pbeat/heartbeat"
 )
 
+// mainnetGenesis is Filecoin mainnet's genesis time. Synthetic chains count
+// epochs from it, so separate `beat` processes agree on the head.
+var mainnetGenesis = time.Date(2020, 8, 24, 22, 0, 0, 0, time.UTC)
+
 // syntheticChain is a chain whose height advances on its own, one epoch
 // per period from genesis. Nodes built on the same genesis and period agree
 // on the head at the same instant, as nodes in consensus do; a node on a

@@ -92,9 +92,8 @@ func (d *demo) run(ctx context.Context) error {
 	d.tl.printf("demo", "http       %s/api/nodes  %s/api/summary  %s/metrics", d.agg.httpURL, d.agg.httpURL, d.agg.httpURL)
 	d.tl.printf("demo", "%d senders beat every 1s; the aggregator stops at +%s for %s", demoNodes, d.stopAt, d.downtime)
 
-	genesis := time.Now()
 	for i := 1; i <= demoNodes; i++ {
-		s, err := d.startSender(i, target, genesis)
+		s, err := d.startSender(i, target)
 		if err != nil {
 			return err
 		}
@@ -107,8 +106,9 @@ func (d *demo) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			// Interrupted (SIGINT/SIGTERM): a clean stop, with the report so far.
 			d.report()
-			return ctx.Err()
+			return nil
 		case <-tick.C:
 		}
 		now, elapsed := time.Now(), time.Since(d.tl.start)
@@ -197,14 +197,14 @@ func (d *demo) stopAggregator() {
 	d.agg = nil
 }
 
-func (d *demo) startSender(i int, target string, genesis time.Time) (*demoSender, error) {
+func (d *demo) startSender(i int, target string) (*demoSender, error) {
 	h, err := libp2p.New(libp2p.NoListenAddrs)
 	if err != nil {
 		return nil, fmt.Errorf("sender host: %w", err)
 	}
 	s := &demoSender{name: fmt.Sprintf("node-%d", i), host: h}
 	// 30 s epochs, as Filecoin's; the last node is on a fork: in dispute.
-	chain := syntheticChain{genesis: genesis, period: 30 * time.Second, now: time.Now}
+	chain := syntheticChain{genesis: mainnetGenesis, period: 30 * time.Second, now: time.Now}
 	if i == demoNodes {
 		chain.fork = "fork"
 	}
@@ -254,7 +254,11 @@ func (d *demo) report() {
 		fmt.Fprintln(w, "report")
 		fmt.Fprintf(w, "  senders                 %d\n", demoNodes)
 		fmt.Fprintf(w, "  heartbeats sent         %d\n", sent)
-		fmt.Fprintf(w, "  heartbeats received     %d (the difference was in flight when the aggregator stopped)\n", received)
+		note := ""
+		if received < sent {
+			note = " (the difference was in flight when the aggregator stopped)"
+		}
+		fmt.Fprintf(w, "  heartbeats received     %d%s\n", received, note)
 		fmt.Fprintf(w, "  reconnects              %d\n", reconnects)
 		if d.restartedAt.IsZero() {
 			fmt.Fprintln(w, "  recovery                the aggregator was not restarted within the run")
