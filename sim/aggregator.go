@@ -1,0 +1,254 @@
+package sim
+
+import (
+	"time"
+
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+)
+
+// The simulated aggregator: the stream handler's contract around the real
+// tracker (StreamOpened on a new stream, Beat per line read, StreamEnded on
+// its end, Sweep every SweepEvery), with the read deadline, superseding of
+// an older stream, and window updates that let the senders' writes go on.
+
+// aggStart starts (or restarts) the aggregator process with an empty
+// tracker: a crash loses every record.
+func (s *sim) aggStart() {
+	ag := &s.agg
+	tr, err := tracker.New(s.c.tracker, s.nowT)
+	if err != nil { // validated in resolve: cannot happen
+		s.violate(nil, RuleRejected, "tracker.New: %v", err)
+		return
+	}
+	ag.up, ag.tr, ag.started = true, tr, s.now
+	s.up = 0
+}
+
+// aggStop takes the aggregator down. A crash resets every connection; an
+// orderly shutdown first closes every stream, then the connections.
+func (s *sim) aggStop(orderly bool) {
+	ag := &s.agg
+	ag.up = false
+	ag.tr = nil
+	ag.inc++
+	s.up = 0
+	for i := range s.nodes {
+		n := &s.nodes[i]
+		a := &ag.st[i]
+		if orderly && a.open {
+			s.downSend(n, msgClose, a.sgen, 0)
+		}
+		if n.conn.alive {
+			n.conn.alive = false
+			s.downSend(n, msgConnDead, n.conn.gen, 0)
+		}
+		*a = astream{id: a.id, sgen: a.sgen, dead: n.sgen}
+	}
+}
+
+// onUp delivers a message from a node to the aggregator.
+func (s *sim) onUp(ev event) {
+	if !s.agg.up {
+		return // sent to a process that has since died
+	}
+	n := &s.nodes[ev.node]
+	a := &s.agg.st[ev.node]
+	switch ev.sub {
+	case msgData:
+		if !a.open || a.sgen != ev.gen {
+			if ev.gen <= a.sgen || ev.gen <= a.dead {
+				return // a stream that already ended here
+			}
+			if !s.aggOpen(n, a, ev.gen) {
+				return
+			}
+		}
+		if h := s.c.hooks; h != nil && h.dropLine != nil && h.dropLine(int(ev.node), s.nowT) {
+			return
+		}
+		if s.agg.stall > 0 {
+			a.unread += ev.arg
+			return
+		}
+		s.aggRead(n, a, ev.arg)
+	case msgReset:
+		if a.open && a.sgen == ev.gen {
+			s.aggEnd(n, a, false)
+		}
+	case msgClose:
+		if a.open && a.sgen == ev.gen {
+			if s.agg.stall > 0 {
+				a.closing = true // read the EOF after the backlog, on resume
+				return
+			}
+			s.aggEnd(n, a, true)
+		}
+	case msgConnDead:
+		if a.open && a.sgen <= ev.arg {
+			s.aggEnd(n, a, false)
+		}
+		a.dead = max(a.dead, ev.arg)
+	}
+}
+
+// aggOpen runs the handler's start for a new stream: a newer stream from
+// the same peer supersedes (resets) the older one.
+func (s *sim) aggOpen(n *node, a *astream, sgen uint32) bool {
+	if a.open {
+		old := a.sgen
+		s.aggEnd(n, a, false)
+		s.downSend(n, msgReset, old, 0)
+	}
+	*a = astream{id: a.id, sgen: sgen, dead: a.dead, idleSeq: a.idleSeq + 1, open: true, lastRead: s.now}
+	if err := s.agg.tr.StreamOpened(n.id, s.nowT); err != nil {
+		a.open = false
+		s.downSend(n, msgReset, sgen, 0)
+		s.tr.begin(s.now, "agg").str(" refuse ").str(string(n.id)).str(" error=").quote(err.Error()).end()
+		return false
+	}
+	s.tr.begin(s.now, "agg").str(" open ").str(string(n.id)).str(" stream=").int(int64(sgen)).end()
+	s.q.push(int64(s.c.net.IdleTimeout), event{node: n.idx, kind: evIdle, gen: sgen, arg: a.idleSeq})
+	return true
+}
+
+// aggRead reads k lines of a's stream into the tracker and returns window
+// credit to the sender, as yamux does, once half the window was consumed.
+func (s *sim) aggRead(n *node, a *astream, k uint32) {
+	// Every node reports the same chain (one head per epoch) under its own
+	// nickname. One shared heartbeat, relabelled per line, keeps this
+	// memory hot; the tracker keeps no reference into it.
+	if s.now >= s.epochEnd {
+		e := (s.now - s.start) / int64(epoch)
+		s.hb.Height = uint64(e) + heightBase
+		s.hb.Head = s.head(s.hb.Height)
+		s.epochEnd = s.start + (e+1)*int64(epoch)
+	}
+	s.hb.Nickname = string(a.id)
+	for range k {
+		ch, changed, err := s.agg.tr.Beat(a.id, &s.hb, s.nowT)
+		if err != nil {
+			s.violate(n, RuleRejected, "tracker.Beat: %v", err)
+			return
+		}
+		if changed {
+			s.onChange(ch)
+		}
+	}
+	s.received += uint64(k)
+	if s.c.TraceBeats {
+		s.tr.begin(s.now, "agg").str(" recv ").str(string(n.id)).str(" lines=").int(int64(k)).end()
+	}
+	a.lastRead = s.now
+	a.consumed += k * uint32(s.c.lineSize)
+	if a.consumed >= uint32(s.c.net.SendWindow/2) {
+		s.downSend(n, msgCredit, a.sgen, a.consumed)
+		a.consumed = 0
+	}
+}
+
+// aggEnd runs the handler's end of a's stream: graceful on a clean EOF.
+func (s *sim) aggEnd(n *node, a *astream, graceful bool) {
+	a.open, a.closing, a.unread = false, false, 0
+	ch, changed := s.agg.tr.StreamEnded(n.id, graceful, s.nowT)
+	t := s.tr.begin(s.now, "agg").str(" end ").str(string(n.id)).str(" stream=").int(int64(a.sgen))
+	if graceful {
+		t.str(" eof")
+	} else {
+		t.str(" reset")
+	}
+	t.end()
+	if changed {
+		s.onChange(ch)
+	}
+}
+
+// onIdle is the read deadline of a stream: no line for IdleTimeout resets
+// it. A stalled handler is not reading, so no deadline runs; resume re-arms.
+func (s *sim) onIdle(ev event) {
+	a := &s.agg.st[ev.node]
+	if !s.agg.up || !a.open || a.sgen != ev.gen || a.idleSeq != ev.arg || s.agg.stall > 0 {
+		return
+	}
+	n := &s.nodes[ev.node]
+	deadline := a.lastRead + int64(s.c.net.IdleTimeout)
+	if s.now < deadline {
+		s.q.push(deadline-s.now, ev)
+		return
+	}
+	s.tr.begin(s.now, "agg").str(" idle-timeout ").str(string(n.id)).end()
+	sgen := a.sgen
+	s.aggEnd(n, a, false)
+	s.downSend(n, msgReset, sgen, 0)
+}
+
+// aggResume reads what piled up during a stall, then the pending EOFs,
+// and re-arms the read deadlines.
+func (s *sim) aggResume() {
+	if !s.agg.up {
+		return
+	}
+	for i := range s.agg.st {
+		a := &s.agg.st[i]
+		if !a.open {
+			continue
+		}
+		n := &s.nodes[i]
+		if a.unread > 0 {
+			k := a.unread
+			a.unread = 0
+			s.aggRead(n, a, k)
+		}
+		a.lastRead = s.now
+		if a.closing {
+			s.aggEnd(n, a, true)
+			continue
+		}
+		a.idleSeq++
+		s.q.push(int64(s.c.net.IdleTimeout), event{node: n.idx, kind: evIdle, gen: a.sgen, arg: a.idleSeq})
+	}
+}
+
+// aggResetAll resets every open stream at once; connections stay up.
+func (s *sim) aggResetAll() {
+	if !s.agg.up {
+		return
+	}
+	for i := range s.agg.st {
+		if a := &s.agg.st[i]; a.open {
+			sgen := a.sgen
+			s.aggEnd(&s.nodes[i], a, false)
+			s.downSend(&s.nodes[i], msgReset, sgen, 0)
+		}
+	}
+}
+
+func (s *sim) onSweep() {
+	if s.agg.up {
+		s.changes = s.agg.tr.Sweep(s.nowT, s.changes[:0])
+		for _, ch := range s.changes {
+			s.onChange(ch)
+			if s.err != nil {
+				return
+			}
+		}
+	}
+	s.q.push(int64(s.c.net.SweepEvery), event{kind: evSweep})
+}
+
+// onChange traces a tracker change, keeps the Up count, and checks that no
+// node turns Suspect or Down while it beats normally.
+func (s *sim) onChange(ch tracker.Change) {
+	if ch.From == tracker.Up {
+		s.up--
+	}
+	if ch.To == tracker.Up {
+		s.up++
+		s.watch()
+	}
+	n := &s.nodes[nodeIndex(ch.Peer)]
+	s.tr.begin(s.now, "agg").str(" ").str(string(n.id)).str(" ").str(ch.From.String()).str(">").str(ch.To.String()).end()
+	if (ch.To == tracker.Suspect || ch.To == tracker.Down) && s.beatsNormally(n) {
+		s.violate(n, RuleDownWhileBeating, "the tracker turned it %s although it has been Beating since +%s with no fault on its path",
+			ch.To, time.Duration(n.beatingSince-s.start))
+	}
+}

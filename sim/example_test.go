@@ -1,0 +1,99 @@
+package sim_test
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/p2pbeat/heartbeat/clockwork"
+	"github.com/p2pbeat/heartbeat/fsm"
+)
+
+// Example_embedding shows a node runtime's own deterministic simulation
+// driving one sender machine: the runtime owns virtual time (here a
+// clockwork.Scheduler), calls Step, carries out the effects itself, and
+// schedules every ArmTimer deadline on its clock. Its network refuses the
+// first two dials, then accepts. Nothing here reads the wall clock or
+// starts a goroutine, so the output is the same on every run.
+func Example_embedding() {
+	start := time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)
+	cfg := fsm.DefaultConfig()
+	cfg.Seed = 7 // the backoff jitter is seeded: same seed, same delays
+	m, err := fsm.New(cfg)
+	if err != nil {
+		panic(err)
+	}
+
+	// What the clock holds: an event for the machine, and for a timer the
+	// deadline it was armed for, so that a re-armed or cancelled timer's
+	// old entry can be skipped (stepping it would be harmless too: the
+	// machine classifies it as stale).
+	type entry struct {
+		ev    fsm.Event
+		timer fsm.Timer
+		armed time.Time // zero for network results
+	}
+	clock := clockwork.NewScheduler[entry](start, 16)
+	var deadlines [fsm.NumTimers]time.Time
+	refusals, beats := 2, 0
+	at := func(now time.Time) string { return "+" + now.Sub(start).String() }
+
+	step := func(now time.Time, ev fsm.Event) {
+		effects, err := m.Step(now, ev)
+		if err != nil {
+			panic(err) // a rejected event is a bug in this runtime
+		}
+		// The slice is the machine's until the next Step: use it now.
+		for _, e := range effects {
+			switch e.Kind {
+			case fsm.ArmTimer:
+				deadlines[e.Timer] = e.At
+				clock.Push(e.At, entry{ev: fsm.Event{Kind: e.Timer.Event()}, timer: e.Timer, armed: e.At})
+			case fsm.CancelTimer:
+				deadlines[e.Timer] = time.Time{}
+			case fsm.Dial:
+				if refusals > 0 { // nobody listens yet: refused after a 40ms round trip
+					refusals--
+					clock.Push(now.Add(40*time.Millisecond), entry{ev: fsm.Event{Kind: fsm.DialFailed, Attempt: e.Attempt, Err: errors.New("connection refused")}})
+				} else { // a handshake of two round trips
+					clock.Push(now.Add(80*time.Millisecond), entry{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: e.Attempt}})
+				}
+			case fsm.Send: // the write fits in the send window: done at once
+				beats++
+				clock.Push(now, entry{ev: fsm.Event{Kind: fsm.WriteSucceeded, Attempt: e.Attempt}})
+			case fsm.Log:
+				fmt.Println(at(now), e.Log)
+			case fsm.Transitioned:
+				fmt.Println(at(now), e.From, "->", e.To)
+			}
+		}
+	}
+
+	step(start, fsm.Event{Kind: fsm.Start})
+	for {
+		now, en, ok := clock.Pop()
+		if !ok || now.Sub(start) > 45*time.Second {
+			break
+		}
+		if !en.armed.IsZero() {
+			if !deadlines[en.timer].Equal(en.armed) {
+				continue // re-armed or cancelled since
+			}
+			deadlines[en.timer] = time.Time{} // it fires: the machine clears it
+		}
+		step(now, en.ev)
+	}
+	fmt.Println("heartbeats sent:", beats)
+
+	// Output:
+	// +0s Disconnected -> Connecting
+	// +40ms WARN "Heartbeat service failed to connect for 0s: connection refused" attempt=1 outage=0s failures=1
+	// +40ms Connecting -> Backoff
+	// +8.166776627s Backoff -> Connecting
+	// +8.206776627s DEBUG "Heartbeat service failed to connect for 8.167s: connection refused" attempt=2 outage=8.167s failures=2
+	// +8.206776627s Connecting -> Backoff
+	// +20.078428924s Backoff -> Connecting
+	// +20.158428924s INFO "Heartbeat service connected to aggregator" attempt=3 outage=20.118s failures=2
+	// +20.158428924s Connecting -> Beating
+	// heartbeats sent: 9
+}
