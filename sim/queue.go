@@ -54,8 +54,20 @@ const (
 	wheelMask  = wheelSize - 1
 )
 
-func newQueue(now int64, _ int) *queue {
-	return &queue{now: now, cur: now >> wheelShift, b: make([][]qent, wheelSize)}
+// newQueue returns an empty queue at now. perBucket is the expected number
+// of entries per bucket: that much room in each bucket is carved out of one
+// array, so that neighbouring buckets (neighbouring instants, which is how
+// the loop visits them) are neighbours in memory and the CPU's prefetcher
+// streams them in; a bucket that outgrows its room moves to its own array.
+func newQueue(now int64, perBucket int) *queue {
+	q := &queue{now: now, cur: now >> wheelShift, b: make([][]qent, wheelSize)}
+	if perBucket > 0 {
+		arena := make([]qent, wheelSize*perBucket)
+		for i := range q.b {
+			q.b[i] = arena[i*perBucket : i*perBucket : (i+1)*perBucket]
+		}
+	}
+	return q
 }
 
 func qless(a, b *qent) bool { return a.at < b.at || (a.at == b.at && a.seq < b.seq) }

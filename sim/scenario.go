@@ -343,12 +343,13 @@ func buildScript(c *config, rng *rand.Rand) ([]Action, time.Duration, error) {
 		return nil, 0, fieldErr("Duration", "(%s) is %v: scenario %q needs at least %s (a %s warm-up, %s of faults, a %s liveness phase)",
 			c.Duration, err, sc.info.Name, min, w0, need, c.liveness.Round(time.Second))
 	}
-	// Round the built-in scenarios' times to the millisecond: the same runs,
-	// and traces and reports that read "+10m9.347s", not nine decimals.
+	// Cut the built-in scenarios' times to the millisecond: the same runs,
+	// and traces and reports that read "+10m9.346s", not nine decimals.
+	// Truncating never moves a heal later, out of its window.
 	for i := range acts {
-		acts[i].At = acts[i].At.Round(time.Millisecond)
-		acts[i].For = acts[i].For.Round(time.Millisecond)
-		acts[i].Extra = acts[i].Extra.Round(time.Millisecond)
+		acts[i].At = acts[i].At.Truncate(time.Millisecond)
+		acts[i].For = acts[i].For.Truncate(time.Millisecond)
+		acts[i].Extra = acts[i].Extra.Truncate(time.Millisecond)
 	}
 	acts = append(acts, c.Script...)
 	out := make([]Action, 0, len(acts))

@@ -235,7 +235,13 @@ func newSim(c *config) (*sim, error) {
 		colds: make([]nodeCold, c.Nodes),
 	}
 	s.now = s.start
-	s.q = newQueue(s.start, 4*c.Nodes+64)
+	// About 2.5 events per node per beat period land in each 1ms bucket
+	// at 10,000 nodes: room for twice that, from a thousand nodes up.
+	perBucket := 0
+	if c.Nodes >= 1000 {
+		perBucket = min(32, 2*int(2.5*float64(c.Nodes)*float64(1<<wheelShift)/float64(c.sender.BeatPeriod))+1)
+	}
+	s.q = newQueue(s.start, perBucket)
 	s.loc = c.start.Location()
 	s.tr.init(c.Trace, s.start)
 	s.stats.init(c)
