@@ -2,7 +2,9 @@ package sim
 
 import "time"
 
-// onFault begins (ev.sub 0) or heals (ev.sub 1) script action ev.arg.
+// onFault begins (ev.sub 0) or heals (ev.sub 1) script action ev.arg, and
+// records a sample right after, so that the counts over time show faults
+// shorter than SampleEvery.
 func (s *sim) onFault(ev event) {
 	a := &s.script[ev.arg]
 	begin := ev.sub == 0
@@ -25,6 +27,7 @@ func (s *sim) onFault(ev event) {
 			if s.agg.down == 1 {
 				s.aggStop(a.Fault == AggregatorShutdown)
 			}
+			s.sample()
 			return
 		}
 		s.globalActive--
@@ -33,12 +36,14 @@ func (s *sim) onFault(ev event) {
 		if s.agg.down == 0 {
 			s.aggStart()
 			s.healedFault(a, true)
+			s.sample()
 			return
 		}
 	case AggregatorStall:
 		if begin {
 			s.globalActive++
 			s.agg.stall++
+			s.sample()
 			return
 		}
 		s.globalActive--
@@ -131,6 +136,7 @@ func (s *sim) onFault(ev event) {
 	if !begin || a.Fault == AggregatorResetAll {
 		s.healedFault(a, false)
 	}
+	s.sample()
 }
 
 // forNodes calls f for each node a selects (all when a.Nodes is nil).

@@ -50,6 +50,7 @@ type Params struct {
 	CSV io.Writer
 	// SampleEvery is the period of the samples; default: Duration/30
 	// rounded up to a round value (1s, 2s, 5s, 10s, 15s, 30s, 1m, ...).
+	// A sample is also taken right after every fault begins and heals.
 	SampleEvery time.Duration
 
 	// Sender is the senders' machine configuration; the zero value means

@@ -369,7 +369,7 @@ func TestReportAndCSV(t *testing.T) {
 	p.SampleEvery = 30 * time.Second
 	rep, err := Run(p)
 	require.NoError(t, err)
-	require.Len(t, rep.Samples, 20*2+1, "every 30s from 0s; the last one at the end")
+	require.Len(t, rep.Samples, 20*2+1+2, "every 30s from 0s, the last one at the end, plus the crash and the restart")
 	lines := strings.Split(strings.TrimSpace(csv.String()), "\n")
 	require.Len(t, lines, len(rep.Samples)+1)
 	require.True(t, strings.HasPrefix(lines[0], "t_seconds,disconnected,connecting,beating"))
