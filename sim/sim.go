@@ -49,8 +49,8 @@ const (
 	dialStream                 // a stream on the existing connection: at once
 )
 
-// event is one entry of the virtual clock's heap: 16 bytes, no pointers, so
-// the heap holds no references for the garbage collector to scan. gen
+// event is one entry of the virtual clock (queue): 16 bytes, no pointers,
+// so the queue holds nothing for the garbage collector to scan. gen
 // identifies what the event is about (a timer arming, a dial, a stream, a
 // connection); a gen that no longer matches makes the event stale.
 type event struct {
@@ -217,8 +217,8 @@ var (
 	errWriteAbort = errors.New("write aborted: stream reset")
 )
 
-// heightBase makes the simulated chain look like a chain in its fifth
-// year; heights advance every epoch.
+// heightBase makes the simulated chain look a few years old; heights
+// advance every epoch.
 const (
 	heightBase = 4_000_000
 	epoch      = 30 * time.Second
@@ -235,8 +235,10 @@ func newSim(c *config) (*sim, error) {
 		colds: make([]nodeCold, c.Nodes),
 	}
 	s.now = s.start
-	// About 2.5 events per node per beat period land in each 1ms bucket
-	// at 10,000 nodes: room for twice that, from a thousand nodes up.
+	// Each node queues about 2.5 events per beat period (a beat timer, its
+	// line's arrival, a share of read deadlines), so a bucket of ~1ms holds
+	// about 2.5*Nodes*1ms/BeatPeriod of them (9 at 10,000 nodes): carve
+	// room for twice that, from a thousand nodes up.
 	perBucket := 0
 	if c.Nodes >= 1000 {
 		perBucket = min(32, 2*int(2.5*float64(c.Nodes)*float64(1<<wheelShift)/float64(c.sender.BeatPeriod))+1)
@@ -381,7 +383,9 @@ func (s *sim) touch(ev event) {
 		if m := n.m; m != nil {
 			// A beat's Step reads and writes the machine's first 768 bytes
 			// (its state, timers, counters and the head of its effect
-			// buffer) and its last line (the slice it returns).
+			// buffer) and its last line (the slice it returns): the layout
+			// of fsm.Machine today. A stale guess costs speed, never
+			// correctness: a prefetch is only a hint.
 			p := unsafe.Pointer(m)
 			prefetch(p, 12)
 			prefetch(unsafe.Add(p, unsafe.Sizeof(*m)-1), 1)

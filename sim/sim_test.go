@@ -3,8 +3,11 @@ package sim
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -443,4 +446,31 @@ func TestQueueOrdersByTimeThenPushOrder(t *testing.T) {
 		}
 	}
 	require.Zero(t, q.len())
+}
+
+var update = flag.Bool("update", false, "rewrite the golden report in testdata")
+
+// TestGoldenReport pins one run's report (trace hash included) in a file:
+// the same bytes must come out with and without -race, on any GOMAXPROCS,
+// on any machine. A change of behaviour anywhere in the machine, the
+// tracker or the simulator shows up here as a readable diff; if it is
+// intended, rewrite the file with:
+//
+//	go test ./sim -run TestGoldenReport -update
+func TestGoldenReport(t *testing.T) {
+	t.Parallel()
+	rep, err := Run(small("chaos", 1))
+	require.NoError(t, err)
+	rep.Wall = 0
+	var got bytes.Buffer
+	require.NoError(t, rep.WriteText(&got))
+	path := filepath.Join("testdata", "chaos-16-nodes-seed-1.golden")
+	if *update {
+		require.NoError(t, os.MkdirAll("testdata", 0o755))
+		require.NoError(t, os.WriteFile(path, got.Bytes(), 0o644))
+	}
+	want, err := os.ReadFile(path)
+	require.NoError(t, err, "run with -update to create it")
+	require.Equal(t, string(want), got.String(),
+		"the simulation's behaviour changed; if that is intended: go test ./sim -run TestGoldenReport -update")
 }
