@@ -58,6 +58,7 @@ type InvariantError struct {
 	Replay string
 }
 
+// Error says which rule broke, where, when, and how to replay the run.
 func (e *InvariantError) Error() string {
 	who := "the system"
 	if e.Node != "" {

@@ -88,11 +88,15 @@ type Recovery struct {
 	DialPeak, DialP99 int
 }
 
-// LevelStats counts the log lines of one level.
+// LevelStats counts the senders' log lines of one level.
 type LevelStats struct {
-	Total         uint64
-	Min, Max      uint64 // per node
-	MeanPerNode   float64
+	// Total is the number of lines over all nodes.
+	Total uint64
+	// Min and Max are the fewest and the most lines of one node.
+	Min, Max uint64
+	// MeanPerNode is Total divided by the number of nodes.
+	MeanPerNode float64
+	// NodesWithLine is the number of nodes that logged at least one line.
 	NodesWithLine int
 }
 

@@ -58,6 +58,8 @@ const (
 var faultNames = [numFaults]string{"", "aggregator-crash", "aggregator-shutdown", "aggregator-stall",
 	"aggregator-reset-all", "partition", "node-crash", "node-pause", "dial-blackhole", "latency-spike"}
 
+// String returns the fault's name as traces and reports print it
+// ("aggregator-crash", "partition", ...).
 func (k FaultKind) String() string {
 	if k > 0 && k < numFaults {
 		return faultNames[k]
