@@ -32,6 +32,7 @@ func commands() []command {
 		{"demo", "run an aggregator and 5 senders on loopback, restart the aggregator, report", runDemo},
 		{"aggregate", "run an aggregator: libp2p listener, metrics and HTTP API", runAggregate},
 		{"beat", "run a sender with a synthetic chain", runBeat},
+		{"sim", "run the deterministic many-node simulation (see docs/simulation.md)", runSim},
 		{"diagram", "print the sender's state diagram (Mermaid or DOT)", runDiagram},
 	}
 }

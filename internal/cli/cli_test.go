@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -75,4 +76,33 @@ func reportNumber(t *testing.T, out, label string) int {
 	n, err := strconv.Atoi(m[1])
 	require.NoError(t, err)
 	return n
+}
+
+// The sim command is reproducible: two runs of one seed print the same
+// trace hash, and write the same trace file.
+func TestSimIsReproducible(t *testing.T) {
+	dir := t.TempDir()
+	hash := func(name string) (string, string) {
+		path := dir + "/" + name
+		code, out, errs := run(t, "sim", "--nodes", "20", "--duration", "10m", "--seed", "7",
+			"--scenario", "aggregator-restart", "--trace", path)
+		require.Equal(t, 0, code, errs)
+		m := regexp.MustCompile(`hash fnv64a:([0-9a-f]{16})`).FindStringSubmatch(out)
+		require.NotNil(t, m, out)
+		b, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.NotEmpty(t, b)
+		return m[1], string(b)
+	}
+	h1, t1 := hash("a.trace")
+	h2, t2 := hash("b.trace")
+	require.Equal(t, h1, h2)
+	require.Equal(t, t1, t2)
+
+	code, _, errs := run(t, "sim", "--scenario", "no-such-scenario", "--duration", "10m")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "no-such-scenario")
+	code, _, errs = run(t, "sim", "-h")
+	require.Equal(t, 0, code)
+	require.Contains(t, errs, "long-outage")
 }
