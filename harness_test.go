@@ -295,14 +295,8 @@ func (h *harness) stopAggregator() {
 		return
 	}
 	_ = h.listener.Close()
-	for {
-		select {
-		case s := <-h.streams:
-			_ = s.Reset()
-			continue
-		default:
-		}
-		break
+	for len(h.streams) > 0 { // reset what was accepted, so the readers end
+		_ = (<-h.streams).Reset()
 	}
 	h.accepts.Wait()
 	h.listener = nil
@@ -336,10 +330,8 @@ func (h *harness) effectsAt(k fsm.EffectKind) []time.Duration {
 
 func (h *harness) logsAt(level string) []time.Duration {
 	var out []time.Duration
-	for _, l := range h.sink.lines(h.t) {
-		if l.Level == level {
-			out = append(out, l.At)
-		}
+	for _, l := range h.lines(level) {
+		out = append(out, l.At)
 	}
 	return out
 }

@@ -166,3 +166,15 @@ func TestConfigReadsTheLegacyJSONSection(t *testing.T) {
 	require.NoError(t, err)
 	require.JSONEq(t, `{"beatTarget":"","beatPeriod":"3s","reconnectPeriod":"10s","nickname":""}`, string(out))
 }
+
+// A closed Service does not run again; a running one runs once.
+func TestRunAfterClose(t *testing.T) {
+	h := newHarness(t, harnessConfig{})
+	require.NoError(t, h.svc.Close())
+	require.ErrorIs(t, h.svc.Run(t.Context()), heartbeat.ErrClosed)
+	require.ErrorIs(t, h.svc.Start(t.Context()), heartbeat.ErrClosed)
+
+	h2 := newHarness(t, harnessConfig{})
+	h2.run()
+	require.ErrorIs(t, h2.svc.Start(t.Context()), heartbeat.ErrAlreadyRunning)
+}

@@ -55,7 +55,7 @@ type Status struct {
 // ErrAlreadyRunning is returned by Run on a Service that is (or was) running.
 var ErrAlreadyRunning = errors.New("heartbeat: service already running")
 
-// ErrClosed is returned by Run on a Service closed before it ran.
+// ErrClosed is returned by Run and Start on a Service that was closed.
 var ErrClosed = errors.New("heartbeat: service closed")
 
 // Service sends heartbeats to one aggregator. Create it with New, run it
@@ -86,7 +86,6 @@ type Service struct {
 	closeOnce sync.Once
 	closing   chan struct{}
 	started   atomic.Bool
-	closed    atomic.Bool   // Close ran before Run
 	done      chan struct{} // closed when Run returns
 
 	mu     sync.Mutex
@@ -159,25 +158,32 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 // called. It returns nil after Close, ctx.Err() after ctx ended it, and
 // ErrAlreadyRunning on a second call. No goroutine of the Service outlives it.
 func (s *Service) Run(ctx context.Context) error {
-	if !s.started.CompareAndSwap(false, true) {
-		if s.closed.Load() {
-			return ErrClosed
-		}
-		return ErrAlreadyRunning
+	if err := s.claim(); err != nil {
+		return err
 	}
 	return s.run(ctx)
 }
 
 // Start runs the Service in a goroutine of its own, as Run does; Close ends it.
 func (s *Service) Start(ctx context.Context) error {
-	if !s.started.CompareAndSwap(false, true) {
-		if s.closed.Load() {
-			return ErrClosed
-		}
-		return ErrAlreadyRunning
+	if err := s.claim(); err != nil {
+		return err
 	}
 	go func() { _ = s.run(ctx) }()
 	return nil
+}
+
+// claim makes the caller the Service's only runner.
+func (s *Service) claim() error {
+	if s.started.CompareAndSwap(false, true) {
+		return nil
+	}
+	select {
+	case <-s.closing:
+		return ErrClosed
+	default:
+		return ErrAlreadyRunning
+	}
 }
 
 func (s *Service) run(ctx context.Context) error {
@@ -223,7 +229,6 @@ func (s *Service) Close() error {
 		if s.started.CompareAndSwap(false, true) {
 			// Never run: no actor to stop, so stop the machine here.
 			s.publish(s.step(fsm.Event{Kind: fsm.Stop}))
-			s.closed.Store(true)
 			close(s.done)
 		}
 	})

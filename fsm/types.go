@@ -156,9 +156,6 @@ func (t Timer) Event() EventKind {
 	return [numTimers]EventKind{BeatDue, RetryDue, DialTimedOut, WriteTimedOut}[t]
 }
 
-// Timers lists every timer.
-func Timers() []Timer { return []Timer{BeatTimer, RetryTimer, DialTimer, WriteTimer} }
-
 // timerOf is the timer whose firing is reported as k.
 func timerOf(k EventKind) (Timer, bool) {
 	switch k {
