@@ -1,8 +1,8 @@
 // Package clockwork is the module's one door to time. It re-exports the clock
 // interface of github.com/benbjohnson/clock (the only import of that module
-// in this repository), adds a one-shot Timer armed at absolute deadlines, the
-// test sync point that benbjohnson/clock's Mock lacks, and a heap-based
-// virtual-time Scheduler for the many-node simulation.
+// in this repository) and adds a one-shot Timer armed at absolute deadlines
+// with the test sync point that benbjohnson/clock's Mock lacks. (The
+// many-node simulation keeps its own virtual clock: see package sim.)
 //
 // # Why not the Mock's own timers
 //

@@ -50,20 +50,3 @@ func ExampleAdvanceToNext() {
 	// 00:00:03 00:00:03
 	// next 00:00:04
 }
-
-// The simulation's event queue: equal times pop in push order.
-func ExampleScheduler() {
-	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	s := clockwork.NewScheduler[string](start, 16)
-	s.Push(start.Add(2*time.Second), "b")
-	s.Push(start.Add(time.Second), "a1")
-	s.PushAfter(time.Second, "a2")
-	for s.Len() > 0 {
-		at, v, _ := s.Pop()
-		fmt.Println(at.Sub(start), v)
-	}
-	// Output:
-	// 1s a1
-	// 1s a2
-	// 2s b
-}

@@ -11,9 +11,10 @@
 //
 // # Determinism
 //
-// Virtual time is a binary heap keyed by (time, sequence number)
-// (clockwork.Scheduler); one goroutine pops events in order and hands them to
-// the machines, the network and the tracker. One seed (Params.Seed) drives
+// Virtual time is a calendar queue (see queue.go) that pops events in the
+// order of (time, sequence number), exactly as a binary heap keyed by them
+// would; one goroutine pops events in order and hands them to the machines,
+// the network and the tracker. One seed (Params.Seed) drives
 // every random choice: the network's latencies, each node's machine seed,
 // the scenario's choices. Nothing is iterated from a map for output and no
 // goroutine is started, so the same Params give a byte-identical trace and

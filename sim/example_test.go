@@ -1,17 +1,46 @@
 package sim_test
 
 import (
+	"container/heap"
 	"errors"
 	"fmt"
 	"time"
 
-	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/fsm"
 )
 
+// entry is what the runtime's clock holds: an event for the machine, and for
+// a timer the deadline it was armed for, so that a re-armed or cancelled
+// timer's old entry can be skipped (stepping it would be harmless too: the
+// machine classifies it as stale).
+type entry struct {
+	at    time.Time
+	seq   int // push order: equal times pop in the order they were pushed
+	ev    fsm.Event
+	timer fsm.Timer
+	armed time.Time // zero for network results
+}
+
+// virtualClock is the runtime's virtual time: a min-heap of entries by
+// (time, push order), with container/heap.
+type virtualClock []entry
+
+func (c virtualClock) Len() int { return len(c) }
+func (c virtualClock) Less(i, j int) bool {
+	return c[i].at.Before(c[j].at) || (c[i].at.Equal(c[j].at) && c[i].seq < c[j].seq)
+}
+func (c virtualClock) Swap(i, j int) { c[i], c[j] = c[j], c[i] }
+func (c *virtualClock) Push(x any)   { *c = append(*c, x.(entry)) }
+func (c *virtualClock) Pop() any {
+	old := *c
+	e := old[len(old)-1]
+	*c = old[:len(old)-1]
+	return e
+}
+
 // Example_embedding shows a node runtime's own deterministic simulation
 // driving one sender machine: the runtime owns virtual time (here a
-// clockwork.Scheduler), calls Step, carries out the effects itself, and
+// min-heap on container/heap), calls Step, carries out the effects itself, and
 // schedules every ArmTimer deadline on its clock. Its network refuses the
 // first two dials, then accepts. Nothing here reads the wall clock or
 // starts a goroutine, so the output is the same on every run.
@@ -24,16 +53,13 @@ func Example_embedding() {
 		panic(err)
 	}
 
-	// What the clock holds: an event for the machine, and for a timer the
-	// deadline it was armed for, so that a re-armed or cancelled timer's
-	// old entry can be skipped (stepping it would be harmless too: the
-	// machine classifies it as stale).
-	type entry struct {
-		ev    fsm.Event
-		timer fsm.Timer
-		armed time.Time // zero for network results
+	clock := &virtualClock{}
+	pushed := 0
+	push := func(e entry) {
+		e.seq = pushed
+		pushed++
+		heap.Push(clock, e)
 	}
-	clock := clockwork.NewScheduler[entry](start, 16)
 	var deadlines [fsm.NumTimers]time.Time
 	refusals, beats := 2, 0
 	at := func(now time.Time) string { return "+" + now.Sub(start).String() }
@@ -48,19 +74,19 @@ func Example_embedding() {
 			switch e.Kind {
 			case fsm.ArmTimer:
 				deadlines[e.Timer] = e.At
-				clock.Push(e.At, entry{ev: fsm.Event{Kind: e.Timer.Event()}, timer: e.Timer, armed: e.At})
+				push(entry{at: e.At, ev: fsm.Event{Kind: e.Timer.Event()}, timer: e.Timer, armed: e.At})
 			case fsm.CancelTimer:
 				deadlines[e.Timer] = time.Time{}
 			case fsm.Dial:
 				if refusals > 0 { // nobody listens yet: refused after a 40ms round trip
 					refusals--
-					clock.Push(now.Add(40*time.Millisecond), entry{ev: fsm.Event{Kind: fsm.DialFailed, Attempt: e.Attempt, Err: errors.New("connection refused")}})
+					push(entry{at: now.Add(40 * time.Millisecond), ev: fsm.Event{Kind: fsm.DialFailed, Attempt: e.Attempt, Err: errors.New("connection refused")}})
 				} else { // a handshake of two round trips
-					clock.Push(now.Add(80*time.Millisecond), entry{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: e.Attempt}})
+					push(entry{at: now.Add(80 * time.Millisecond), ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: e.Attempt}})
 				}
 			case fsm.Send: // the write fits in the send window: done at once
 				beats++
-				clock.Push(now, entry{ev: fsm.Event{Kind: fsm.WriteSucceeded, Attempt: e.Attempt}})
+				push(entry{at: now, ev: fsm.Event{Kind: fsm.WriteSucceeded, Attempt: e.Attempt}})
 			case fsm.Log:
 				fmt.Println(at(now), e.Log)
 			case fsm.Transitioned:
@@ -70,9 +96,10 @@ func Example_embedding() {
 	}
 
 	step(start, fsm.Event{Kind: fsm.Start})
-	for {
-		now, en, ok := clock.Pop()
-		if !ok || now.Sub(start) > 45*time.Second {
+	for clock.Len() > 0 {
+		en := heap.Pop(clock).(entry)
+		now := en.at
+		if now.Sub(start) > 45*time.Second {
 			break
 		}
 		if !en.armed.IsZero() {

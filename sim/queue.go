@@ -9,10 +9,10 @@ import (
 // queue is the simulator's virtual clock: a calendar queue (a timing wheel)
 // that pops events in exactly the order of (time, push sequence number), so
 // events at equal times pop in the order they were pushed and a seeded run
-// replays exactly: the same order a binary heap keyed by (time, seq), such
-// as clockwork.Scheduler, gives.
+// replays exactly: the same order a binary heap keyed by (time, seq) gives
+// (the test checks it against container/heap).
 //
-// Why not clockwork.Scheduler: at 10,000 nodes the run is bound by memory
+// Why not a binary heap: at 10,000 nodes the run is bound by memory
 // latency, and profiling showed the heap's sift-down (15 levels over ~30,000
 // pending events, most of them cache misses) as the largest cost after the
 // machines and the tracker; a 4-ary heap only trimmed it. Here almost every
