@@ -44,7 +44,7 @@ func init() {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if code == 0 && flag.Lookup("test.run").Value.String() == "" {
+	if code == 0 && wholeRun() {
 		code = checkRows()
 	}
 	if code == 0 {
@@ -54,6 +54,17 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// wholeRun reports whether every test of the package ran: no -test.list,
+// -test.run or -test.skip. Only then must every row have been exercised.
+func wholeRun() bool {
+	for _, name := range []string{"test.list", "test.run", "test.skip"} {
+		if f := flag.Lookup(name); f != nil && f.Value.String() != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // checkRows fails a whole-package run unless the Service exercised every
