@@ -25,8 +25,8 @@ import (
 var update = flag.Bool("update", false, "rewrite generated docs")
 
 // notThroughService lists the rows the Service cannot reach with an honest
-// transport: it mirrors the machine's timers, so it never reports a stale
-// timer, and it steps Stop once. The fsm package exercises them directly.
+// transport: it fires only the deadlines the machine reports, so it never
+// reports a stale timer, and it steps Stop once. The fsm package exercises them directly.
 var notThroughService = map[int]string{}
 
 func init() {

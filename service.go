@@ -70,13 +70,12 @@ type Service struct {
 	machine *fsm.Machine
 
 	// Owned by the actor goroutine.
-	timer     *clockwork.Timer
-	deadlines [fsm.NumTimers]time.Time // per fsm.Timer, mirrored from ArmTimer/CancelTimer effects
-	streams   map[uint64]transport.Stream
-	dials     map[uint64]context.CancelFunc
-	lastHead  ChainHead
-	headDown  bool
-	runCtx    context.Context
+	timer    *clockwork.Timer // armed at the machine's NextDeadline
+	streams  map[uint64]transport.Stream
+	dials    map[uint64]context.CancelFunc
+	lastHead ChainHead
+	headDown bool
+	runCtx   context.Context
 
 	results chan result
 	stopped chan struct{} // closed once the actor no longer reads results
@@ -300,39 +299,28 @@ func (s *Service) handle(r result) {
 	s.publish(o)
 }
 
-// fireTimers steps every timer that is due, earliest first.
+// fireTimers steps every timer that is due, earliest first. The machine
+// holds the deadlines (and clears one as its event is stepped); the Service
+// only asks it. The loop is bounded by the number of timers, so a timer the
+// machine rejects (a bug, logged by step) cannot trap the actor in it.
 func (s *Service) fireTimers() {
 	now := s.opts.clock.Now()
-	for {
-		tm, at, ok := s.earliest()
+	for range fsm.NumTimers {
+		tm, at, ok := s.machine.NextDeadline()
 		if !ok || at.After(now) {
 			break
 		}
-		s.deadlines[tm] = time.Time{}
 		s.publish(s.step(fsm.Event{Kind: tm.Event()}))
 	}
 	s.rearm()
 }
 
-func (s *Service) earliest() (fsm.Timer, time.Time, bool) {
-	var (
-		best fsm.Timer
-		at   time.Time
-	)
-	for i, d := range s.deadlines {
-		if !d.IsZero() && (at.IsZero() || d.Before(at)) {
-			best, at = fsm.Timer(i), d
-		}
-	}
-	return best, at, !at.IsZero()
-}
-
-// rearm points the one clock timer at the earliest armed deadline.
+// rearm points the one clock timer at the machine's earliest deadline.
 func (s *Service) rearm() {
 	if s.timer == nil {
 		return // stopped before it ran
 	}
-	_, at, ok := s.earliest()
+	_, at, ok := s.machine.NextDeadline()
 	if !ok {
 		s.timer.Stop()
 		return
@@ -383,10 +371,8 @@ func (s *Service) execute(e fsm.Effect) {
 			_ = st.Close()
 			delete(s.streams, e.Attempt)
 		}
-	case fsm.ArmTimer:
-		s.deadlines[e.Timer] = e.At
-	case fsm.CancelTimer:
-		s.deadlines[e.Timer] = time.Time{}
+	case fsm.ArmTimer, fsm.CancelTimer:
+		// The machine holds its deadlines: step rearms from NextDeadline.
 	case fsm.Log:
 		s.emitLog(e.Log)
 	case fsm.Transitioned:
