@@ -118,7 +118,7 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 	if !o.seedSet {
 		var b [8]byte
 		_, _ = crand.Read(b[:])
-		o.seed = binary.LittleEndian.Uint64(b[:])
+		o.policy.Seed = binary.LittleEndian.Uint64(b[:])
 	}
 	machine, err := fsm.New(o.machineConfig(s))
 	if err != nil {
@@ -128,7 +128,11 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 		if h == nil {
 			return nil, errors.New("heartbeat: nil host and no WithTransport")
 		}
-		o.dialer = transport.NewLibp2p(h, transport.WithDialTimeout(o.dialTimeout), transport.WithWriteTimeout(o.writeTimeout))
+		// The machine's timers own the timeouts; the transport's wall-clock
+		// deadlines are only a backstop, clearly longer so they never race.
+		o.dialer = transport.NewLibp2p(h,
+			transport.WithDialTimeout(transport.BackstopFactor*o.policy.DialTimeout),
+			transport.WithWriteTimeout(transport.BackstopFactor*o.policy.WriteTimeout))
 	}
 	if o.logger == nil {
 		o.logger = hclog.New(&hclog.LoggerOptions{Name: "heartbeat", Level: hclog.Info, TimeFn: o.clock.Now})
