@@ -30,7 +30,7 @@ var update = flag.Bool("update", false, "rewrite generated docs")
 var notThroughService = map[int]string{}
 
 func init() {
-	for i, t := range fsm.Table {
+	for i, t := range fsm.Table() {
 		switch {
 		case t.From == fsm.Stopped && t.On == fsm.Stop:
 			notThroughService[i] = "the Service steps Stop once"
@@ -71,7 +71,7 @@ func wholeRun() bool {
 // row of fsm.Table it can reach.
 func checkRows() int {
 	code := 0
-	for i, t := range fsm.Table {
+	for i, t := range fsm.Table() {
 		_, hit := rowsHit.Load(i)
 		if _, skip := notThroughService[i]; !skip && !hit {
 			fmt.Fprintf(os.Stderr, "row %d (%s on %s when %s) was never exercised through the Service\n", i, t.From, t.On, t.When)
@@ -314,7 +314,7 @@ func TestDocsMatchTheTable(t *testing.T) {
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Equal(t, fsm.Markdown(), string(got), "docs/state-machine.md is stale: run go generate ./...")
-	for i, tr := range fsm.Table {
+	for i, tr := range fsm.Table() {
 		require.Contains(t, string(got), fmt.Sprintf("| %d | %s | %s |", i, tr.From, tr.On))
 	}
 }

@@ -246,11 +246,6 @@ func (s *Service) Status() Status {
 	return s.status
 }
 
-// Pending is the number of dials and writes in flight whose result the
-// Service has not handled yet. Tests use it as a sync point together with
-// transport.Network.Blocked.
-func (s *Service) Pending() int { return int(s.pending.Load()) }
-
 // shutdown steps Stop, then waits for every operation goroutine, resetting
 // whatever stream arrives late, so nothing outlives Run.
 func (s *Service) shutdown(cancel context.CancelFunc) {

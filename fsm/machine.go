@@ -135,7 +135,7 @@ func (m *Machine) Step(now time.Time, ev Event) ([]Effect, error) {
 		return nil, &RejectedError{State: m.state, Event: ev.Kind, Guard: guard}
 	}
 	m.lastRow = row
-	t := &Table[row]
+	t := &table[row]
 	from := m.state
 	var due time.Time
 	if tm, ok := timerOf(ev.Kind); ok && guard != Stale {
