@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/wire"
 )
 
@@ -30,10 +31,10 @@ type Heartbeat = wire.Heartbeat
 // leading slash, byte for byte the legacy id.
 const ProtocolID = wire.ProtocolID
 
-// The legacy defaults.
+// The legacy defaults, owned by package fsm.
 const (
-	DefaultBeatPeriod      = 3 * time.Second
-	DefaultReconnectPeriod = 10 * time.Second
+	DefaultBeatPeriod      = fsm.DefaultBeatPeriod
+	DefaultReconnectPeriod = fsm.DefaultReconnectPeriod
 )
 
 // Config is the node's "heartbeat" config section, with the legacy JSON

@@ -41,6 +41,9 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	_, err := heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, head,
 		heartbeat.WithTransport(transport.NewNetwork().Dialer("me")), heartbeat.WithBackoff(heartbeat.Backoff{Jitter: 2}))
 	require.ErrorContains(t, err, "Jitter")
+	_, err = heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, head,
+		heartbeat.WithTransport(transport.NewNetwork().Dialer("me")), heartbeat.WithBackoff(heartbeat.Backoff{Base: time.Second}))
+	require.ErrorContains(t, err, "Backoff.Base", "the ReconnectPeriod is the base")
 	_, err = heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, head)
 	require.ErrorContains(t, err, "host")
 	_, err = heartbeat.New(nil, heartbeat.Config{BeatTarget: good}, nil, heartbeat.WithTransport(transport.NewNetwork().Dialer("me")))

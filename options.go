@@ -16,44 +16,34 @@ import (
 type Option func(*options) error
 
 type options struct {
-	clock        clockwork.Clock
-	logger       hclog.Logger
-	name         string
-	miner        func() string
-	genesis      *cid.Cid
-	dialer       transport.Dialer
-	seed         uint64
-	seedSet      bool
-	backoff      Backoff
-	dialTimeout  time.Duration
-	writeTimeout time.Duration
-	errorEvery   time.Duration
-	observer     func(Observation)
+	clock    clockwork.Clock
+	logger   hclog.Logger
+	name     string
+	miner    func() string
+	genesis  *cid.Cid
+	dialer   transport.Dialer
+	seedSet  bool
+	observer func(Observation)
+	// policy is the state machine's config but for BeatPeriod and
+	// Backoff.Base, which come from the validated Config (machineConfig).
+	policy fsm.Config
 }
 
 func defaultOptions() options {
 	return options{
-		clock:        clockwork.Real(),
-		name:         "primary",
-		backoff:      Backoff{Jitter: 0.2},
-		dialTimeout:  10 * time.Second,
-		writeTimeout: 10 * time.Second,
-		errorEvery:   10 * time.Minute,
+		clock:  clockwork.Real(),
+		name:   "primary",
+		policy: fsm.DefaultConfig(),
 	}
 }
 
 // Backoff shapes the wait between connection attempts beyond the
-// ReconnectPeriod it starts from. The default is no growth (every wait is
-// ReconnectPeriod, as the config promises) with ±20% jitter, so a fleet that
-// lost its aggregator at once does not retry in lockstep.
-type Backoff struct {
-	// Growth multiplies the wait after each further failure; 0 or 1 is none.
-	Growth float64
-	// Max caps the wait; 0 means no cap.
-	Max time.Duration
-	// Jitter is the relative spread in [0, 1); 0 disables it.
-	Jitter float64
-}
+// ReconnectPeriod it starts from: it is fsm.BackoffPolicy, whose Base is the
+// config's ReconnectPeriod, so WithBackoff requires Base to be 0. The default
+// is no growth (every wait is ReconnectPeriod, as the config promises) with
+// ±20% jitter (fsm.DefaultJitter), so a fleet that lost its aggregator at once
+// does not retry in lockstep.
+type Backoff = fsm.BackoffPolicy
 
 // WithClock sets the clock the Service runs on (default: the wall clock).
 // Tests pass clockwork.NewMock(...) and step it with clockwork.AdvanceToNext.
@@ -111,25 +101,34 @@ func WithTransport(d transport.Dialer) Option {
 // WithSeed seeds the reconnect jitter; the same seed gives the same delays.
 // By default the seed is random.
 func WithSeed(seed uint64) Option {
-	return func(o *options) error { o.seed, o.seedSet = seed, true; return nil }
+	return func(o *options) error { o.policy.Seed, o.seedSet = seed, true; return nil }
 }
 
-// WithBackoff sets growth, cap and jitter of the reconnect wait.
+// WithBackoff sets growth, cap and jitter of the reconnect wait. b.Base must
+// be 0: the config's ReconnectPeriod is the base.
 func WithBackoff(b Backoff) Option {
-	return func(o *options) error { o.backoff = b; return nil }
+	return func(o *options) error {
+		if b.Base != 0 {
+			return fmt.Errorf("WithBackoff: Backoff.Base must be 0 (the config's reconnectPeriod sets it), got %s", b.Base)
+		}
+		o.policy.Backoff = b
+		return nil
+	}
 }
 
-// WithTimeouts bounds a dial and a heartbeat write (default 10 s each),
-// measured on the Service's clock; the libp2p transport also sets wall-clock
-// deadlines of the same length on the stream.
+// WithTimeouts bounds a dial and a heartbeat write (default
+// fsm.DefaultDialTimeout and fsm.DefaultWriteTimeout, 10 s each), measured
+// on the Service's clock by the state machine, which owns them. The libp2p
+// transport also sets wall-clock deadlines on the stream, but only as a
+// backstop, transport.BackstopFactor (2) times longer.
 func WithTimeouts(dial, write time.Duration) Option {
-	return func(o *options) error { o.dialTimeout, o.writeTimeout = dial, write; return nil }
+	return func(o *options) error { o.policy.DialTimeout, o.policy.WriteTimeout = dial, write; return nil }
 }
 
-// WithErrorEvery changes the legacy 10 minutes after which a continuing
-// connection failure is logged at ERROR again.
+// WithErrorEvery changes the legacy 10 minutes (fsm.DefaultErrorEvery) after
+// which a continuing connection failure is logged at ERROR again.
 func WithErrorEvery(d time.Duration) Option {
-	return func(o *options) error { o.errorEvery = d; return nil }
+	return func(o *options) error { o.policy.ErrorEvery = d; return nil }
 }
 
 // WithObserver calls f after every event the Service handles, on the
@@ -141,17 +140,8 @@ func WithObserver(f func(Observation)) Option {
 
 // machineConfig is the fsm configuration these options and s describe.
 func (o *options) machineConfig(s settings) fsm.Config {
-	return fsm.Config{
-		BeatPeriod:   s.beatPeriod,
-		DialTimeout:  o.dialTimeout,
-		WriteTimeout: o.writeTimeout,
-		ErrorEvery:   o.errorEvery,
-		Backoff: fsm.BackoffPolicy{
-			Base:   s.reconnectPeriod,
-			Growth: o.backoff.Growth,
-			Max:    o.backoff.Max,
-			Jitter: o.backoff.Jitter,
-		},
-		Seed: o.seed,
-	}
+	c := o.policy
+	c.BeatPeriod = s.beatPeriod
+	c.Backoff.Base = s.reconnectPeriod
+	return c
 }

@@ -70,13 +70,12 @@ type Service struct {
 	machine *fsm.Machine
 
 	// Owned by the actor goroutine.
-	timer     *clockwork.Timer
-	deadlines [fsm.NumTimers]time.Time // per fsm.Timer, mirrored from ArmTimer/CancelTimer effects
-	streams   map[uint64]transport.Stream
-	dials     map[uint64]context.CancelFunc
-	lastHead  ChainHead
-	headDown  bool
-	runCtx    context.Context
+	timer    *clockwork.Timer // armed at the machine's NextDeadline
+	streams  map[uint64]transport.Stream
+	dials    map[uint64]context.CancelFunc
+	lastHead ChainHead
+	headDown bool
+	runCtx   context.Context
 
 	results chan result
 	stopped chan struct{} // closed once the actor no longer reads results
@@ -119,7 +118,7 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 	if !o.seedSet {
 		var b [8]byte
 		_, _ = crand.Read(b[:])
-		o.seed = binary.LittleEndian.Uint64(b[:])
+		o.policy.Seed = binary.LittleEndian.Uint64(b[:])
 	}
 	machine, err := fsm.New(o.machineConfig(s))
 	if err != nil {
@@ -129,7 +128,11 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 		if h == nil {
 			return nil, errors.New("heartbeat: nil host and no WithTransport")
 		}
-		o.dialer = transport.NewLibp2p(h, transport.WithDialTimeout(o.dialTimeout), transport.WithWriteTimeout(o.writeTimeout))
+		// The machine's timers own the timeouts; the transport's wall-clock
+		// deadlines are only a backstop, clearly longer so they never race.
+		o.dialer = transport.NewLibp2p(h,
+			transport.WithDialTimeout(transport.BackstopFactor*o.policy.DialTimeout),
+			transport.WithWriteTimeout(transport.BackstopFactor*o.policy.WriteTimeout))
 	}
 	if o.logger == nil {
 		o.logger = hclog.New(&hclog.LoggerOptions{Name: "heartbeat", Level: hclog.Info, TimeFn: o.clock.Now})
@@ -243,11 +246,6 @@ func (s *Service) Status() Status {
 	return s.status
 }
 
-// Pending is the number of dials and writes in flight whose result the
-// Service has not handled yet. Tests use it as a sync point together with
-// transport.Network.Blocked.
-func (s *Service) Pending() int { return int(s.pending.Load()) }
-
 // shutdown steps Stop, then waits for every operation goroutine, resetting
 // whatever stream arrives late, so nothing outlives Run.
 func (s *Service) shutdown(cancel context.CancelFunc) {
@@ -300,39 +298,28 @@ func (s *Service) handle(r result) {
 	s.publish(o)
 }
 
-// fireTimers steps every timer that is due, earliest first.
+// fireTimers steps every timer that is due, earliest first. The machine
+// holds the deadlines (and clears one as its event is stepped); the Service
+// only asks it. The loop is bounded by the number of timers, so a timer the
+// machine rejects (a bug, logged by step) cannot trap the actor in it.
 func (s *Service) fireTimers() {
 	now := s.opts.clock.Now()
-	for {
-		tm, at, ok := s.earliest()
+	for range fsm.NumTimers {
+		tm, at, ok := s.machine.NextDeadline()
 		if !ok || at.After(now) {
 			break
 		}
-		s.deadlines[tm] = time.Time{}
 		s.publish(s.step(fsm.Event{Kind: tm.Event()}))
 	}
 	s.rearm()
 }
 
-func (s *Service) earliest() (fsm.Timer, time.Time, bool) {
-	var (
-		best fsm.Timer
-		at   time.Time
-	)
-	for i, d := range s.deadlines {
-		if !d.IsZero() && (at.IsZero() || d.Before(at)) {
-			best, at = fsm.Timer(i), d
-		}
-	}
-	return best, at, !at.IsZero()
-}
-
-// rearm points the one clock timer at the earliest armed deadline.
+// rearm points the one clock timer at the machine's earliest deadline.
 func (s *Service) rearm() {
 	if s.timer == nil {
 		return // stopped before it ran
 	}
-	_, at, ok := s.earliest()
+	_, at, ok := s.machine.NextDeadline()
 	if !ok {
 		s.timer.Stop()
 		return
@@ -383,10 +370,8 @@ func (s *Service) execute(e fsm.Effect) {
 			_ = st.Close()
 			delete(s.streams, e.Attempt)
 		}
-	case fsm.ArmTimer:
-		s.deadlines[e.Timer] = e.At
-	case fsm.CancelTimer:
-		s.deadlines[e.Timer] = time.Time{}
+	case fsm.ArmTimer, fsm.CancelTimer:
+		// The machine holds its deadlines: step rearms from NextDeadline.
 	case fsm.Log:
 		s.emitLog(e.Log)
 	case fsm.Transitioned:

@@ -388,7 +388,7 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 	case ls != nil && ls.superseded.Load():
 		err, how = ErrSuperseded, metrics.ClosedError // counted by register
 	default:
-		err, how = a.classify(id, err)
+		how, err = a.classify(id, err)
 	}
 	if ch, ok := a.tracker.StreamEnded(id, how == metrics.ClosedEOF, a.clock.Now()); ok {
 		a.logChange(ch)
@@ -440,35 +440,35 @@ func (a *Aggregator) readLoop(id peer.ID, lr *lineReader) error {
 }
 
 // classify maps the error that ended a stream to its rejection reason,
-// counts and logs it, and returns the error to report (with our sentinel)
-// and how the stream closed for the metrics: "error" when the aggregator
+// counts and logs it, and returns how the stream closed for the metrics
+// and the error to report (with our sentinel): "error" when the aggregator
 // ended it, "reset" when the sender or the network did (not the peer's
 // protocol fault: uncounted as a rejection, logged at DEBUG).
-func (a *Aggregator) classify(id peer.ID, err error) (error, string) {
+func (a *Aggregator) classify(id peer.ID, err error) (string, error) {
 	var de *wire.DecodeError
 	switch {
 	case errors.As(err, &de):
 		a.reject(id, string(de.Reason), err)
-		return err, metrics.ClosedError
+		return metrics.ClosedError, err
 	case errors.Is(err, errLineTooLong):
 		err = fmt.Errorf("%w (limit %d bytes)", ErrLineTooLong, a.cfg.MaxLineBytes)
 		a.reject(id, metrics.ReasonLineTooLong, err)
-		return err, metrics.ClosedError
+		return metrics.ClosedError, err
 	case errors.Is(err, tracker.ErrFull):
 		a.reject(id, metrics.ReasonTooManyNodes, err)
-		return err, metrics.ClosedError
+		return metrics.ClosedError, err
 	case isTimeout(err):
 		err = fmt.Errorf("%w (%v): %w", ErrIdleTimeout, a.cfg.IdleTimeout, err)
 		a.reject(id, metrics.ReasonIdleTimeout, err)
-		return err, metrics.ClosedError
+		return metrics.ClosedError, err
 	}
 	select {
 	case <-a.done:
-		return fmt.Errorf("%w: %w", ErrClosed, err), metrics.ClosedError
+		return metrics.ClosedError, fmt.Errorf("%w: %w", ErrClosed, err)
 	default:
 	}
 	a.log.Debug("heartbeat stream ended", "peer_id", id.String(), "error", err)
-	return err, metrics.ClosedReset
+	return metrics.ClosedReset, err
 }
 
 func isTimeout(err error) bool {

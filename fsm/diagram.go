@@ -27,7 +27,7 @@ func target(t Transition) State {
 
 // edges calls f for every drawn row, in table order.
 func edges(f func(from, to State, label string)) {
-	for _, t := range Table {
+	for _, t := range table {
 		if drawn(t) {
 			f(t.From, target(t), edgeLabel(t))
 		}
@@ -80,7 +80,7 @@ func Markdown() string {
 	b.WriteString("event with no row is returned as a `*fsm.RejectedError`, never a panic.\n\n")
 	b.WriteString("| # | from | event | guard | to | action | why |\n")
 	b.WriteString("|---|---|---|---|---|---|---|\n")
-	for i, t := range Table {
+	for i, t := range table {
 		to := t.To.String()
 		if t.To == Same {
 			to = "(same)"

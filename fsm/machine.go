@@ -35,16 +35,36 @@ type Config struct {
 	Seed uint64
 }
 
+// The defaults of the sender's policy. This is their one home: the
+// heartbeat package, its options and the libp2p transport's backstop
+// deadlines all derive from them.
+const (
+	// DefaultBeatPeriod is the legacy time between heartbeats.
+	DefaultBeatPeriod = 3 * time.Second
+	// DefaultReconnectPeriod is the legacy time between connection attempts.
+	DefaultReconnectPeriod = 10 * time.Second
+	// DefaultDialTimeout bounds a dial in the machine's time.
+	DefaultDialTimeout = 10 * time.Second
+	// DefaultWriteTimeout bounds a heartbeat write in the machine's time.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultErrorEvery is the legacy go-filecoin 10 minutes between ERROR
+	// lines of a continuing connection failure.
+	DefaultErrorEvery = 10 * time.Minute
+	// DefaultJitter spreads each reconnect delay by ±20%, so that a fleet
+	// that lost its aggregator at once does not retry in lockstep.
+	DefaultJitter = 0.2
+)
+
 // DefaultConfig is the legacy timing (3 s beats, 10 s reconnects, ERROR
 // every 10 minutes) with ±20% jitter on the reconnect delay and 10 s bounds
 // on a dial and a write.
 func DefaultConfig() Config {
 	return Config{
-		BeatPeriod:   3 * time.Second,
-		DialTimeout:  10 * time.Second,
-		WriteTimeout: 10 * time.Second,
-		ErrorEvery:   10 * time.Minute,
-		Backoff:      BackoffPolicy{Base: 10 * time.Second, Jitter: 0.2},
+		BeatPeriod:   DefaultBeatPeriod,
+		DialTimeout:  DefaultDialTimeout,
+		WriteTimeout: DefaultWriteTimeout,
+		ErrorEvery:   DefaultErrorEvery,
+		Backoff:      BackoffPolicy{Base: DefaultReconnectPeriod, Jitter: DefaultJitter},
 	}
 }
 
@@ -115,7 +135,7 @@ func (m *Machine) Step(now time.Time, ev Event) ([]Effect, error) {
 		return nil, &RejectedError{State: m.state, Event: ev.Kind, Guard: guard}
 	}
 	m.lastRow = row
-	t := &Table[row]
+	t := &table[row]
 	from := m.state
 	var due time.Time
 	if tm, ok := timerOf(ev.Kind); ok && guard != Stale {

@@ -1,6 +1,9 @@
 package fsm
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Guard is the condition under which an event matches a transition. The
 // machine classifies each event into exactly one guard before it looks the
@@ -90,11 +93,15 @@ type Transition struct {
 	Why string
 }
 
-// Table is the transition table: the single source of truth for the
-// runtime, the tests (every row must be exercised) and the generated
-// diagram. It is the only place that names a destination state. A row for a
-// specific state takes precedence over a row for Any.
-var Table = []Transition{
+// Table returns a copy of the transition table: the single source of truth
+// for the runtime, the tests (every row must be exercised) and the generated
+// diagram. The table is the only place that names a destination state. A row
+// for a specific state takes precedence over a row for Any. Row indexes (as
+// Lookup and Machine.LastRow return them) index this slice.
+func Table() []Transition { return slices.Clone(table) }
+
+// table is read-only: the index and every Machine share it.
+var table = []Transition{
 	{Disconnected, Start, Always, Connecting, OpenStream, "connect at once (the legacy waited one ReconnectPeriod)"},
 	{Disconnected, Stop, Always, Stopped, Shutdown, "stopped before it started"},
 
@@ -132,8 +139,8 @@ var Table = []Transition{
 // noRow marks a (state, event, guard) triple that has no transition.
 const noRow = -1
 
-// index maps (state, event, guard) to a row of Table, built once from it.
-var index = buildIndex(Table)
+// index maps (state, event, guard) to a row of table, built once from it.
+var index = buildIndex(table)
 
 type rowIndex [numStates][numEvents][numGuards]int16
 

@@ -382,14 +382,18 @@ func validateAction(c *config, a Action) error {
 	case a.Fault == 0 || a.Fault >= numFaults:
 		return fmt.Errorf("unknown fault %d", a.Fault)
 	case a.At < 0 || a.At >= c.Duration:
+		//lint:ignore ST1005 the message starts with the Action field it names
 		return fmt.Errorf("At (%s) must be in [0, Duration)", a.At)
 	case a.Fault != AggregatorResetAll && a.For <= 0:
+		//lint:ignore ST1005 the message starts with the Action field it names
 		return fmt.Errorf("For must be positive, got %s", a.For)
 	case a.end() > c.Duration:
 		return fmt.Errorf("ends at %s, after Duration (%s)", a.end(), c.Duration)
 	case a.Fault == LatencySpike && a.Extra <= 0:
+		//lint:ignore ST1005 the message starts with the Action field it names
 		return fmt.Errorf("Extra must be positive, got %s", a.Extra)
 	case a.Fraction < 0 || a.Fraction > 1:
+		//lint:ignore ST1005 the message starts with the Action field it names
 		return fmt.Errorf("Fraction must be in [0, 1], got %v", a.Fraction)
 	}
 	for _, n := range a.Nodes {

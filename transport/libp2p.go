@@ -12,16 +12,26 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 
+	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/wire"
 )
 
-// Defaults of the libp2p Dialer.
+// BackstopFactor is how much longer the libp2p Dialer's wall-clock
+// deadlines are than the state machine's dial and write timeouts. The
+// machine owns the policy: its timers end a hung dial or a stalled write
+// first, on the sender's (possibly virtual) clock. These deadlines are only a
+// backstop that frees the goroutine and the libp2p stream should the machine's
+// timer not end them, and being clearly longer they never race it.
+const BackstopFactor = 2
+
+// Defaults of the libp2p Dialer: the backstops of the state machine's
+// default timeouts.
 const (
 	// DefaultDialTimeout bounds one Dial: connecting, the security and muxer
 	// handshakes, identify and opening the stream.
-	DefaultDialTimeout = 10 * time.Second
+	DefaultDialTimeout = BackstopFactor * fsm.DefaultDialTimeout
 	// DefaultWriteTimeout bounds one Write, measured on the wall clock.
-	DefaultWriteTimeout = 10 * time.Second
+	DefaultWriteTimeout = BackstopFactor * fsm.DefaultWriteTimeout
 )
 
 // forceDirectReason is the reason string libp2p records for our forced
