@@ -54,7 +54,7 @@ var (
 	// ErrLineTooLong: a line longer than Config.MaxLineBytes, or that many
 	// bytes without a newline.
 	ErrLineTooLong = errors.New("heartbeat line too long")
-	// ErrIdleTimeout: no complete line within Config.IdleTimeout.
+	// ErrIdleTimeout: no complete non-blank line within Config.IdleTimeout.
 	ErrIdleTimeout = errors.New("heartbeat stream idle")
 	// ErrNotAllowed: the peer is not on the allowlist.
 	ErrNotAllowed = errors.New("peer not on the allowlist")
