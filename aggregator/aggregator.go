@@ -100,7 +100,8 @@ func WithClock(c clockwork.Clock) Option { return func(o *options) { o.clock = c
 func WithRegistry(r *prometheus.Registry) Option { return func(o *options) { o.reg = r } }
 
 // WithBeatLog logs every accepted heartbeat at INFO ("heartbeat", with
-// peer_id, nickname, head, height, miner_address, genesis). Off by default:
+// peer_id, nickname, head, height, miner_address (normalised, see
+// wire.MinerAddressOf), miner_address_raw, genesis). Off by default:
 // at 10,000 nodes every 3 s that is 3,300 lines a second.
 func WithBeatLog(on bool) Option { return func(o *options) { o.beatLog = on } }
 
@@ -514,7 +515,8 @@ func (a *Aggregator) logChange(ch tracker.Change) {
 
 func (a *Aggregator) logBeat(id peer.ID, hb *wire.Heartbeat, now time.Time) {
 	a.log.Info("heartbeat", "peer_id", id.String(), "nickname", hb.Nickname, "head", hb.Head,
-		"height", hb.Height, "miner_address", hb.MinerAddress, "genesis", hb.Genesis,
+		"height", hb.Height, "miner_address", wire.MinerAddressOf(hb.MinerAddress),
+		"miner_address_raw", hb.MinerAddress, "genesis", hb.Genesis,
 		"at", now.UTC().Format(time.RFC3339Nano))
 }
 

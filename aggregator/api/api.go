@@ -21,19 +21,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // Node is one element of /api/nodes.
 type Node struct {
 	// PeerID is the node's identity: its libp2p peer id in text form.
 	PeerID string `json:"peer_id"`
-	// Nickname, Head, Height, MinerAddress and Genesis are the labels of the
-	// node's last heartbeat, as it sent them.
-	Nickname     string `json:"nickname"`
-	Head         string `json:"head"`
-	Height       uint64 `json:"height"`
+	// Nickname, Head, Height and Genesis are the labels of the node's last
+	// heartbeat, as it sent them.
+	Nickname string `json:"nickname"`
+	Head     string `json:"head"`
+	Height   uint64 `json:"height"`
+	// MinerAddress is the node's miner address, "" for no address: every
+	// spelling of the zero address on the wire ("", "empty", "<empty>") is
+	// normalised to "" (wire.MinerAddressOf).
 	MinerAddress string `json:"miner_address"`
-	Genesis      string `json:"genesis"`
+	// MinerAddressRaw is the miner address exactly as the node sent it.
+	MinerAddressRaw string `json:"miner_address_raw"`
+	Genesis         string `json:"genesis"`
 	// State is "joining", "up", "suspect", "down" or "left".
 	State string `json:"state"`
 	// Since is when the node entered State (RFC 3339, UTC).
@@ -128,18 +134,19 @@ func (h *handler) nodes(w http.ResponseWriter, r *http.Request) {
 			continue
 		}
 		j := Node{
-			PeerID:       n.Peer.String(),
-			Nickname:     n.Nickname,
-			Head:         n.Head,
-			Height:       n.Height,
-			MinerAddress: n.MinerAddress,
-			Genesis:      n.Genesis,
-			State:        n.State.String(),
-			Since:        n.Since.UTC().Format(timeFormat),
-			FirstSeen:    n.FirstSeen.UTC().Format(timeFormat),
-			Beats:        n.Beats,
-			Streams:      n.Streams,
-			Stream:       n.Stream.String(),
+			PeerID:          n.Peer.String(),
+			Nickname:        n.Nickname,
+			Head:            n.Head,
+			Height:          n.Height,
+			MinerAddress:    wire.MinerAddressOf(n.MinerAddress),
+			MinerAddressRaw: n.MinerAddress,
+			Genesis:         n.Genesis,
+			State:           n.State.String(),
+			Since:           n.Since.UTC().Format(timeFormat),
+			FirstSeen:       n.FirstSeen.UTC().Format(timeFormat),
+			Beats:           n.Beats,
+			Streams:         n.Streams,
+			Stream:          n.Stream.String(),
 		}
 		if !n.LastSeen.IsZero() {
 			j.LastSeen = n.LastSeen.UTC().Format(timeFormat)
@@ -194,6 +201,9 @@ func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	// Node-supplied text is data, not HTML: escaping would turn each "<"
+	// into 6 bytes.
+	enc.SetEscapeHTML(false)
 	// Our types always encode; an error here is the client going away,
 	// with the status already sent: nothing useful left to do.
 	_ = enc.Encode(v)

@@ -51,8 +51,8 @@ func start(t *testing.T) *fixture {
 	}
 	require.NoError(t, tr.StreamOpened(pid(1), t0))
 	beat(pid(1), wire.Heartbeat{Head: "a", Height: 10, Nickname: "alice", MinerAddress: "t01000", Genesis: "bafy2bzacegenesis"}, t0.Add(58*time.Second+500*time.Millisecond))
-	beat(pid(2), wire.Heartbeat{Head: "b", Height: 11, Nickname: "bob"}, t0.Add(59*time.Second))
-	beat(pid(3), wire.Heartbeat{Head: "a", Height: 9, Nickname: "carol"}, t0)
+	beat(pid(2), wire.Heartbeat{Head: "b", Height: 11, Nickname: "bob", MinerAddress: "<empty>"}, t0.Add(59*time.Second))
+	beat(pid(3), wire.Heartbeat{Head: "a", Height: 9, Nickname: "carol", MinerAddress: "empty"}, t0)
 	beat(pid(4), wire.Heartbeat{Head: "a", Height: 10, Nickname: "dave"}, t0.Add(59*time.Second))
 	tr.StreamEnded(pid(4), true, t0.Add(59*time.Second))
 	require.NoError(t, tr.StreamOpened(pid(5), t0.Add(59*time.Second)))
@@ -102,12 +102,18 @@ func TestNodes(t *testing.T) {
 		byNick[n.Nickname] = n
 	}
 	require.Equal(t, Node{
-		PeerID: pid(1).String(), Nickname: "alice", Head: "a", Height: 10, MinerAddress: "t01000",
+		PeerID: pid(1).String(), Nickname: "alice", Head: "a", Height: 10, MinerAddress: "t01000", MinerAddressRaw: "t01000",
 		Genesis: "bafy2bzacegenesis", State: "up",
 		Since:     "2026-01-02T03:05:03.5Z", // Joining at the stream, Up at the beat
 		FirstSeen: "2026-01-02T03:04:05Z", LastSeen: "2026-01-02T03:05:03.5Z", SilenceSeconds: 1.5,
 		Beats: 1, Streams: 1, Stream: "open",
 	}, byNick["alice"])
+	// Every spelling of the zero address is "no address", the raw text kept.
+	for nick, raw := range map[string]string{"bob": "<empty>", "carol": "empty", "dave": ""} {
+		require.Equal(t, "", byNick[nick].MinerAddress, nick)
+		require.Equal(t, raw, byNick[nick].MinerAddressRaw, nick)
+	}
+	require.Contains(t, body, `"miner_address_raw": "<empty>"`, "not HTML-escaped")
 	require.Equal(t, "down", byNick["carol"].State)
 	require.Equal(t, "2026-01-02T03:05:05Z", byNick["carol"].Since)
 	require.Equal(t, float64(60), byNick["carol"].SilenceSeconds)
