@@ -424,6 +424,7 @@ func (a *Aggregator) readLoop(id peer.ID, lr *lineReader) error {
 		if err := wire.DecodeLine(line, &hb); err != nil {
 			return err
 		}
+		a.capLabels(&hb)
 		ch, changed, err := a.tracker.Beat(id, &hb, now)
 		if err != nil {
 			return err
