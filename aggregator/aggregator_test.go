@@ -96,11 +96,12 @@ func TestLegacySenders(t *testing.T) {
 	rr := httptest.NewRecorder()
 	e.a.HTTPHandler().ServeHTTP(rr, httptest.NewRequest(http.MethodGet, "/api/nodes", nil))
 	require.Equal(t, http.StatusOK, rr.Code)
-	var nodes []api.Node
-	require.NoError(t, json.Unmarshal(rr.Body.Bytes(), &nodes))
-	require.Len(t, nodes, 2)
+	var page api.NodePage
+	require.NoError(t, json.Unmarshal(rr.Body.Bytes(), &page))
+	require.Len(t, page.Nodes, 2)
+	require.Empty(t, page.Next)
 	byID := map[string]api.Node{}
-	for _, n := range nodes {
+	for _, n := range page.Nodes {
 		byID[n.PeerID] = n
 	}
 	require.Equal(t, "left", byID[old.id().String()].State)

@@ -7,11 +7,14 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/p2pbeat/heartbeat/wire"
@@ -95,8 +98,14 @@ func (g *AllowGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectRe
 }
 
 // HostOptions returns the libp2p options an aggregator's host needs, for the
-// embedder to pass to libp2p.New with its own (listen addresses, identity,
-// transports):
+// embedder to pass to libp2p.New with its own (listen addresses, identity);
+// NewHost does both and keeps listen errors matchable:
+//   - the transports: TCP without SO_REUSEPORT (tcp.DisableReuseport) and
+//     QUIC. go-libp2p's TCP listener sets SO_REUSEPORT by default, so a
+//     second aggregator (another key) could bind the same port and the
+//     kernel would split the senders' connections between the two; without
+//     it the second bind fails with EADDRINUSE. A sender may keep
+//     reuseport: it only dials;
 //   - a resource manager with ResourceLimits(cfg.MaxNodes, cfg.MaxLineBytes),
 //     because go-libp2p's default limits refuse connections past a few
 //     hundred peers;
@@ -111,6 +120,8 @@ func HostOptions(cfg Config, g *AllowGater) ([]libp2p.Option, error) {
 	}
 	limits := ResourceLimits(cfg.MaxNodes, cfg.MaxLineBytes)
 	opts := []libp2p.Option{
+		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
+		libp2p.Transport(quic.NewTransport),
 		// Built when libp2p.New applies it, like go-libp2p's own default, so
 		// that options that are never used start no goroutine.
 		func(c *libp2p.Config) error {
@@ -126,6 +137,43 @@ func HostOptions(cfg Config, g *AllowGater) ([]libp2p.Option, error) {
 		opts = append(opts, libp2p.ConnectionGater(g))
 	}
 	return opts, nil
+}
+
+// NewHost starts the libp2p host of an aggregator: HostOptions(cfg, g)
+// followed by opts (identity, libp2p.ListenAddrs...). It listens on each of
+// the listen addresses in opts itself, one by one, because libp2p.New
+// flattens a listen error to text: here a port that another process holds
+// gives an error that names the address, says "address already in use" and
+// matches syscall.EADDRINUSE with errors.Is. Any listen error closes the
+// host and is returned.
+func NewHost(cfg Config, g *AllowGater, opts ...libp2p.Option) (host.Host, error) {
+	hopts, err := HostOptions(cfg, g)
+	if err != nil {
+		return nil, err
+	}
+	// Read the listen addresses from opts, then build the host without them.
+	var lc libp2p.Config
+	if err := lc.Apply(opts...); err != nil {
+		return nil, fmt.Errorf("aggregator host: %w", err)
+	}
+	all := append(append(hopts, opts...), libp2p.NoListenAddrs)
+	h, err := libp2p.New(all...)
+	if err != nil {
+		return nil, fmt.Errorf("aggregator host: %w", err)
+	}
+	l, ok := h.Network().(interface{ AddListenAddr(ma.Multiaddr) error })
+	for _, a := range lc.ListenAddrs {
+		if ok {
+			err = l.AddListenAddr(a)
+		} else {
+			err = h.Network().Listen(a)
+		}
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("aggregator host: listen on %s: %w", a, err)
+		}
+	}
+	return h, nil
 }
 
 // yamuxStreamWindow is the receive window go-libp2p's yamux reserves from a

@@ -55,7 +55,10 @@ func newLineReader(r io.Reader, buf []byte, max int) *lineReader {
 	return &lineReader{r: r, buf: buf, max: max}
 }
 
-// next returns the next line without its '\n'. The slice is valid until
+// next returns the next line without its '\n', skipping blank lines (empty
+// or only JSON whitespace: space, tab, '\r'), which a json.Decoder-based
+// receiver skips too; a blank line does not re-arm the idle deadline, so
+// blank lines alone cannot hold a stream open. The slice is valid until
 // the next call. At the end of the input it returns io.EOF; a last line
 // without a newline before a clean EOF is returned as a line first (a
 // json.Decoder receiver accepted it), while one cut by any other error is
@@ -69,6 +72,9 @@ func (lr *lineReader) next() ([]byte, error) {
 				return nil, errLineTooLong
 			}
 			lr.start += i + 1
+			if blank(line) {
+				continue
+			}
 			lr.lines++
 			return line, nil
 		}
@@ -79,6 +85,9 @@ func (lr *lineReader) next() ([]byte, error) {
 			if lr.start < lr.end && lr.eof == io.EOF {
 				line := lr.buf[lr.start:lr.end]
 				lr.start = lr.end
+				if blank(line) {
+					continue
+				}
 				lr.lines++
 				return line, nil
 			}
@@ -86,6 +95,17 @@ func (lr *lineReader) next() ([]byte, error) {
 		}
 		lr.fill()
 	}
+}
+
+// blank reports whether line holds only JSON whitespace (RFC 8259 ws
+// without the '\n' that ended it).
+func blank(line []byte) bool {
+	for _, c := range line {
+		if c != ' ' && c != '\t' && c != '\r' && c != '\n' {
+			return false
+		}
+	}
+	return true
 }
 
 // maxEmptyReads bounds consecutive (0, nil) Reads, as bufio does, so that a

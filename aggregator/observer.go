@@ -13,4 +13,7 @@ type observer interface {
 	// StreamClosedHow counts the end of an accepted stream: metrics.ClosedEOF,
 	// ClosedReset (by the sender or the network) or ClosedError (by us).
 	StreamClosedHow(how string)
+	// Truncated counts one node-supplied string cut to MaxLabelBytes; field
+	// is one of metrics.Fields().
+	Truncated(field string)
 }

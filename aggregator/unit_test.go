@@ -97,7 +97,9 @@ func TestLineReader(t *testing.T) {
 		lines []string
 		err   error
 	}{
-		{"lines", "a\nbb\n\nccc\n", []string{"a", "bb", "", "ccc"}, io.EOF},
+		{"lines", "a\nbb\nccc\n", []string{"a", "bb", "ccc"}, io.EOF},
+		{"blank lines skipped", "\na\n \t\r\n\r\nbb\n\n  ", []string{"a", "bb"}, io.EOF},
+		{"blank line over the limit", "a\n" + strings.Repeat(" ", max+1) + "\n", []string{"a"}, errLineTooLong},
 		{"last line without newline", "a\nbb", []string{"a", "bb"}, io.EOF},
 		{"exactly the limit", strings.Repeat("x", max) + "\nz\n", []string{strings.Repeat("x", max), "z"}, io.EOF},
 		{"one past the limit", "ok\n" + strings.Repeat("x", max+1) + "\n", []string{"ok"}, errLineTooLong},
@@ -437,4 +439,40 @@ func TestServeLinesFull(t *testing.T) {
 	err = a.ServeLines(randomPeer(t), src)
 	require.ErrorIs(t, err, tracker.ErrFull)
 	require.Zero(t, src.n)
+}
+
+// Blank and whitespace-only lines between heartbeats are skipped, as a
+// json.Decoder-based receiver skips them: not beats, not errors.
+func TestServeLinesSkipsBlankLines(t *testing.T) {
+	checkLeaks(t)
+	a, err := New(newHost(t), Config{})
+	require.NoError(t, err)
+	defer a.Close()
+	id := randomPeer(t)
+	in := "\n" + `{"Height":1}` + "\n \t\r\n\r\n" + `{"Height":2}` + "\n\n  "
+	require.NoError(t, a.ServeLines(id, strings.NewReader(in)))
+	n, ok := a.Tracker().Node(id)
+	require.True(t, ok)
+	require.Equal(t, uint64(2), n.Beats)
+	require.Equal(t, uint64(2), n.Height)
+	for _, r := range metrics.Reasons() {
+		require.Zero(t, counter(t, a.Registry(), "heartbeat_rejected_total", "reason", r), r)
+	}
+	require.Equal(t, 1.0, counter(t, a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedEOF))
+}
+
+// Blank lines do not re-arm the idle deadline: only a heartbeat line does,
+// so a peer sending only blank lines is still cut off.
+func TestIdleDeadlineIgnoresBlankLines(t *testing.T) {
+	dr := &deadlineReader{Reader: iotest.OneByteReader(strings.NewReader("ab\n\n \n\ncd\n"))}
+	lr := newLineReader(dr, make([]byte, 17), 16)
+	lr.dl, lr.idle = dr, time.Minute
+	line, err := lr.next()
+	require.NoError(t, err)
+	require.Equal(t, "ab", string(line))
+	require.Equal(t, 1, dr.armed)
+	line, err = lr.next() // re-armed once, before the first blank line's byte
+	require.NoError(t, err)
+	require.Equal(t, "cd", string(line))
+	require.Equal(t, 2, dr.armed)
 }

@@ -336,3 +336,33 @@ func requireSameHeartbeat(t *testing.T, want, got Heartbeat, what string) {
 		require.True(t, c.Equals(*got.GenesisCID), what)
 	}
 }
+
+// Golden vectors for the zero miner address: each spelling real senders
+// write decodes to its raw text, and MinerAddressOf maps it to "" (no
+// address); a real address and look-alikes stay as they are.
+func TestNoMinerAddressGolden(t *testing.T) {
+	tests := []struct {
+		sender, line, raw, addr string
+	}{
+		{"go-filecoin Jan–Mar 2019", `{"Head":"{ bafy2bzaceabc }","Height":7,"Nickname":"n","MinerAddress":""}`, "", ""},
+		{"go-filecoin from Mar 2019", `{"Head":"{ bafy2bzaceabc }","Height":7,"Nickname":"n","MinerAddress":"empty"}`, "empty", ""},
+		{"venus", `{"Head":"{ bafy2bzaceabc }","Height":7,"Nickname":"n","MinerAddress":"<empty>"}`, "<empty>", ""},
+		{"venus, HTML-escaped by json.Encoder", `{"Head":"{ bafy2bzaceabc }","Height":7,"Nickname":"n","MinerAddress":"\u003cempty\u003e"}`, "<empty>", ""},
+		{"real address", `{"Head":"{ bafy2bzaceabc }","Height":7,"Nickname":"n","MinerAddress":"t01234"}`, "t01234", "t01234"},
+		{"not a zero spelling", `{"Head":"{ bafy2bzaceabc }","Height":7,"Nickname":"n","MinerAddress":"Empty"}`, "Empty", "Empty"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.sender, func(t *testing.T) {
+			for _, path := range decoders {
+				var hb Heartbeat
+				err := path.fn([]byte(tc.line), &hb)
+				if errors.Is(err, errBail) {
+					continue // the fast path leaves escapes to the fallback
+				}
+				require.NoError(t, err, path.name)
+				require.Equal(t, tc.raw, hb.MinerAddress, path.name)
+				require.Equal(t, tc.addr, MinerAddressOf(hb.MinerAddress), path.name)
+			}
+		})
+	}
+}

@@ -29,7 +29,11 @@ type Heartbeat struct {
 	// Nickname is the operator's label for the node; it may be empty and is
 	// never an identity (the libp2p peer id is).
 	Nickname string
-	// MinerAddress is the node's miner address in text form; "" when unset.
+	// MinerAddress is the node's miner address in text form, as the sender
+	// wrote it. The zero address ("no miner") has three spellings on the
+	// wire: "" (go-filecoin builds of January–March 2019), "empty"
+	// (go-filecoin from March 2019) and "<empty>" (venus); DecodeLine keeps
+	// the text as received, and MinerAddressOf maps all three to "".
 	MinerAddress string
 	// GenesisCID is the node's genesis block, when known. Later senders
 	// appended it; nil omits the field, which gives exactly the 2019 line.
@@ -41,6 +45,28 @@ type Heartbeat struct {
 	// illustrative, unparseable CID; GenesisCID is then nil. It is never
 	// encoded: AppendLine writes GenesisCID only, so a sender sets that.
 	Genesis string `json:"-"`
+}
+
+// The spellings of the zero miner address ("no miner") that real senders
+// write in MinerAddress (see wire-v1.md): go-filecoin's address.Undef
+// printed "empty" from March 2019 and venus prints "<empty>"; builds of
+// January–March 2019 wrote "".
+const (
+	NoMinerAddress2019       = ""
+	NoMinerAddressGoFilecoin = "empty"
+	NoMinerAddressVenus      = "<empty>"
+)
+
+// MinerAddressOf returns raw, a MinerAddress as received, with every
+// spelling of the zero address (NoMinerAddress2019, NoMinerAddressGoFilecoin,
+// NoMinerAddressVenus) mapped to "": "" means "no address" whatever the
+// sender's vintage. Any other text is returned unchanged.
+func MinerAddressOf(raw string) string {
+	switch raw {
+	case NoMinerAddressGoFilecoin, NoMinerAddressVenus:
+		return ""
+	}
+	return raw
 }
 
 // AppendLine appends hb as one JSON line (with its trailing '\n') to dst,

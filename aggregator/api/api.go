@@ -1,8 +1,11 @@
 // Package api is the aggregator's HTTP interface:
 //
-//	GET /metrics       Prometheus exposition of the gatherer passed in
-//	GET /api/nodes     JSON array of Node, sorted by peer id; ?state=down (or any
-//	                   State name) keeps only the nodes in that state
+//	GET /metrics       Prometheus exposition of the registry passed in
+//	GET /api/nodes     JSON NodePage: one page of Node, sorted by peer id;
+//	                   ?limit=N (1..MaxLimit, default DefaultLimit) bounds the page,
+//	                   ?cursor=C continues after a page (its "next", also sent as a
+//	                   Link header), ?state=down (or any State name) keeps only the
+//	                   nodes in that state
 //	GET /api/summary   JSON Summary: state counts by name, consensus, totals
 //	GET /healthz       200 "ok"
 //
@@ -10,30 +13,59 @@
 // header, an unknown path 404. The handler only reads the tracker: silence
 // detection (Sweep) belongs to whoever owns the tracker, so serving a request
 // never changes a node's state.
+//
+// # Bounds
+//
+// Memory per request is bounded, whatever the fleet or the clients do: at
+// most MaxInFlight /api requests are served at once (more get 503 with
+// Retry-After, counted in heartbeat_api_requests_refused_total), a page
+// holds at most MaxLimit nodes, and it is encoded node by node onto the
+// connection (no HTML escaping: a "<" stays one byte) rather than built in
+// memory. Node-supplied strings are capped where they enter the aggregator
+// (see aggregator.MaxLabelBytes), so a page's size is bounded too. /metrics
+// has its own bound (MaxScrapesInFlight).
 package api
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // Node is one element of /api/nodes.
 type Node struct {
 	// PeerID is the node's identity: its libp2p peer id in text form.
 	PeerID string `json:"peer_id"`
-	// Nickname, Head, Height, MinerAddress and Genesis are the labels of the
-	// node's last heartbeat, as it sent them.
-	Nickname     string `json:"nickname"`
-	Head         string `json:"head"`
-	Height       uint64 `json:"height"`
+	// Nickname, Head, Height and Genesis are the labels of the node's last
+	// heartbeat, as it sent them.
+	Nickname string `json:"nickname"`
+	Head     string `json:"head"`
+	Height   uint64 `json:"height"`
+	// MinerAddress is the node's miner address, "" for no address: every
+	// spelling of the zero address on the wire ("", "empty", "<empty>") is
+	// normalised to "" (wire.MinerAddressOf).
 	MinerAddress string `json:"miner_address"`
-	Genesis      string `json:"genesis"`
+	// MinerAddressRaw is the miner address exactly as the node sent it.
+	MinerAddressRaw string `json:"miner_address_raw"`
+	Genesis         string `json:"genesis"`
 	// State is "joining", "up", "suspect", "down" or "left".
 	State string `json:"state"`
 	// Since is when the node entered State (RFC 3339, UTC).
@@ -76,23 +108,66 @@ type Summary struct {
 	MaxNodes int `json:"max_nodes"`
 }
 
+// NodePage is the body of /api/nodes.
+type NodePage struct {
+	// Next is the cursor of the next page ("" on the last page): pass it as
+	// ?cursor= with the same state filter. It is opaque to clients (today
+	// the last peer id of this page, as base64url bytes): a page starts
+	// after it in peer id order, so nodes that come and go between two requests never make a
+	// walk repeat or skip one that stayed.
+	Next string `json:"next"`
+	// Nodes is the page, sorted by peer id; [] when empty, never null.
+	Nodes []Node `json:"nodes"`
+}
+
+// Limits of the HTTP API. The aggregator's /api responses are bounded by
+// these and by the label cap, not by the number of nodes.
+const (
+	// DefaultLimit is the page size of /api/nodes without ?limit.
+	DefaultLimit = 500
+	// MaxLimit is the largest ?limit accepted; more gets 400.
+	MaxLimit = 1000
+	// MaxInFlight bounds the /api requests served at once; past it a request
+	// gets 503 with Retry-After: 1, counted in
+	// heartbeat_api_requests_refused_total.
+	MaxInFlight = 8
+	// MaxScrapesInFlight bounds concurrent /metrics scrapes (O(n) in the
+	// nodes); past it promhttp answers 503, counted in
+	// promhttp_metric_handler_requests_total{code="503"}.
+	MaxScrapesInFlight = 4
+)
+
 // Timestamps are RFC 3339 in UTC, with fractional seconds when not zero.
 const timeFormat = time.RFC3339Nano
 
-// NewHandler serves the tracker t, the metrics of g and a health check.
+// NewHandler serves the tracker t, the metrics of reg and a health check,
+// and registers the API's own metrics on reg (a second handler on the same
+// registry shares them):
+//
+//	heartbeat_api_requests_in_flight       /api requests being served
+//	heartbeat_api_requests_refused_total   /api requests refused with 503 (MaxInFlight)
+//	promhttp_metric_handler_requests_*     scrapes of /metrics, by code (503 past MaxScrapesInFlight)
+//
 // now is the aggregator's clock, used for the response times and the
-// silences; pass the same clock the tracker is fed with.
-func NewHandler(t *tracker.Tracker, g prometheus.Gatherer, now func() time.Time) http.Handler {
-	h := &handler{t: t, now: now}
+// silences; pass the same clock the tracker is fed with. It fails only if
+// reg holds a different collector under one of these names.
+func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Time) http.Handler {
+	h := &handler{t: t, now: now, slots: make(chan struct{}, MaxInFlight)}
+	h.inFlight = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "heartbeat_api_requests_in_flight",
+		Help: "HTTP /api requests being served.",
+	}))
+	h.refused = register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "heartbeat_api_requests_refused_total",
+		Help: "HTTP /api requests refused with 503 because MaxInFlight were being served.",
+	}))
 	mux := http.NewServeMux()
 	// A "GET" pattern also matches HEAD; the mux answers other methods
 	// with 405 and an Allow header.
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{
-		// Scrapes are O(n) in the nodes: a few at a time is plenty.
-		MaxRequestsInFlight: 4,
-	}))
-	mux.HandleFunc("GET /api/nodes", h.nodes)
-	mux.HandleFunc("GET /api/summary", h.summary)
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: MaxScrapesInFlight})
+	mux.Handle("GET /metrics", instrumentMetricHandler(reg, metrics))
+	mux.Handle("GET /api/nodes", h.bounded(h.nodes))
+	mux.Handle("GET /api/summary", h.bounded(h.summary))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
@@ -101,53 +176,221 @@ func NewHandler(t *tracker.Tracker, g prometheus.Gatherer, now func() time.Time)
 	return mux
 }
 
+// register registers c on reg, or returns the collector of that name
+// already there (a second handler on the same registry).
+func register[C prometheus.Collector](reg *prometheus.Registry, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if old, ok := are.ExistingCollector.(C); ok {
+				return old
+			}
+		}
+		panic(fmt.Sprintf("api: register metric: %v", err))
+	}
+	return c
+}
+
+// instrumentMetricHandler is promhttp.InstrumentMetricHandler, tolerating
+// a second handler on the same registry.
+func instrumentMetricHandler(reg *prometheus.Registry, h http.Handler) http.Handler {
+	cnt := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "promhttp_metric_handler_requests_total",
+		Help: "Total number of scrapes by HTTP status code.",
+	}, []string{"code"}))
+	// Initialize the most likely HTTP status codes, as promhttp does.
+	for _, code := range []string{"200", "500", "503"} {
+		cnt.WithLabelValues(code)
+	}
+	gge := register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "promhttp_metric_handler_requests_in_flight",
+		Help: "Current number of scrapes being served.",
+	}))
+	return promhttp.InstrumentHandlerInFlight(gge, promhttp.InstrumentHandlerCounter(cnt, h))
+}
+
 type handler struct {
-	t   *tracker.Tracker
-	now func() time.Time
+	t        *tracker.Tracker
+	now      func() time.Time
+	slots    chan struct{} // one token per /api request in flight
+	inFlight prometheus.Gauge
+	refused  prometheus.Counter
+	snaps    sync.Pool // *[]tracker.Node, reused between requests
+}
+
+// bounded serves f if fewer than MaxInFlight /api requests are in flight,
+// and refuses with 503 otherwise: waiting would hold the client's
+// connection and goroutine for nothing.
+func (h *handler) bounded(f http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case h.slots <- struct{}{}:
+		default:
+			h.refused.Inc()
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "too many API requests in flight; retry later", http.StatusServiceUnavailable)
+			return
+		}
+		h.inFlight.Inc()
+		defer func() {
+			h.inFlight.Dec()
+			<-h.slots
+		}()
+		f(w, r)
+	})
+}
+
+// pageQuery is the parsed query of /api/nodes.
+type pageQuery struct {
+	state  tracker.State
+	filter bool
+	limit  int
+	after  peer.ID // "" for the first page
+}
+
+func parsePageQuery(q url.Values) (pageQuery, error) {
+	p := pageQuery{limit: DefaultLimit}
+	if v := q.Get("state"); v != "" {
+		st, ok := parseState(v)
+		if !ok {
+			return p, fmt.Errorf("unknown state %s: want joining, up, suspect, down or left", quote(v))
+		}
+		p.state, p.filter = st, true
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxLimit {
+			return p, fmt.Errorf("limit %s: want a whole number from 1 to %d", quote(v), MaxLimit)
+		}
+		p.limit = n
+	}
+	if v := q.Get("cursor"); v != "" {
+		b, err := base64.RawURLEncoding.DecodeString(v)
+		if err != nil || len(b) == 0 {
+			return p, fmt.Errorf("cursor %s: not a cursor from a previous page", quote(v))
+		}
+		p.after = peer.ID(b)
+	}
+	return p, nil
 }
 
 func (h *handler) nodes(w http.ResponseWriter, r *http.Request) {
-	var (
-		only   tracker.State
-		filter bool
-	)
-	if q := r.URL.Query().Get("state"); q != "" {
-		st, ok := parseState(q)
-		if !ok {
-			http.Error(w, "unknown state "+quote(q)+": want joining, up, suspect, down or left", http.StatusBadRequest)
-			return
-		}
-		only, filter = st, true
+	q, err := parsePageQuery(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
 	}
 	now := h.now()
-	nodes := h.t.Nodes(nil)
-	out := make([]Node, 0, len(nodes))
-	for i := range nodes {
-		n := &nodes[i]
-		if filter && n.State != only {
+	page, next := h.page(q)
+	if next != "" {
+		u := url.URL{Path: r.URL.Path}
+		v := url.Values{"cursor": {next}, "limit": {strconv.Itoa(q.limit)}}
+		if q.filter {
+			v.Set("state", q.state.String())
+		}
+		u.RawQuery = v.Encode()
+		w.Header().Set("Link", "<"+u.String()+">; rel=\"next\"")
+	}
+	setJSONHeaders(w)
+	// Streamed: the page is encoded node by node into fixed buffers, one
+	// node per line, never built as one value in memory.
+	bw := bufio.NewWriterSize(w, 32<<10)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	put := func(v any, after string) error {
+		buf.Reset()
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		_, _ = bw.Write(bytes.TrimSuffix(buf.Bytes(), []byte("\n")))
+		_, err := bw.WriteString(after)
+		return err
+	}
+	_, _ = bw.WriteString(`{"next":`)
+	_ = put(next, ",\n\"nodes\":[\n")
+	var j Node
+	for i := range page {
+		toNode(&page[i], now, &j)
+		sep := ",\n"
+		if i == len(page)-1 {
+			sep = "\n"
+		}
+		// Our types always encode; an error here is the client going away,
+		// with the status already sent: nothing useful left to do.
+		if err := put(&j, sep); err != nil {
+			break
+		}
+	}
+	_, _ = bw.WriteString("]}\n")
+	_ = bw.Flush()
+	clear(page) // drop the string references before the slice is pooled
+	p := page[:0]
+	h.snaps.Put(&p)
+}
+
+// page returns up to q.limit nodes after q.after that pass the filter, in a
+// pooled slice the caller puts back, and the cursor of the next page ("" if
+// none). The tracker snapshot it reads is reused across requests.
+func (h *handler) page(q pageQuery) ([]tracker.Node, string) {
+	sp, _ := h.snaps.Get().(*[]tracker.Node)
+	if sp == nil {
+		sp = new([]tracker.Node)
+	}
+	all := h.t.Nodes((*sp)[:0]) // sorted by peer id
+	i, _ := slices.BinarySearchFunc(all, q.after, func(n tracker.Node, id peer.ID) int {
+		return strings.Compare(string(n.Peer), string(id))
+	})
+	if q.after != "" && i < len(all) && all[i].Peer == q.after {
+		i++
+	}
+	// Compact the page to the front of the snapshot: it is what the caller
+	// encodes; the rest is cleared so the pool holds no stale strings.
+	n, more := 0, false
+	for ; i < len(all); i++ {
+		if q.filter && all[i].State != q.state {
 			continue
 		}
-		j := Node{
-			PeerID:       n.Peer.String(),
-			Nickname:     n.Nickname,
-			Head:         n.Head,
-			Height:       n.Height,
-			MinerAddress: n.MinerAddress,
-			Genesis:      n.Genesis,
-			State:        n.State.String(),
-			Since:        n.Since.UTC().Format(timeFormat),
-			FirstSeen:    n.FirstSeen.UTC().Format(timeFormat),
-			Beats:        n.Beats,
-			Streams:      n.Streams,
-			Stream:       n.Stream.String(),
+		if n == q.limit {
+			more = true
+			break
 		}
-		if !n.LastSeen.IsZero() {
-			j.LastSeen = n.LastSeen.UTC().Format(timeFormat)
-			j.SilenceSeconds = max(0, now.Sub(n.LastSeen).Seconds())
-		}
-		out = append(out, j)
+		all[n] = all[i]
+		n++
 	}
-	writeJSON(w, out)
+	clear(all[n:])
+	next := ""
+	if more {
+		next = cursorAfter(all[n-1].Peer)
+	}
+	*sp = all
+	return all[:n], next
+}
+
+// cursorAfter is the cursor of the page that starts after id: its bytes in
+// unpadded base64url, safe in a query string without escaping.
+func cursorAfter(id peer.ID) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
+
+func toNode(n *tracker.Node, now time.Time, j *Node) {
+	*j = Node{
+		PeerID:          n.Peer.String(),
+		Nickname:        n.Nickname,
+		Head:            n.Head,
+		Height:          n.Height,
+		MinerAddress:    wire.MinerAddressOf(n.MinerAddress),
+		MinerAddressRaw: n.MinerAddress,
+		Genesis:         n.Genesis,
+		State:           n.State.String(),
+		Since:           n.Since.UTC().Format(timeFormat),
+		FirstSeen:       n.FirstSeen.UTC().Format(timeFormat),
+		Beats:           n.Beats,
+		Streams:         n.Streams,
+		Stream:          n.Stream.String(),
+	}
+	if !n.LastSeen.IsZero() {
+		j.LastSeen = n.LastSeen.UTC().Format(timeFormat)
+		j.SilenceSeconds = max(0, now.Sub(n.LastSeen).Seconds())
+	}
 }
 
 func (h *handler) summary(w http.ResponseWriter, _ *http.Request) {
@@ -188,20 +431,27 @@ func quote(s string) string {
 	return string(b)
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
+func setJSONHeaders(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	setJSONHeaders(w)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	// Node-supplied text is data, not HTML: escaping would turn each "<"
+	// into 6 bytes.
+	enc.SetEscapeHTML(false)
 	// Our types always encode; an error here is the client going away,
 	// with the status already sent: nothing useful left to do.
 	_ = enc.Encode(v)
 }
 
-// Server timeouts and limits set by NewServer. A response is at most a few
-// MB (10,000 nodes), written well within WriteTimeout on any link a
-// Prometheus server or an operator uses.
+// Server timeouts and limits set by NewServer. A response is at most one
+// page (MaxLimit nodes of capped labels, about 1.5 MB), written well within
+// WriteTimeout on any link a Prometheus server or an operator uses.
 const (
 	ReadHeaderTimeout = 5 * time.Second
 	ReadTimeout       = 10 * time.Second

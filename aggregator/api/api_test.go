@@ -6,6 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,8 +54,8 @@ func start(t *testing.T) *fixture {
 	}
 	require.NoError(t, tr.StreamOpened(pid(1), t0))
 	beat(pid(1), wire.Heartbeat{Head: "a", Height: 10, Nickname: "alice", MinerAddress: "t01000", Genesis: "bafy2bzacegenesis"}, t0.Add(58*time.Second+500*time.Millisecond))
-	beat(pid(2), wire.Heartbeat{Head: "b", Height: 11, Nickname: "bob"}, t0.Add(59*time.Second))
-	beat(pid(3), wire.Heartbeat{Head: "a", Height: 9, Nickname: "carol"}, t0)
+	beat(pid(2), wire.Heartbeat{Head: "b", Height: 11, Nickname: "bob", MinerAddress: "<empty>"}, t0.Add(59*time.Second))
+	beat(pid(3), wire.Heartbeat{Head: "a", Height: 9, Nickname: "carol", MinerAddress: "empty"}, t0)
 	beat(pid(4), wire.Heartbeat{Head: "a", Height: 10, Nickname: "dave"}, t0.Add(59*time.Second))
 	tr.StreamEnded(pid(4), true, t0.Add(59*time.Second))
 	require.NoError(t, tr.StreamOpened(pid(5), t0.Add(59*time.Second)))
@@ -87,8 +90,11 @@ func TestNodes(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Equal(t, "application/json; charset=utf-8", resp.Header.Get("Content-Type"))
 
-	var nodes []Node
-	require.NoError(t, json.Unmarshal([]byte(body), &nodes))
+	var page NodePage
+	require.NoError(t, json.Unmarshal([]byte(body), &page))
+	require.Empty(t, page.Next)
+	require.Empty(t, resp.Header.Get("Link"))
+	nodes := page.Nodes
 	require.Len(t, nodes, 5)
 	for i := 1; i < len(nodes); i++ {
 		a, err := peer.Decode(nodes[i-1].PeerID)
@@ -102,12 +108,21 @@ func TestNodes(t *testing.T) {
 		byNick[n.Nickname] = n
 	}
 	require.Equal(t, Node{
-		PeerID: pid(1).String(), Nickname: "alice", Head: "a", Height: 10, MinerAddress: "t01000",
+		PeerID: pid(1).String(), Nickname: "alice", Head: "a", Height: 10, MinerAddress: "t01000", MinerAddressRaw: "t01000",
 		Genesis: "bafy2bzacegenesis", State: "up",
 		Since:     "2026-01-02T03:05:03.5Z", // Joining at the stream, Up at the beat
 		FirstSeen: "2026-01-02T03:04:05Z", LastSeen: "2026-01-02T03:05:03.5Z", SilenceSeconds: 1.5,
 		Beats: 1, Streams: 1, Stream: "open",
 	}, byNick["alice"])
+	// Every spelling of the zero address is "no address", the raw text kept.
+	for nick, raw := range map[string]string{"bob": "<empty>", "carol": "empty", "dave": ""} {
+		require.Equal(t, "", byNick[nick].MinerAddress, nick)
+		require.Equal(t, raw, byNick[nick].MinerAddressRaw, nick)
+	}
+	require.Contains(t, body, `"miner_address_raw":"<empty>"`, "not HTML-escaped")
+	require.True(t, strings.HasPrefix(body, "{\"next\":\"\",\n\"nodes\":[\n{\"peer_id\":"), body)
+	require.True(t, strings.HasSuffix(body, "\"stream\":\"open\"}\n]}\n"), body)
+	require.Equal(t, 5+3, strings.Count(body, "\n"), "one node per line")
 	require.Equal(t, "down", byNick["carol"].State)
 	require.Equal(t, "2026-01-02T03:05:05Z", byNick["carol"].Since)
 	require.Equal(t, float64(60), byNick["carol"].SilenceSeconds)
@@ -136,8 +151,9 @@ func TestNodesFilter(t *testing.T) {
 	} {
 		resp, body := get(t, http.MethodGet, f.url+"/api/nodes?state="+state)
 		require.Equal(t, http.StatusOK, resp.StatusCode)
-		var nodes []Node
-		require.NoError(t, json.Unmarshal([]byte(body), &nodes))
+		var page NodePage
+		require.NoError(t, json.Unmarshal([]byte(body), &page))
+		nodes := page.Nodes
 		require.NotNil(t, nodes, "an empty list is [], not null")
 		var nicks []string
 		for _, n := range nodes {
@@ -244,11 +260,12 @@ func TestServer(t *testing.T) {
 	require.ErrorIs(t, <-done, http.ErrServerClosed)
 }
 
-// Many nodes: the list stays complete, sorted and well-formed.
-func TestManyNodes(t *testing.T) {
+// Many nodes: walking the pages by their next cursor (and the Link header)
+// gives every node once, sorted, whatever the page size.
+func TestManyNodesPaged(t *testing.T) {
 	tr, err := tracker.New(tracker.Config{StartupGrace: -1}, t0)
 	require.NoError(t, err)
-	for i := range 2000 {
+	for i := range 1200 {
 		id := peer.ID("peer-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + time.Duration(i).String())
 		_, _, err := tr.Beat(id, &wire.Heartbeat{Head: "h", Height: uint64(i)}, t0)
 		require.NoError(t, err)
@@ -256,10 +273,106 @@ func TestManyNodes(t *testing.T) {
 	srv := httptest.NewServer(NewHandler(tr, prometheus.NewRegistry(), func() time.Time { return t0 }))
 	defer srv.Close()
 	defer srv.Client().CloseIdleConnections()
-	resp, err := srv.Client().Get(srv.URL + "/api/nodes")
+	for _, limit := range []string{"", "9", "1000"} {
+		t.Run("limit="+limit, func(t *testing.T) {
+			want := DefaultLimit
+			if limit != "" {
+				want, _ = strconv.Atoi(limit)
+			}
+			path := "/api/nodes"
+			if limit != "" {
+				path += "?limit=" + limit
+			}
+			var all []string
+			pages := 0
+			for path != "" {
+				resp, err := srv.Client().Get(srv.URL + path)
+				require.NoError(t, err)
+				var page NodePage
+				require.NoError(t, json.NewDecoder(resp.Body).Decode(&page))
+				require.NoError(t, resp.Body.Close())
+				require.Equal(t, http.StatusOK, resp.StatusCode)
+				pages++
+				for _, n := range page.Nodes {
+					all = append(all, n.PeerID)
+				}
+				link := resp.Header.Get("Link")
+				if page.Next == "" {
+					require.Empty(t, link)
+					require.LessOrEqual(t, len(page.Nodes), want)
+					path = ""
+					continue
+				}
+				require.Len(t, page.Nodes, want)
+				require.True(t, strings.HasPrefix(link, "</api/nodes?") && strings.HasSuffix(link, `>; rel="next"`), link)
+				path = strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+				require.Contains(t, path, "cursor="+url.QueryEscape(page.Next))
+			}
+			require.Len(t, all, 1200)
+			require.Equal(t, (1200+want-1)/want, pages)
+			require.True(t, slices.IsSortedFunc(all, func(a, b string) int {
+				pa, _ := peer.Decode(a)
+				pb, _ := peer.Decode(b)
+				return strings.Compare(string(pa), string(pb))
+			}))
+			require.Len(t, slices.Compact(slices.Clone(all)), 1200, "no node twice")
+		})
+	}
+}
+
+// A cursor is a position, not an index: nodes that arrive or go between two
+// pages never make the walk repeat or skip a node that stayed, and the
+// state filter carries over in the Link.
+func TestCursorStable(t *testing.T) {
+	f := start(t)
+	defer http.DefaultClient.CloseIdleConnections()
+	resp, body := get(t, http.MethodGet, f.url+"/api/nodes?limit=2")
+	var page NodePage
+	require.NoError(t, json.Unmarshal([]byte(body), &page))
+	require.Equal(t, []string{"alice", "bob"}, nicks(page.Nodes))
+	require.Contains(t, resp.Header.Get("Link"), "limit=2")
+
+	// pid(1) goes, a node sorting before the cursor arrives: neither
+	// shifts the next page.
+	require.True(t, f.tr.Forget(pid(1)))
+	_, _, err := f.tr.Beat(pid(0), &wire.Heartbeat{Nickname: "zed"}, f.now)
 	require.NoError(t, err)
-	defer resp.Body.Close()
-	var nodes []Node
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&nodes))
-	require.Len(t, nodes, 2000)
+	_, body = get(t, http.MethodGet, f.url+"/api/nodes?limit=2&cursor="+page.Next)
+	require.NoError(t, json.Unmarshal([]byte(body), &page))
+	require.Equal(t, []string{"carol", "dave"}, nicks(page.Nodes))
+
+	resp, body = get(t, http.MethodGet, f.url+"/api/nodes?state=up&limit=1")
+	require.NoError(t, json.Unmarshal([]byte(body), &page))
+	require.Equal(t, []string{"zed"}, nicks(page.Nodes))
+	require.Contains(t, resp.Header.Get("Link"), "state=up")
+	_, body = get(t, http.MethodGet, f.url+"/api/nodes?state=up&limit=1&cursor="+page.Next)
+	require.NoError(t, json.Unmarshal([]byte(body), &page))
+	require.Equal(t, []string{"bob"}, nicks(page.Nodes))
+	require.Empty(t, page.Next)
+}
+
+func nicks(nodes []Node) []string {
+	out := []string{}
+	for _, n := range nodes {
+		out = append(out, n.Nickname)
+	}
+	return out
+}
+
+func TestBadPageQuery(t *testing.T) {
+	f := start(t)
+	defer http.DefaultClient.CloseIdleConnections()
+	for query, msg := range map[string]string{
+		"limit=0":      `limit "0"`,
+		"limit=-1":     `limit "-1"`,
+		"limit=1001":   `limit "1001": want a whole number from 1 to 1000`,
+		"limit=x":      `limit "x"`,
+		"cursor=nope!": `cursor "nope!"`,
+		"cursor=%3D":   `cursor "="`,
+		"state=dead":   `unknown state "dead"`,
+	} {
+		resp, body := get(t, http.MethodGet, f.url+"/api/nodes?"+query)
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode, query)
+		require.Contains(t, body, msg, query)
+	}
 }

@@ -6,6 +6,7 @@
 //	heartbeat_rejected_total{reason}   streams ended or refused, by reason (Reasons)
 //	heartbeat_streams_opened_total     heartbeat streams accepted
 //	heartbeat_streams_closed_total{how} accepted streams that ended: eof, reset, error
+//	heartbeat_labels_truncated_total{field} node-supplied strings cut to the label cap (Fields)
 //
 // Values computed from tracker.Summary at scrape time, by a custom
 // collector (one O(n) pass per scrape, nothing to keep in sync):
@@ -86,12 +87,27 @@ const (
 // Closes lists every value of the how label.
 func Closes() []string { return []string{ClosedEOF, ClosedReset, ClosedError} }
 
+// The values of the field label of heartbeat_labels_truncated_total: the
+// node-supplied strings of a heartbeat, in the API's names.
+const (
+	FieldNickname     = "nickname"
+	FieldHead         = "head"
+	FieldMinerAddress = "miner_address"
+	FieldGenesis      = "genesis"
+)
+
+// Fields lists every value of the field label.
+func Fields() []string {
+	return []string{FieldNickname, FieldHead, FieldMinerAddress, FieldGenesis}
+}
+
 // Metrics holds the aggregator's collectors. Its methods are safe for
 // concurrent use and do not allocate.
 type Metrics struct {
 	rejected map[string]prometheus.Counter // one child per Reasons value
 	opened   prometheus.Counter
 	closed   map[string]prometheus.Counter // one child per Closes value
+	trunc    map[string]prometheus.Counter // one child per Fields value
 }
 
 // New registers the aggregator's metrics on reg and a collector that reads
@@ -116,10 +132,15 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		Name: "heartbeat_streams_closed_total",
 		Help: "Accepted heartbeat streams that ended, by how: eof (clean), reset (by the sender or the network), error (by the aggregator).",
 	}, []string{"how"})
+	trunc := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "heartbeat_labels_truncated_total",
+		Help: "Node-supplied strings (nickname, head, miner_address, genesis) longer than the label cap, cut before they were stored.",
+	}, []string{"field"})
 	m := &Metrics{
 		rejected: make(map[string]prometheus.Counter),
 		opened:   opened,
 		closed:   make(map[string]prometheus.Counter),
+		trunc:    make(map[string]prometheus.Counter),
 	}
 	// Every series exists from the start at 0, so rate() and absence
 	// alerts work before the first event.
@@ -129,6 +150,9 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 	for _, h := range Closes() {
 		m.closed[h] = closed.WithLabelValues(h)
 	}
+	for _, f := range Fields() {
+		m.trunc[f] = trunc.WithLabelValues(f)
+	}
 	cs := []struct {
 		name string
 		c    prometheus.Collector
@@ -136,6 +160,7 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		{"heartbeat_rejected_total", rejected},
 		{"heartbeat_streams_opened_total", opened},
 		{"heartbeat_streams_closed_total", closed},
+		{"heartbeat_labels_truncated_total", trunc},
 		{"the tracker collector (heartbeat_nodes...)", newTrackerCollector(t)},
 	}
 	for _, c := range cs {
@@ -178,6 +203,14 @@ func (m *Metrics) StreamClosedHow(how string) {
 		c = m.closed[ClosedError]
 	}
 	c.Inc()
+}
+
+// Truncated counts one node-supplied string cut to the label cap; field is
+// one of Fields (any other string is ignored: label values are a fixed set).
+func (m *Metrics) Truncated(field string) {
+	if c, ok := m.trunc[field]; ok {
+		c.Inc()
+	}
 }
 
 // trackerCollector turns one tracker.Summary per scrape into metrics.

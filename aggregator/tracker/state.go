@@ -108,7 +108,8 @@ type Node struct {
 	Head string
 	// Height is the height of Head as reported.
 	Height uint64
-	// MinerAddress is the last reported miner address; "" when unset.
+	// MinerAddress is the last reported miner address as received: "",
+	// "empty" and "<empty>" all mean no address (wire.MinerAddressOf).
 	MinerAddress string
 	// Genesis is the last reported genesis CID as text, as received (it
 	// may not parse as a CID: it is only a label); "" when unknown.

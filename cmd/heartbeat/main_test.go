@@ -123,8 +123,9 @@ func TestAggregateAndBeatProcesses(t *testing.T) {
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
-	var nodes []map[string]any
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&nodes))
+	var page struct{ Nodes []map[string]any }
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&page))
+	nodes := page.Nodes
 	require.Len(t, nodes, 1)
 	require.Equal(t, "cli-node", nodes[0]["nickname"])
 	require.Equal(t, "up", nodes[0]["state"])
