@@ -172,9 +172,8 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: %w", err)
 	}
-	// Read the thresholds back with the tracker's defaults applied.
-	tc := t.Config()
-	cfg.SuspectAfter, cfg.DownAfter, cfg.StartupGrace = tc.SuspectAfter, tc.DownAfter, tc.StartupGrace
+	// Read the tracker's fields back with its defaults applied.
+	cfg = cfg.withTracker(t.Config())
 	obs, err := metrics.New(o.reg, t)
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: %w", err)

@@ -54,6 +54,27 @@ type Config struct {
 	SuspectAfter time.Duration
 	DownAfter    time.Duration
 	StartupGrace time.Duration
+	// MinPeriod and MaxPeriod clamp each node's learned period (the
+	// tracker's thresholds scale with it); zero takes tracker's defaults
+	// (ExpectedPeriod/3 and 10x ExpectedPeriod).
+	MinPeriod, MaxPeriod time.Duration
+	// ReconnectAllowance delays Suspect after a node's stream ends by reset
+	// or error, by this plus the node's period; default 12 s, negative none.
+	ReconnectAllowance time.Duration
+	// DisruptionFraction, DisruptionMinNodes and DisruptionMaxHold set the
+	// disruption guard (no node turns Down while more than the fraction of
+	// the live nodes is silent); defaults 0.55, 3 and 10 minutes.
+	DisruptionFraction float64
+	DisruptionMinNodes int
+	DisruptionMaxHold  time.Duration
+	// DuplicateWindow and DuplicateThreshold: more supersedes of one peer's
+	// streams than the threshold within the window flag a duplicate
+	// identity; defaults one minute and 3.
+	DuplicateWindow    time.Duration
+	DuplicateThreshold int
+	// DownRetention: a full tracker gives a newcomer the slot of the node
+	// Down the longest once it is Down longer than this; default 24 h.
+	DownRetention time.Duration
 	// SweepInterval is how often silence detection runs on the
 	// aggregator's clock; it is the precision of Suspect/Down. Default 1 s,
 	// at most ExpectedPeriod.
@@ -118,5 +139,25 @@ func (c Config) trackerConfig() tracker.Config {
 		DownAfter:      c.DownAfter,
 		StartupGrace:   c.StartupGrace,
 		MaxNodes:       c.MaxNodes,
+
+		MinPeriod:          c.MinPeriod,
+		MaxPeriod:          c.MaxPeriod,
+		ReconnectAllowance: c.ReconnectAllowance,
+		DisruptionFraction: c.DisruptionFraction,
+		DisruptionMinNodes: c.DisruptionMinNodes,
+		DisruptionMaxHold:  c.DisruptionMaxHold,
+		DuplicateWindow:    c.DuplicateWindow,
+		DuplicateThreshold: c.DuplicateThreshold,
+		DownRetention:      c.DownRetention,
 	}
+}
+
+// withTracker copies the tracker's fields back from tc, defaults applied,
+// so that Config() shows what is in force.
+func (c Config) withTracker(tc tracker.Config) Config {
+	c.SuspectAfter, c.DownAfter, c.StartupGrace = tc.SuspectAfter, tc.DownAfter, tc.StartupGrace
+	c.MinPeriod, c.MaxPeriod, c.ReconnectAllowance = tc.MinPeriod, tc.MaxPeriod, tc.ReconnectAllowance
+	c.DisruptionFraction, c.DisruptionMinNodes, c.DisruptionMaxHold = tc.DisruptionFraction, tc.DisruptionMinNodes, tc.DisruptionMaxHold
+	c.DuplicateWindow, c.DuplicateThreshold, c.DownRetention = tc.DuplicateWindow, tc.DuplicateThreshold, tc.DownRetention
+	return c
 }

@@ -268,7 +268,9 @@ func TestSweeperOnMockClock(t *testing.T) {
 	mock := clockwork.NewMock(t0)
 	logs := &logBuffer{}
 	rec := newRecorder()
-	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: -1} // Suspect after 2s, Down after 5s
+	// A fixed 1s period (no learning), no allowance: Suspect after 2s, Down
+	// after 5s.
+	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: -1, MinPeriod: time.Second, MaxPeriod: time.Second, ReconnectAllowance: -1}
 	a, err := New(newHost(t), cfg, WithClock(mock), withHooks(rec.hooks()),
 		WithLogger(hclog.New(&hclog.LoggerOptions{Output: logs, JSONFormat: true, Level: hclog.Info})))
 	require.NoError(t, err)

@@ -41,7 +41,9 @@ type fixture struct {
 // is t0+60s.
 func start(t *testing.T) *fixture {
 	t.Helper()
-	tr, err := tracker.New(tracker.Config{StartupGrace: -1, MaxNodes: 50}, t0)
+	tr, err := tracker.New(tracker.Config{StartupGrace: -1, MaxNodes: 50,
+		// A fixed 3s period, no allowance: Suspect after 6s, Down after 15s.
+		MinPeriod: 3 * time.Second, MaxPeriod: 3 * time.Second, ReconnectAllowance: -1}, t0)
 	require.NoError(t, err)
 	reg := prometheus.NewRegistry()
 	m, err := metrics.New(reg, tr)

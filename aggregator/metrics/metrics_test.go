@@ -20,7 +20,9 @@ func pid(i byte) peer.ID { return peer.ID([]byte{0x00, 0x03, 'p', 'i', i}) }
 
 func setup(t *testing.T) (*prometheus.Registry, *tracker.Tracker, *Metrics) {
 	t.Helper()
-	tr, err := tracker.New(tracker.Config{ExpectedPeriod: 3 * time.Second, StartupGrace: -1, MaxNodes: 100}, t0)
+	tr, err := tracker.New(tracker.Config{ExpectedPeriod: 3 * time.Second, StartupGrace: -1, MaxNodes: 100,
+		// A fixed 3s period, no allowance: Suspect after 6s, Down after 15s.
+		MinPeriod: 3 * time.Second, MaxPeriod: 3 * time.Second, ReconnectAllowance: -1}, t0)
 	require.NoError(t, err)
 	reg := prometheus.NewPedanticRegistry()
 	m, err := New(reg, tr)

@@ -29,38 +29,88 @@
 // # States
 //
 //	Joining  a stream is open (StreamOpened) but no heartbeat arrived yet
-//	Up       beating: silent for at most SuspectAfter
-//	Suspect  silent for strictly longer than SuspectAfter (default 2x ExpectedPeriod)
-//	Down     silent for strictly longer than DownAfter (default 5x ExpectedPeriod)
+//	Up       beating: silent for at most its Suspect threshold
+//	Suspect  silent for strictly longer than its Suspect threshold
+//	Down     silent for strictly longer than its Down threshold, not while disrupted
 //	Left     its last stream ended with a graceful EOF: left on purpose, no alert
 //
-// The thresholds are strict: with SuspectAfter 6s, a node last seen at T is
-// still Up in a Sweep at T+6s and Suspect in a Sweep at T+6s+1ns; the same
-// holds for DownAfter. Silence detection happens only in Sweep, which the
-// caller runs periodically; one Sweep that finds an Up node past DownAfter
-// reports a single Up -> Down change. No node turns Suspect or Down before
-// start+StartupGrace (at exactly start+StartupGrace it may): after a restart
-// the aggregator cannot tell a silent node from one that has not
-// reconnected yet. Any heartbeat makes a node Up, whatever its state.
+// The transitions are data: Table lists every (state, event) row, the
+// runtime looks each change up in it, and docs/node-states.md is generated
+// from it (`go generate ./...`; a test fails when they disagree).
+//
+// # Thresholds: each node's own period
+//
+// Each node's period is learned from its own heartbeats: the upper median
+// of its last 8 intervals between two heartbeats on the same stream (a gap
+// across a reconnect is no sample), each clamped to [MinPeriod, MaxPeriod]
+// (default 1s to 30s for ExpectedPeriod 3s). Until a first interval is
+// measured the node is judged with MaxPeriod, so that a 10s sender is not
+// Suspect before its second beat. Its Suspect and Down thresholds are
+// SuspectAfter and DownAfter scaled by period/ExpectedPeriod: by default 2x
+// and 5x its own period, so 3s and 10s senders share one tracker without
+// flapping. This is a fixed-factor detector on a robust period estimate,
+// not phi accrual (docs/aggregator.md says why).
+//
+// The thresholds are strict: with a 6s Suspect threshold, a node last seen
+// at T is still Up in a Sweep at T+6s and Suspect in a Sweep at T+6s+1ns;
+// the same holds for Down. Silence detection happens only in Sweep, which
+// the caller runs periodically; one Sweep that finds an Up node past its
+// Down threshold reports a single Up -> Down change. No node turns Suspect
+// or Down before start+StartupGrace (at exactly start+StartupGrace it
+// may): after a restart the aggregator cannot tell a silent node from one
+// that has not reconnected yet. Any heartbeat makes a node Up, whatever
+// its state.
+//
+// # Streams and the reconnect allowance
 //
 // A graceful EOF on a node's last open stream makes it Left. A reset or an
-// error does not change the state (the sender reconnects; silence detection
-// decides). Streams are counted per node, so when a newer stream supersedes
-// an older one, the older one's end changes nothing. A node whose last stream
-// ends before its first heartbeat is forgotten: it never was a node.
+// error does not change the state: the sender reconnects after its
+// ReconnectPeriod, so the node gets a reconnect allowance: it does not turn
+// Suspect before the stream's end plus ReconnectAllowance (default 12s, the
+// sender's 10s ReconnectPeriod +20% jitter) plus its period, and its Down
+// deadline moves by as much. Its next heartbeat ends the allowance. Streams
+// are counted per node, so when a newer stream supersedes an older one, the
+// older one's end changes nothing. A node whose last stream ends before its
+// first heartbeat is forgotten: it never was a node.
+//
+// # Disruption
+//
+// When strictly more than DisruptionFraction (default 0.55, the Kubernetes
+// node lifecycle controller's unhealthy-zone threshold) of the live nodes
+// (Up or Suspect, at least DisruptionMinNodes of them) are silent past
+// their Suspect threshold in one Sweep, the fault is most likely the
+// aggregator's own (its network cut, a stall), not theirs: the tracker
+// enters disrupted mode, in which nodes still turn Suspect but none turns
+// Down. It leaves when strictly more than the fraction beats again, or
+// after DisruptionMaxHold (default 10 minutes); nodes still silent then go
+// Down as usual, and no new episode starts until the silence has cleared.
+// Disrupted and Summary report the mode.
+//
+// # Duplicate identity
+//
+// Two senders with one key supersede each other's streams for ever. The
+// caller reports each supersede with Superseded; strictly more than
+// DuplicateThreshold (default 3) within a DuplicateWindow (default one
+// minute) flag the node DuplicateIdentity, and Superseded returns true once
+// per window for the caller to count and log. The flag clears after a whole
+// window without a supersede.
 //
 // # Limit and eviction
 //
 // At most Config.MaxNodes nodes (every state, Joining included) are tracked.
 // When a peer the tracker does not know arrives (Beat or StreamOpened) and
-// the tracker is full, the Left node with no open stream that left first
-// (ties: smallest peer id) is evicted to make room: it said goodbye, so
-// dropping it loses only history. If there is none, the newcomer gets
-// ErrFull; known peers are never refused. Down and Suspect nodes are never
-// evicted, because they are what alerts watch and a flood of fresh
-// identities must not make an outage disappear; an operator drops a retired
-// node with Forget. Eviction scans all nodes (O(n)), but only when the
-// tracker is full and holds at least one Left node.
+// the tracker is full, a node with no open stream is evicted to make room:
+// first the Left node that left first (it said goodbye, so dropping it
+// loses only history), else the node Down the longest once it has been
+// Down strictly longer than DownRetention (default 24 hours), so that dead
+// identities cannot lock newcomers out for ever; ties go to the smallest
+// peer id. If there is none, the newcomer gets ErrFull; known peers are
+// never refused. Suspect nodes, and Down nodes within the retention, are
+// never evicted, because they are what alerts watch and a flood of fresh
+// identities must not make an outage disappear; the defence against such
+// floods is an allowlist. An operator drops a retired node with Forget.
+// Eviction scans all nodes (O(n)), but only when the tracker is full and
+// holds at least one Left or Down node.
 //
 // # Consensus
 //
@@ -83,3 +133,5 @@
 // ticker, logging the changes it returns. Summary feeds the Prometheus
 // collector; Nodes and Summary feed the HTTP API.
 package tracker
+
+//go:generate go run ../../internal/gendocs -nodes ../../docs/node-states.md

@@ -38,9 +38,24 @@ func mkCID(t testing.TB, s string) cid.Cid {
 	return cid.NewCidV1(cid.DagCBOR, mh)
 }
 
-// noGrace is the config of the threshold tests: 3s period, so Suspect
-// after 6s and Down after 15s, and no startup grace.
-var noGrace = Config{ExpectedPeriod: 3 * time.Second, StartupGrace: -1}
+// noGrace is the config of the threshold tests: a fixed 3s period (no
+// learning), so Suspect after 6s and Down after 15s, no startup grace, no
+// reconnect allowance and no disruption guard.
+var noGrace = fixed(Config{ExpectedPeriod: 3 * time.Second, StartupGrace: -1})
+
+// fixed turns off what the tests of the basic rules do not exercise:
+// period learning (the period is ExpectedPeriod, default 3s), the
+// reconnect allowance and the disruption guard.
+func fixed(c Config) Config {
+	p := c.ExpectedPeriod
+	if p == 0 {
+		p = DefaultExpectedPeriod
+	}
+	c.MinPeriod, c.MaxPeriod = p, p
+	c.ReconnectAllowance = -1
+	c.DisruptionFraction = 1
+	return c
+}
 
 func newTracker(t testing.TB, cfg Config) *Tracker {
 	t.Helper()

@@ -26,6 +26,36 @@ const (
 	// into the default SuspectAfter and DownAfter.
 	DefaultSuspectFactor = 2
 	DefaultDownFactor    = 5
+	// DefaultMinPeriodDivisor and DefaultMaxPeriodFactor bound a node's
+	// learned period: from ExpectedPeriod/3 (1 s) to 10x ExpectedPeriod
+	// (30 s, the aggregator's default idle timeout, past which a stream is
+	// cut anyway).
+	DefaultMinPeriodDivisor = 3
+	DefaultMaxPeriodFactor  = 10
+	// DefaultReconnectAllowance is the sender's default ReconnectPeriod
+	// (10 s) plus its +20% jitter: after a lost stream a sender that waits
+	// one full reconnect delay is back within it.
+	DefaultReconnectAllowance = 12 * time.Second
+	// DefaultDisruptionFraction is the share of live nodes that must fall
+	// silent together for the tracker to call it a disruption of its own
+	// view rather than node failures: the Kubernetes node lifecycle
+	// controller's --unhealthy-zone-threshold.
+	DefaultDisruptionFraction = 0.55
+	// DefaultDisruptionMinNodes is the fewest live nodes for which a
+	// disruption is declared: with one or two nodes, their failure is
+	// reported as such.
+	DefaultDisruptionMinNodes = 3
+	// DefaultDisruptionMaxHold bounds a disrupted mode; after it, nodes
+	// still silent go Down as usual.
+	DefaultDisruptionMaxHold = 10 * time.Minute
+	// DefaultDuplicateWindow and DefaultDuplicateThreshold: more than 3
+	// supersedes of one peer's streams within a minute flag a duplicate
+	// identity (an honest sender supersedes at most once per reconnect).
+	DefaultDuplicateWindow    = time.Minute
+	DefaultDuplicateThreshold = 3
+	// DefaultDownRetention is how long a Down node keeps its slot against
+	// a newcomer when the tracker is full.
+	DefaultDownRetention = 24 * time.Hour
 )
 
 // ErrFull is returned by Beat and StreamOpened when a peer the tracker does
@@ -41,21 +71,55 @@ var (
 
 // Config sets the tracker's thresholds and limits. Zero fields take defaults.
 type Config struct {
-	// ExpectedPeriod is the senders' BeatPeriod; default 3s. It only feeds
-	// the defaults below and their validation.
+	// ExpectedPeriod is the senders' usual BeatPeriod; default 3s. It
+	// scales the defaults below; SuspectAfter/ExpectedPeriod and
+	// DownAfter/ExpectedPeriod are the factors applied to each node's own
+	// learned period.
 	ExpectedPeriod time.Duration
-	// SuspectAfter: a node silent for strictly longer turns Suspect;
-	// default 2*ExpectedPeriod. Must be at least ExpectedPeriod, or a node
-	// beating on time would flap.
+	// SuspectAfter: a node beating every ExpectedPeriod that is silent for
+	// strictly longer turns Suspect; default 2*ExpectedPeriod. Must be at
+	// least ExpectedPeriod, or a node beating on time would flap.
 	SuspectAfter time.Duration
-	// DownAfter: a node silent for strictly longer turns Down; default
-	// 5*ExpectedPeriod. Must be greater than SuspectAfter.
+	// DownAfter: as SuspectAfter, for Down; default 5*ExpectedPeriod. Must
+	// be greater than SuspectAfter.
 	DownAfter time.Duration
 	// StartupGrace: no node turns Suspect or Down before start+StartupGrace;
 	// default DownAfter. A negative value means no grace at all.
 	StartupGrace time.Duration
 	// MaxNodes bounds the tracked nodes (every state); default 10000.
 	MaxNodes int
+	// MinPeriod and MaxPeriod clamp each node's learned period; defaults
+	// ExpectedPeriod/3 and 10*ExpectedPeriod. A node with no measured
+	// interval yet is judged with MaxPeriod, so a slow sender does not flap
+	// before the tracker has seen it beat twice. MinPeriod = MaxPeriod =
+	// ExpectedPeriod turns learning off.
+	MinPeriod, MaxPeriod time.Duration
+	// ReconnectAllowance: after a node's last stream ends by reset or error
+	// (not a clean EOF), it does not turn Suspect before the end plus
+	// ReconnectAllowance plus its period; default 12 s (the sender's
+	// ReconnectPeriod +20%). Negative: no allowance.
+	ReconnectAllowance time.Duration
+	// DisruptionFraction: when strictly more than this fraction of the live
+	// (Up or Suspect) nodes is silent past its Suspect threshold, the
+	// tracker enters disrupted mode and no node turns Down; it leaves when
+	// strictly more than the fraction beats again. Default 0.55; in (0, 1],
+	// and 1 turns the guard off.
+	DisruptionFraction float64
+	// DisruptionMinNodes is the fewest live nodes for which a disruption
+	// is declared; default 3.
+	DisruptionMinNodes int
+	// DisruptionMaxHold ends a disrupted mode that lasted that long: nodes
+	// still silent then go Down as usual; default 10 minutes.
+	DisruptionMaxHold time.Duration
+	// DuplicateWindow and DuplicateThreshold: a peer whose streams are
+	// superseded strictly more than DuplicateThreshold times within one
+	// DuplicateWindow is flagged DuplicateIdentity; defaults one minute and 3.
+	DuplicateWindow    time.Duration
+	DuplicateThreshold int
+	// DownRetention: when the tracker is full, a newcomer may take the slot
+	// of the node Down the longest once it has been Down strictly longer
+	// than this; default 24 hours.
+	DownRetention time.Duration
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -95,8 +159,72 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxNodes == 0 {
 		c.MaxNodes = DefaultMaxNodes
 	}
+	if c.MinPeriod < 0 || c.MaxPeriod < 0 {
+		return c, fmt.Errorf("tracker: Config.MinPeriod (%v) and MaxPeriod (%v) must not be negative", c.MinPeriod, c.MaxPeriod)
+	}
+	if c.MinPeriod == 0 {
+		c.MinPeriod = c.ExpectedPeriod / DefaultMinPeriodDivisor
+	}
+	if c.MaxPeriod == 0 {
+		c.MaxPeriod = DefaultMaxPeriodFactor * c.ExpectedPeriod
+	}
+	if c.MinPeriod > c.MaxPeriod {
+		return c, fmt.Errorf("tracker: Config.MinPeriod (%v) must not exceed MaxPeriod (%v)", c.MinPeriod, c.MaxPeriod)
+	}
+	if c.MaxPeriod > maxPeriodLimit {
+		return c, fmt.Errorf("tracker: Config.MaxPeriod (%v) must not exceed %v", c.MaxPeriod, maxPeriodLimit)
+	}
+	switch {
+	case c.ReconnectAllowance == 0:
+		c.ReconnectAllowance = DefaultReconnectAllowance
+	case c.ReconnectAllowance < 0:
+		c.ReconnectAllowance = 0
+	}
+	if c.DisruptionFraction == 0 {
+		c.DisruptionFraction = DefaultDisruptionFraction
+	}
+	if !(c.DisruptionFraction > 0 && c.DisruptionFraction <= 1) { // NaN too
+		return c, fmt.Errorf("tracker: Config.DisruptionFraction (%v) must be in (0, 1]", c.DisruptionFraction)
+	}
+	if c.DisruptionMinNodes < 0 {
+		return c, fmt.Errorf("tracker: Config.DisruptionMinNodes (%d) must not be negative", c.DisruptionMinNodes)
+	}
+	if c.DisruptionMinNodes == 0 {
+		c.DisruptionMinNodes = DefaultDisruptionMinNodes
+	}
+	if c.DisruptionMaxHold < 0 {
+		return c, fmt.Errorf("tracker: Config.DisruptionMaxHold (%v) must not be negative", c.DisruptionMaxHold)
+	}
+	if c.DisruptionMaxHold == 0 {
+		c.DisruptionMaxHold = DefaultDisruptionMaxHold
+	}
+	if c.DuplicateWindow < 0 {
+		return c, fmt.Errorf("tracker: Config.DuplicateWindow (%v) must not be negative", c.DuplicateWindow)
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = DefaultDuplicateWindow
+	}
+	if c.DuplicateThreshold < 0 || c.DuplicateThreshold > math.MaxUint16-1 {
+		return c, fmt.Errorf("tracker: Config.DuplicateThreshold (%d) must be between 0 and %d", c.DuplicateThreshold, math.MaxUint16-1)
+	}
+	if c.DuplicateThreshold == 0 {
+		c.DuplicateThreshold = DefaultDuplicateThreshold
+	}
+	if c.DownRetention < 0 {
+		return c, fmt.Errorf("tracker: Config.DownRetention (%v) must not be negative", c.DownRetention)
+	}
+	if c.DownRetention == 0 {
+		c.DownRetention = DefaultDownRetention
+	}
 	return c, nil
 }
+
+// maxPeriodLimit keeps a period in the uint32 milliseconds of a sample.
+const maxPeriodLimit = 24 * time.Hour
+
+// periodSamples is how many recent intervals a node's period is the
+// median of: enough that one late beat or one burst read does not move it.
+const periodSamples = 8
 
 // numShards is a power of two well above the core count, so that streams
 // beating concurrently rarely meet on one mutex.
@@ -126,11 +254,22 @@ type Tracker struct {
 	startNsec int    // start.Nanosecond()
 	mix       uint64 // random per tracker: see shardFor
 
-	// Thresholds in nanoseconds, the unit of the stored times.
-	suspectNs, downNs, graceNs int64
+	// Thresholds in nanoseconds, the unit of the stored times, and the
+	// factors that scale a node's period into its own thresholds.
+	graceNs, allowNs, minNs, maxNs int64
+	retentionNs, dupWindowNs       int64
+	suspectF, downF                float64
+	// Thresholds of a node with no measured interval (period MaxPeriod).
+	priorSuspectNs, priorDownNs int64
 
-	count atomic.Int64 // tracked nodes, bounded by cfg.MaxNodes
-	left  atomic.Int64 // nodes in state Left: eviction has candidates only if > 0
+	count   atomic.Int64            // tracked nodes, bounded by cfg.MaxNodes
+	inState [numStates]atomic.Int64 // nodes per state: Summary-free counts for Sweep and eviction
+
+	// Disrupted mode. sweepMu serialises Sweep, which alone changes the
+	// mode; disruptedAt is read by Summary without it.
+	sweepMu     sync.Mutex
+	disruptedAt atomic.Int64 // ns since start when entered; notDisrupted otherwise
+	holdExpired bool         // left by MaxHold: no new episode before the silence clears
 
 	sumMu  sync.Mutex // serialises Summary, which reuses groups
 	groups map[group]int
@@ -174,7 +313,26 @@ type node struct {
 	firstSeen  int64
 	since      int64
 	peer       peer.ID
+
+	// Silence detection: the node's own thresholds (from its period), the
+	// stream count at its last beat (an interval across a reconnect is not
+	// a sample), the floor of its Suspect deadline after a lost stream.
+	suspectNs, downNs int64
+	period            int64
+	allowUntil        int64 // notDisrupted (MinInt64) when no allowance runs
+	beatStreams       uint32
+	nSamples, iSample uint8
+	samples           [periodSamples]uint32 // intervals in ms, a ring
+
+	// Duplicate identity: supersedes counted in a fixed window.
+	dupCount    uint16
+	dup         bool
+	dupWinStart int64
+	dupUntil    int64 // flag clears after this (last supersede + window)
 }
+
+// notDisrupted is disruptedAt's value outside disrupted mode.
+const notDisrupted = math.MinInt64
 
 // group is a consensus candidate: nodes agree when both fields are equal.
 type group struct {
@@ -191,16 +349,23 @@ func New(cfg Config, start time.Time) (*Tracker, error) {
 		return nil, err
 	}
 	t := &Tracker{
-		cfg:       cfg,
-		start:     start,
-		startSec:  start.Unix(),
-		startNsec: start.Nanosecond(),
-		mix:       rand.Uint64(),
-		suspectNs: int64(cfg.SuspectAfter),
-		downNs:    int64(cfg.DownAfter),
-		graceNs:   int64(cfg.StartupGrace),
-		groups:    make(map[group]int),
+		cfg:         cfg,
+		start:       start,
+		startSec:    start.Unix(),
+		startNsec:   start.Nanosecond(),
+		mix:         rand.Uint64(),
+		graceNs:     int64(cfg.StartupGrace),
+		allowNs:     int64(cfg.ReconnectAllowance),
+		minNs:       int64(cfg.MinPeriod),
+		maxNs:       int64(cfg.MaxPeriod),
+		retentionNs: int64(cfg.DownRetention),
+		dupWindowNs: int64(cfg.DuplicateWindow),
+		suspectF:    float64(cfg.SuspectAfter) / float64(cfg.ExpectedPeriod),
+		downF:       float64(cfg.DownAfter) / float64(cfg.ExpectedPeriod),
+		groups:      make(map[group]int),
 	}
+	t.priorSuspectNs, t.priorDownNs = t.thresholds(t.maxNs)
+	t.disruptedAt.Store(notDisrupted)
 	for i := range t.shards {
 		t.shards[i].nodes = make(map[peer.ID]*node)
 		t.shards[i].next = math.MaxInt64
@@ -250,9 +415,17 @@ func (t *Tracker) shardFor(id peer.ID) *shard {
 	return &t.shards[x>>(64-shardBits)]
 }
 
+// thresholds scales a period into Suspect and Down thresholds. Down stays
+// strictly after Suspect whatever the rounding.
+func (t *Tracker) thresholds(period int64) (suspect, down int64) {
+	suspect = int64(float64(period) * t.suspectF)
+	down = max(int64(float64(period)*t.downF), suspect+1)
+	return suspect, down
+}
+
 // acquire returns id's shard, locked, and its node, admitting a new node
-// when there is room (evicting the oldest Left node if needed). On error
-// no lock is held.
+// when there is room (evicting a Left node, or one Down past the
+// retention, if needed). On error no lock is held.
 func (t *Tracker) acquire(id peer.ID, at int64) (*shard, *node, error) {
 	s := t.shardFor(id)
 	for attempt := 0; ; attempt++ {
@@ -268,13 +441,18 @@ func (t *Tracker) acquire(id peer.ID, at int64) (*shard, *node, error) {
 				genesisCID: emptyCID,
 				firstSeen:  at,
 				since:      at,
+				period:     t.maxNs,
+				suspectNs:  t.priorSuspectNs,
+				downNs:     t.priorDownNs,
+				allowUntil: math.MinInt64,
 			}
 			s.nodes[id] = n
+			t.inState[Joining].Add(1)
 			return s, n, nil
 		}
 		// Evicting locks other shards: never with s held.
 		s.mu.Unlock()
-		if attempt == evictAttempts || !t.evictOldestLeft() {
+		if attempt == evictAttempts || !t.evict(at) {
 			return nil, nil, ErrFull
 		}
 	}
@@ -295,42 +473,46 @@ func (t *Tracker) reserve() bool {
 	}
 }
 
-// evictOldestLeft forgets the Left node (with no open stream) that entered
-// Left first, ties broken by the smallest peer id so the choice does not
-// depend on shard layout or map order. It reports whether it freed a slot.
-func (t *Tracker) evictOldestLeft() bool {
+// evict forgets one node to make room at time at: the Left node (with no
+// open stream) that left first, or else the node Down the longest, once
+// Down strictly longer than DownRetention (with no open stream). Ties go to
+// the smallest peer id, so the choice does not depend on shard layout or
+// map order. It reports whether it freed a slot.
+func (t *Tracker) evict(at int64) bool {
 	for range evictAttempts {
-		if t.left.Load() == 0 {
+		if t.inState[Left].Load() == 0 && t.inState[Down].Load() == 0 {
 			return false
 		}
 		var (
 			best  peer.ID
 			since int64
-			found bool
+			rank  = 2 // 0: Left, 1: Down past retention, 2: none
 		)
 		for i := range t.shards {
 			s := &t.shards[i]
 			s.mu.Lock()
 			for id, n := range s.nodes {
-				if !evictable(n) {
-					continue
-				}
-				if !found || n.since < since || (n.since == since && id < best) {
-					best, since, found = id, n.since, true
+				r := t.evictRank(n, at)
+				if r < rank || r == rank && r < 2 && (n.since < since || n.since == since && id < best) {
+					best, since, rank = id, n.since, r
 				}
 			}
 			s.mu.Unlock()
 		}
-		if !found {
+		if rank == 2 {
 			return false
 		}
 		// The candidate may have beaten or left again since the scan.
 		s := t.shardFor(best)
 		s.mu.Lock()
 		n := s.nodes[best]
-		ok := n != nil && evictable(n) && n.since == since
+		ok := n != nil && t.evictRank(n, at) == rank && n.since == since
 		if ok {
-			t.removeLocked(s, n)
+			if to, row := step(n.state, Evicted); row && to == Gone {
+				t.removeLocked(s, n)
+			} else {
+				ok = false
+			}
 		}
 		s.mu.Unlock()
 		if ok {
@@ -340,28 +522,80 @@ func (t *Tracker) evictOldestLeft() bool {
 	return false
 }
 
-func evictable(n *node) bool { return n.state == Left && n.open == 0 }
+// evictRank orders eviction candidates: 0 a Left node, 1 a node Down
+// longer than the retention, 2 not a candidate. A node with an open stream
+// never is: its sender is there.
+func (t *Tracker) evictRank(n *node, at int64) int {
+	switch {
+	case n.open > 0:
+		return 2
+	case n.state == Left:
+		return 0
+	case n.state == Down && at-n.since > t.retentionNs:
+		return 1
+	}
+	return 2
+}
 
 func (t *Tracker) removeLocked(s *shard, n *node) {
 	delete(s.nodes, n.peer)
 	t.count.Add(-1)
-	if n.state == Left {
-		t.left.Add(-1)
-	}
+	t.inState[n.state].Add(-1)
 }
 
-// transitionLocked moves n to state to at time at and returns the Change.
-func (t *Tracker) transitionLocked(n *node, to State, at int64) Change {
+// transitionLocked applies the table's row for (n.state, on) at time at
+// and returns the Change; false when the row keeps the state (or there is
+// none). A row to Gone is not applied here: the caller removes the node.
+func (t *Tracker) transitionLocked(n *node, on Event, at int64) (Change, bool) {
 	from := n.state
-	if from == Left {
-		t.left.Add(-1)
+	to, ok := step(from, on)
+	if !ok || to == from || to == Gone {
+		return Change{}, false
 	}
-	if to == Left {
-		t.left.Add(1)
-	}
+	t.inState[from].Add(-1)
+	t.inState[to].Add(1)
 	n.state = to
 	n.since = at
-	return Change{Peer: n.peer, Nickname: n.nickname, From: from, To: to, At: t.abs(at)}
+	return Change{Peer: n.peer, Nickname: n.nickname, From: from, To: to, At: t.abs(at)}, true
+}
+
+// suspectAt is the instant after which a silent n turns Suspect: its own
+// threshold after its last beat, or later while a reconnect allowance runs.
+func (n *node) suspectAt() int64 { return max(n.lastSeen+n.suspectNs, n.allowUntil) }
+
+// downAt is the instant after which a silent n turns Down: the allowance
+// shifts it as much as it shifts suspectAt.
+func (n *node) downAt() int64 {
+	return max(n.lastSeen+n.downNs, n.allowUntil+(n.downNs-n.suspectNs))
+}
+
+// learnLocked adds the interval ending at at to n's samples when it is one
+// (the previous beat was on the same stream, and earlier) and updates the
+// period and thresholds. It reports whether they changed.
+func (t *Tracker) learnLocked(n *node, at int64) bool {
+	if n.beats == 0 || n.beatStreams != n.streams || at <= n.lastSeen {
+		n.beatStreams = n.streams
+		return false
+	}
+	iv := min(max(at-n.lastSeen, t.minNs), t.maxNs)
+	n.samples[n.iSample] = uint32(iv / int64(time.Millisecond))
+	n.iSample = (n.iSample + 1) % periodSamples
+	if n.nSamples < periodSamples {
+		n.nSamples++
+	}
+	// The upper median: one late beat among several does not move it,
+	// and with two samples the larger one wins (the safe side).
+	var buf [periodSamples]uint32
+	xs := buf[:n.nSamples]
+	copy(xs, n.samples[:n.nSamples])
+	slices.Sort(xs)
+	p := min(max(int64(xs[len(xs)/2])*int64(time.Millisecond), t.minNs), t.maxNs)
+	if p == n.period {
+		return false
+	}
+	n.period = p
+	n.suspectNs, n.downNs = t.thresholds(p)
+	return true
 }
 
 // Beat records one heartbeat from the authenticated peer id; the body's
@@ -402,19 +636,17 @@ func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, b
 	}
 	t.setGenesis(n, hb)
 	n.height = hb.Height
+	t.learnLocked(n, at)
 	// Concurrent streams may present their nows out of order: last seen
-	// never moves back, which also keeps shard.next a valid lower bound.
+	// never moves back.
 	n.lastSeen = max(n.lastSeen, at)
 	n.beats++
 	s.beats++
-	var (
-		ch      Change
-		changed bool
-	)
-	if n.state != Up {
-		ch, changed = t.transitionLocked(n, Up, at), true
-		s.next = min(s.next, n.lastSeen+t.suspectNs)
-	}
+	n.allowUntil = math.MinInt64 // it is back: the allowance is spent
+	ch, changed := t.transitionLocked(n, Heartbeat, at)
+	// A node that comes Up, whose period shrank or whose allowance ended
+	// may have an earlier deadline: keep shard.next a lower bound.
+	s.next = min(s.next, n.suspectAt())
 	s.mu.Unlock()
 	return ch, changed, nil
 }
@@ -462,7 +694,8 @@ func (t *Tracker) StreamOpened(id peer.ID, now time.Time) error {
 //   - a node that never sent a heartbeat is forgotten (it never was one);
 //   - on a graceful EOF the node turns Left (a Change, but not an alert);
 //   - otherwise its state is left to silence detection (Sweep): a reset is
-//     not proof of death, the sender reconnects.
+//     not proof of death, the sender reconnects; it gets the reconnect
+//     allowance (Config.ReconnectAllowance plus its period) before Suspect.
 //
 // An unknown id (e.g. one refused with ErrFull) is ignored.
 func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change, bool) {
@@ -479,19 +712,25 @@ func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change,
 	if n.open > 0 {
 		return Change{}, false
 	}
-	if n.beats == 0 {
+	on := StreamEOF
+	if !graceful {
+		on = StreamLost
+	}
+	if to, ok := step(n.state, on); ok && to == Gone { // never beat: never a node
 		t.removeLocked(s, n)
 		return Change{}, false
 	}
+	at := t.rel(now)
 	if !graceful {
 		n.stream = StreamReset
-		return Change{}, false
+		// The sender is expected back within its reconnect delay: no
+		// Suspect before that, then silence detection as usual. Deadlines
+		// only move later, so shard.next stays a lower bound.
+		n.allowUntil = max(n.allowUntil, at+t.allowNs+n.period)
+	} else {
+		n.stream = StreamClosed
 	}
-	n.stream = StreamClosed
-	if n.state == Left {
-		return Change{}, false
-	}
-	return t.transitionLocked(n, Left, t.rel(now)), true
+	return t.transitionLocked(n, on, at)
 }
 
 // Forget drops id's record and frees its slot, whatever its state. It
@@ -506,31 +745,56 @@ func (t *Tracker) Forget(id peer.ID) bool {
 	if n == nil {
 		return false
 	}
+	if to, ok := step(n.state, Forgotten); !ok || to != Gone {
+		return false // every state has a Forget row: cannot happen
+	}
 	t.removeLocked(s, n)
 	return true
 }
 
-// Sweep applies silence detection at now: an Up node silent strictly longer
-// than SuspectAfter turns Suspect, and an Up or Suspect node silent strictly
-// longer than DownAfter turns Down (one Change, Up -> Down, when a single
-// sweep sees both thresholds crossed). Before start+StartupGrace it changes
-// nothing. It appends the changes to dst sorted by peer id and returns the
-// extended slice. The caller sweeps periodically (e.g. every second); the
-// precision of the transitions is the sweep period.
+// Sweep applies silence detection at now. Each node is judged by its own
+// thresholds (SuspectAfter and DownAfter scaled to its learned period, and
+// its reconnect allowance): an Up node silent strictly longer than its
+// Suspect threshold turns Suspect, and an Up or Suspect node silent
+// strictly longer than its Down threshold turns Down (one Change, Up ->
+// Down, when a single sweep sees both thresholds crossed) unless the
+// tracker is disrupted. Before start+StartupGrace it changes nothing. It
+// appends the changes to dst sorted by peer id and returns the extended
+// slice. The caller sweeps periodically (e.g. every second); the precision
+// of the transitions is the sweep period.
 //
-// Sweep skips every shard in which no deadline has passed, so sweeping
-// often is cheap.
+// Sweep also decides the disrupted mode (see the package documentation);
+// Disrupted reports it. Sweep skips every shard in which no deadline has
+// passed, so sweeping often is cheap. Calls are serialised.
 func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 	at := t.rel(now)
 	if at < t.graceNs {
 		return dst
 	}
+	t.sweepMu.Lock()
+	defer t.sweepMu.Unlock()
+	// First pass: how many Up nodes fall silent now. Only due shards can
+	// hold one.
+	falling := int64(0)
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		if at > s.next {
+			for _, n := range s.nodes {
+				if n.state == Up && at > n.suspectAt() {
+					falling++
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+	noDown := t.decideDisruption(at, falling)
 	first := len(dst)
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		if at > s.next {
-			dst = t.sweepLocked(s, at, dst)
+			dst = t.sweepLocked(s, at, noDown, dst)
 		}
 		s.mu.Unlock()
 	}
@@ -539,28 +803,84 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 	return dst
 }
 
-func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
+// decideDisruption enters or leaves disrupted mode at time at, given the
+// Up nodes falling silent in this sweep, and reports whether Down is held.
+// Silent nodes are the Suspect ones plus those falling; live ones are Up
+// plus Suspect. Entry needs strictly more than the fraction silent (and at
+// least DisruptionMinNodes live); exit needs strictly more than the
+// fraction beating, or DisruptionMaxHold elapsed. After an exit by
+// MaxHold, no new episode starts until the silent share has dropped to the
+// fraction or below: the nodes still silent go Down instead.
+func (t *Tracker) decideDisruption(at, falling int64) bool {
+	live := t.inState[Up].Load() + t.inState[Suspect].Load()
+	silent := min(t.inState[Suspect].Load()+falling, live)
+	f := t.cfg.DisruptionFraction
+	tooMany := live >= int64(t.cfg.DisruptionMinNodes) && float64(silent) > f*float64(live)
+	if !tooMany {
+		t.holdExpired = false
+	}
+	since := t.disruptedAt.Load()
+	if since == notDisrupted {
+		if tooMany && !t.holdExpired {
+			t.disruptedAt.Store(at)
+			return true
+		}
+		return false
+	}
+	if float64(live-silent) > f*float64(live) {
+		t.disruptedAt.Store(notDisrupted)
+		return false
+	}
+	if at-since > int64(t.cfg.DisruptionMaxHold) {
+		t.disruptedAt.Store(notDisrupted)
+		t.holdExpired = true
+		return false
+	}
+	return true
+}
+
+// Disrupted reports whether the tracker is in disrupted mode, as decided by
+// the last Sweep, and since when. The caller compares it before and after
+// a Sweep to log the mode's start and end once each.
+func (t *Tracker) Disrupted() (bool, time.Time) {
+	since := t.disruptedAt.Load()
+	if since == notDisrupted {
+		return false, time.Time{}
+	}
+	return true, t.abs(since)
+}
+
+func (t *Tracker) sweepLocked(s *shard, at int64, noDown bool, dst []Change) []Change {
 	next := int64(math.MaxInt64)
 	for _, n := range s.nodes {
+		if n.dup {
+			if at > n.dupUntil {
+				n.dup = false
+			} else {
+				next = min(next, n.dupUntil)
+			}
+		}
 		var deadline int64
 		switch n.state {
-		case Up:
-			switch silence := at - n.lastSeen; {
-			case silence > t.downNs:
-				dst = append(dst, t.transitionLocked(n, Down, at))
+		case Up, Suspect:
+			sus, down := n.suspectAt(), n.downAt()
+			switch {
+			case at > down && !noDown:
+				if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
+					dst = append(dst, ch)
+				}
 				continue
-			case silence > t.suspectNs:
-				dst = append(dst, t.transitionLocked(n, Suspect, at))
-				deadline = n.lastSeen + t.downNs
+			case at > sus:
+				if ch, ok := t.transitionLocked(n, Silence, at); ok {
+					dst = append(dst, ch)
+				}
+				deadline = down
+				if at > down { // held by the disruption: look again next sweep
+					deadline = at
+				}
 			default:
-				deadline = n.lastSeen + t.suspectNs
+				deadline = sus
 			}
-		case Suspect:
-			if at-n.lastSeen > t.downNs {
-				dst = append(dst, t.transitionLocked(n, Down, at))
-				continue
-			}
-			deadline = n.lastSeen + t.downNs
 		default:
 			continue // Joining, Down and Left do not change by silence
 		}
@@ -568,6 +888,39 @@ func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
 	}
 	s.next = next
 	return dst
+}
+
+// Superseded records that a newer stream of id replaced an open one at
+// now. More than Config.DuplicateThreshold supersedes within one
+// Config.DuplicateWindow (counted in fixed windows from the first) flag the
+// node DuplicateIdentity until a whole window passes without one. It
+// returns true once per window, on the supersede that crosses the
+// threshold, for the caller to count and log; an unknown id is ignored.
+func (t *Tracker) Superseded(id peer.ID, now time.Time) bool {
+	s := t.shardFor(id)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[id]
+	if n == nil {
+		return false
+	}
+	at := t.rel(now)
+	if n.dupCount == 0 || at-n.dupWinStart > t.dupWindowNs {
+		n.dupWinStart, n.dupCount = at, 0
+	}
+	if n.dupCount < math.MaxUint16 {
+		n.dupCount++
+	}
+	if n.dup {
+		n.dupUntil = max(n.dupUntil, at+t.dupWindowNs)
+	}
+	if int(n.dupCount) != t.cfg.DuplicateThreshold+1 {
+		return false
+	}
+	n.dup = true
+	n.dupUntil = at + t.dupWindowNs
+	s.next = min(s.next, n.dupUntil)
+	return true
 }
 
 // Node returns a snapshot of id's record.
@@ -604,17 +957,19 @@ func (t *Tracker) Nodes(dst []Node) []Node {
 
 func (t *Tracker) snapshot(n *node) Node {
 	out := Node{
-		Peer:         n.peer,
-		Nickname:     n.nickname,
-		Head:         n.head.Value(),
-		Height:       n.height,
-		MinerAddress: n.miner,
-		FirstSeen:    t.abs(n.firstSeen),
-		Since:        t.abs(n.since),
-		Beats:        n.beats,
-		Streams:      uint64(n.streams),
-		State:        n.state,
-		Stream:       n.stream,
+		Peer:              n.peer,
+		Nickname:          n.nickname,
+		Head:              n.head.Value(),
+		Height:            n.height,
+		MinerAddress:      n.miner,
+		FirstSeen:         t.abs(n.firstSeen),
+		Since:             t.abs(n.since),
+		Beats:             n.beats,
+		Streams:           uint64(n.streams),
+		State:             n.state,
+		Stream:            n.stream,
+		Period:            time.Duration(n.period),
+		DuplicateIdentity: n.dup,
 	}
 	if n.beats > 0 {
 		out.LastSeen = t.abs(n.lastSeen)
@@ -643,6 +998,9 @@ func (t *Tracker) Summary() Summary {
 			if n.open > 0 {
 				sum.Connected++
 			}
+			if n.dup {
+				sum.DuplicateIdentity++
+			}
 			if n.state == Up {
 				groups[group{n.head, n.height}]++
 			}
@@ -652,6 +1010,7 @@ func (t *Tracker) Summary() Summary {
 	for _, c := range sum.ByState {
 		sum.Nodes += c
 	}
+	sum.Disrupted, sum.DisruptedSince = t.Disrupted()
 	var (
 		best  group
 		bestN int

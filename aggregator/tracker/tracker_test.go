@@ -21,11 +21,26 @@ func TestConfig(t *testing.T) {
 		err  string
 	}{
 		{name: "defaults", cfg: Config{},
-			want: Config{ExpectedPeriod: 3 * time.Second, SuspectAfter: 6 * time.Second, DownAfter: 15 * time.Second, StartupGrace: 15 * time.Second, MaxNodes: 10000}},
+			want: withRest(Config{ExpectedPeriod: 3 * time.Second, SuspectAfter: 6 * time.Second, DownAfter: 15 * time.Second, StartupGrace: 15 * time.Second, MaxNodes: 10000,
+				MinPeriod: time.Second, MaxPeriod: 30 * time.Second})},
 		{name: "scaled by period", cfg: Config{ExpectedPeriod: 10 * time.Second},
-			want: Config{ExpectedPeriod: 10 * time.Second, SuspectAfter: 20 * time.Second, DownAfter: 50 * time.Second, StartupGrace: 50 * time.Second, MaxNodes: 10000}},
-		{name: "negative grace is none", cfg: Config{StartupGrace: -1, MaxNodes: 5},
-			want: Config{ExpectedPeriod: 3 * time.Second, SuspectAfter: 6 * time.Second, DownAfter: 15 * time.Second, StartupGrace: 0, MaxNodes: 5}},
+			want: withRest(Config{ExpectedPeriod: 10 * time.Second, SuspectAfter: 20 * time.Second, DownAfter: 50 * time.Second, StartupGrace: 50 * time.Second, MaxNodes: 10000,
+				MinPeriod: 10 * time.Second / 3, MaxPeriod: 100 * time.Second})},
+		{name: "negative grace and allowance are none", cfg: Config{StartupGrace: -1, MaxNodes: 5, ReconnectAllowance: -1},
+			want: withRest(Config{ExpectedPeriod: 3 * time.Second, SuspectAfter: 6 * time.Second, DownAfter: 15 * time.Second, StartupGrace: 0, MaxNodes: 5,
+				MinPeriod: time.Second, MaxPeriod: 30 * time.Second, ReconnectAllowance: -1})},
+		{name: "min above max", cfg: Config{MinPeriod: 4 * time.Second, MaxPeriod: 3 * time.Second},
+			err: "tracker: Config.MinPeriod (4s) must not exceed MaxPeriod (3s)"},
+		{name: "fraction above one", cfg: Config{DisruptionFraction: 1.5},
+			err: "tracker: Config.DisruptionFraction (1.5) must be in (0, 1]"},
+		{name: "negative fraction", cfg: Config{DisruptionFraction: -0.1},
+			err: "tracker: Config.DisruptionFraction (-0.1) must be in (0, 1]"},
+		{name: "negative hold", cfg: Config{DisruptionMaxHold: -time.Second},
+			err: "tracker: Config.DisruptionMaxHold (-1s) must not be negative"},
+		{name: "negative retention", cfg: Config{DownRetention: -time.Second},
+			err: "tracker: Config.DownRetention (-1s) must not be negative"},
+		{name: "negative duplicate threshold", cfg: Config{DuplicateThreshold: -1},
+			err: "tracker: Config.DuplicateThreshold (-1) must be between 0 and 65534"},
 		{name: "down not after suspect", cfg: Config{DownAfter: time.Second},
 			err: "tracker: Config.DownAfter (1s) must be greater than SuspectAfter (6s)"},
 		{name: "down equal suspect", cfg: Config{SuspectAfter: 7 * time.Second, DownAfter: 7 * time.Second},
@@ -53,6 +68,22 @@ func TestConfig(t *testing.T) {
 			require.Equal(t, tt.want, tr.Config())
 		})
 	}
+}
+
+// withRest fills the defaults TestConfig's rows do not spell out.
+func withRest(c Config) Config {
+	if c.ReconnectAllowance == 0 {
+		c.ReconnectAllowance = DefaultReconnectAllowance
+	} else if c.ReconnectAllowance < 0 {
+		c.ReconnectAllowance = 0
+	}
+	c.DisruptionFraction = DefaultDisruptionFraction
+	c.DisruptionMinNodes = DefaultDisruptionMinNodes
+	c.DisruptionMaxHold = DefaultDisruptionMaxHold
+	c.DuplicateWindow = DefaultDuplicateWindow
+	c.DuplicateThreshold = DefaultDuplicateThreshold
+	c.DownRetention = DefaultDownRetention
+	return c
 }
 
 func TestStateStrings(t *testing.T) {
@@ -137,7 +168,7 @@ func TestStartupGrace(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tr := newTracker(t, Config{StartupGrace: tt.grace})
+			tr := newTracker(t, fixed(Config{StartupGrace: tt.grace}))
 			beat(t, tr, pid(1), hb("h", 1, ""), t0)
 			tr.Sweep(t0.Add(tt.at), nil)
 			require.Equal(t, tt.want, state(t, tr, pid(1)))
@@ -271,7 +302,7 @@ func TestIdentityIsThePeerID(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, Node{
 		Peer: alice, Nickname: "alice", Head: "good", Height: 10, MinerAddress: "t01000",
-		FirstSeen: t0, LastSeen: t0, Since: t0.Add(29 * time.Second), Beats: 1, State: Down,
+		FirstSeen: t0, LastSeen: t0, Since: t0.Add(29 * time.Second), Beats: 1, State: Down, Period: 3 * time.Second,
 	}, a)
 	m, _ := tr.Node(mallory)
 	require.Equal(t, uint64(29), m.Beats)
@@ -293,7 +324,7 @@ func TestNodeFields(t *testing.T) {
 	require.Equal(t, Node{
 		Peer: id, Nickname: "Bob", Head: "{ a b }", Height: 444, MinerAddress: "t01234",
 		Genesis: gen.String(), FirstSeen: t0, LastSeen: t0.Add(time.Second), Since: t0.Add(time.Second),
-		Beats: 2, Streams: 1, State: Up, Stream: StreamOpen,
+		Beats: 2, Streams: 1, State: Up, Stream: StreamOpen, Period: 3 * time.Second,
 	}, n)
 
 	// Every label follows the latest heartbeat, genesis included.
@@ -350,7 +381,7 @@ func TestMaxNodes(t *testing.T) {
 	a, b, c, d := pid(1), pid(2), pid(3), pid(4)
 
 	t.Run("refuses new peers, never known ones", func(t *testing.T) {
-		tr := newTracker(t, Config{MaxNodes: 2, StartupGrace: -1})
+		tr := newTracker(t, fixed(Config{MaxNodes: 2, StartupGrace: -1}))
 		beat(t, tr, a, hb("h", 1, ""), t0)
 		require.NoError(t, tr.StreamOpened(b, t0)) // a Joining node takes a slot
 		_, _, err := tr.Beat(c, hb("h", 1, ""), t0)
@@ -365,7 +396,7 @@ func TestMaxNodes(t *testing.T) {
 	})
 
 	t.Run("Down nodes are kept, Forget frees", func(t *testing.T) {
-		tr := newTracker(t, Config{MaxNodes: 2, StartupGrace: -1})
+		tr := newTracker(t, fixed(Config{MaxNodes: 2, StartupGrace: -1}))
 		beat(t, tr, a, hb("h", 1, ""), t0)
 		beat(t, tr, b, hb("h", 1, ""), t0)
 		tr.Sweep(t0.Add(time.Hour), nil)
@@ -379,7 +410,7 @@ func TestMaxNodes(t *testing.T) {
 	})
 
 	t.Run("the oldest Left node is evicted", func(t *testing.T) {
-		tr := newTracker(t, Config{MaxNodes: 3, StartupGrace: -1})
+		tr := newTracker(t, fixed(Config{MaxNodes: 3, StartupGrace: -1}))
 		for _, id := range []peer.ID{a, b, c} {
 			require.NoError(t, tr.StreamOpened(id, t0))
 			beat(t, tr, id, hb("h", 1, ""), t0)
@@ -401,7 +432,7 @@ func TestMaxNodes(t *testing.T) {
 	})
 
 	t.Run("eviction ties break on the smallest peer id", func(t *testing.T) {
-		tr := newTracker(t, Config{MaxNodes: 3, StartupGrace: -1})
+		tr := newTracker(t, fixed(Config{MaxNodes: 3, StartupGrace: -1}))
 		ids := []peer.ID{pid(10), pid(11), pid(12)}
 		for _, id := range ids {
 			beat(t, tr, id, hb("h", 1, ""), t0)
@@ -415,7 +446,7 @@ func TestMaxNodes(t *testing.T) {
 	})
 
 	t.Run("a Left node with an open stream is not evicted", func(t *testing.T) {
-		tr := newTracker(t, Config{MaxNodes: 1, StartupGrace: -1})
+		tr := newTracker(t, fixed(Config{MaxNodes: 1, StartupGrace: -1}))
 		beat(t, tr, a, hb("h", 1, ""), t0)
 		tr.StreamEnded(a, true, t0)
 		require.NoError(t, tr.StreamOpened(a, t0.Add(time.Second))) // reconnected, first line pending
@@ -487,7 +518,7 @@ func TestConsensus(t *testing.T) {
 func TestSweepMatchesModel(t *testing.T) {
 	for seed := range uint64(10) {
 		rng := rand.New(rand.NewPCG(seed, 1))
-		tr := newTracker(t, Config{ExpectedPeriod: time.Second, StartupGrace: 5 * time.Second})
+		tr := newTracker(t, fixed(Config{ExpectedPeriod: time.Second, StartupGrace: 5 * time.Second}))
 		type rec struct {
 			last  time.Time
 			state State
@@ -610,7 +641,7 @@ func TestConcurrent(t *testing.T) {
 		perW    = 2000
 		peers   = 64
 	)
-	tr := newTracker(t, Config{MaxNodes: peers, StartupGrace: -1})
+	tr := newTracker(t, fixed(Config{MaxNodes: peers, StartupGrace: -1}))
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
@@ -658,7 +689,7 @@ func TestConcurrent(t *testing.T) {
 // keep the count exact.
 func TestConcurrentAdmission(t *testing.T) {
 	const max = 50
-	tr := newTracker(t, Config{MaxNodes: max, StartupGrace: -1})
+	tr := newTracker(t, fixed(Config{MaxNodes: max, StartupGrace: -1}))
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Go(func() {
@@ -684,7 +715,7 @@ func TestConcurrentAdmission(t *testing.T) {
 	require.Len(t, tr.Nodes(nil), max)
 	sum := tr.Summary()
 	require.Equal(t, max, sum.Nodes)
-	require.Equal(t, int64(sum.ByState[Left]), tr.left.Load())
+	require.Equal(t, int64(sum.ByState[Left]), tr.inState[Left].Load())
 }
 
 // rel agrees with time.Time.Sub with and without monotonic readings, across

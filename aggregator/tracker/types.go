@@ -18,13 +18,13 @@ const (
 	// A Joining node holds a MaxNodes slot but is in no consensus count, and
 	// it is forgotten when its last stream ends without a heartbeat.
 	Joining State = iota
-	// Up: beating; silent for at most SuspectAfter.
+	// Up: beating; silent for at most its Suspect threshold (SuspectAfter
+	// scaled to the node's own period, or its reconnect allowance).
 	Up
-	// Suspect: silent for strictly longer than SuspectAfter (default 2x
-	// ExpectedPeriod).
+	// Suspect: silent for strictly longer than its Suspect threshold.
 	Suspect
-	// Down: silent for strictly longer than DownAfter (default 5x
-	// ExpectedPeriod).
+	// Down: silent for strictly longer than its Down threshold (DownAfter
+	// scaled to the node's own period), and the tracker is not disrupted.
 	Down
 	// Left: its last stream ended with a graceful EOF: it left on purpose,
 	// which is not an alert.
@@ -131,6 +131,17 @@ type Node struct {
 	State State
 	// Stream is the state of the node's stream(s).
 	Stream StreamState
+	// Period is the node's beat period as the tracker estimates it: the
+	// upper median of its last intervals between heartbeats on one stream,
+	// clamped to [Config.MinPeriod, Config.MaxPeriod]; Config.MaxPeriod
+	// until a first interval is measured. Its Suspect and Down thresholds
+	// are SuspectAfter and DownAfter scaled by Period/ExpectedPeriod.
+	Period time.Duration
+	// DuplicateIdentity is true while the node's streams keep superseding
+	// each other (more than Config.DuplicateThreshold within
+	// Config.DuplicateWindow): two senders share its key. It clears after a
+	// whole DuplicateWindow without a supersede.
+	DuplicateIdentity bool
 }
 
 // Summary is the aggregate view computed in one O(n) pass over all nodes.
@@ -154,4 +165,11 @@ type Summary struct {
 	InConsensus int
 	// InDispute is the number of Up nodes not in the consensus group.
 	InDispute int
+	// Disrupted is true while the tracker is in disrupted mode (see the
+	// package documentation): no node turns Down. DisruptedSince is when
+	// the mode began; the zero time when not disrupted.
+	Disrupted      bool
+	DisruptedSince time.Time
+	// DuplicateIdentity is the number of nodes flagged DuplicateIdentity.
+	DuplicateIdentity int
 }
