@@ -139,10 +139,16 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 	} else {
 		o.logger = o.logger.Named("heartbeat")
 	}
+	// Every line names this node (peer_id, nickname) and the aggregator
+	// (target): docs/logging.md has the key scheme.
+	ids := []any{"target", s.target.ID.String(), "nickname", s.nickname}
+	if h != nil {
+		ids = append(ids, "peer_id", h.ID().String())
+	}
 	return &Service{
 		cfg:     s,
 		opts:    o,
-		log:     o.logger.Named(o.name).With("target", s.target.ID.String()),
+		log:     o.logger.Named(o.name).With(ids...),
 		dialer:  o.dialer,
 		head:    head,
 		machine: machine,

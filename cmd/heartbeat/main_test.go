@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -36,6 +40,9 @@ type process struct {
 	stdout chan string
 	stderr chan string
 	exited chan error
+
+	mu        sync.Mutex
+	stderrAll []string // every stderr line, also those waitLine skipped
 }
 
 func start(t *testing.T, bin string, args ...string) *process {
@@ -46,7 +53,12 @@ func start(t *testing.T, bin string, args ...string) *process {
 	errp, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	p := &process{cmd: cmd, stdout: lines(out), stderr: lines(errp), exited: make(chan error, 1)}
+	p := &process{cmd: cmd, stdout: lines(out, nil), exited: make(chan error, 1)}
+	p.stderr = lines(errp, func(l string) {
+		p.mu.Lock()
+		p.stderrAll = append(p.stderrAll, l)
+		p.mu.Unlock()
+	})
 	go func() { p.exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
@@ -56,16 +68,37 @@ func start(t *testing.T, bin string, args ...string) *process {
 	return p
 }
 
-func lines(r io.Reader) chan string {
+func lines(r io.Reader, record func(string)) chan string {
 	ch := make(chan string, 4096)
 	go func() {
 		defer close(ch)
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
+			if record != nil {
+				record(sc.Text())
+			}
 			ch <- sc.Text()
 		}
 	}()
 	return ch
+}
+
+// allStderr waits for stderr to end and returns every line it had.
+func (p *process) allStderr(t *testing.T) []string {
+	t.Helper()
+	deadline := time.After(guard)
+	for {
+		select {
+		case _, ok := <-p.stderr:
+			if !ok {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				return p.stderrAll
+			}
+		case <-deadline:
+			t.Fatal("stderr did not end")
+		}
+	}
 }
 
 // waitLine returns the first line from ch that contains every want.
@@ -112,11 +145,13 @@ func TestAggregateAndBeatProcesses(t *testing.T) {
 		"--key", key, "--expected-period", "1s", "--log-json")
 	target := strings.Fields(waitLine(t, agg.stdout, "aggregator /ip4/127.0.0.1/tcp/", "/p2p/"))[1]
 	url := strings.Fields(waitLine(t, agg.stdout, "http", "http://127.0.0.1:"))[1]
+	// The ready-to-paste line names the same aggregator.
+	require.Equal(t, "heartbeat beat --target "+target+" --beat-period 1s", strings.TrimSpace(waitLine(t, agg.stdout, "heartbeat beat --target")))
 	st, err := os.Stat(key)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
 
-	beat := start(t, bin, "beat", "--target", target, "--nickname", "cli-node", "--beat-period", "200ms", "--reconnect-period", "500ms")
+	beat := start(t, bin, "beat", "--target", target, "--nickname", "cli-node", "--beat-period", "200ms", "--reconnect-period", "500ms", "--log-json", "--log-level", "debug")
 	waitLine(t, agg.stderr, `"node state changed"`, `"nickname":"cli-node"`, `"to":"up"`)
 
 	resp, err := http.Get(url + "/api/nodes")
@@ -132,25 +167,113 @@ func TestAggregateAndBeatProcesses(t *testing.T) {
 
 	beat.stop(t)
 	agg.stop(t)
+	// With --log-json every line is JSON, and each sender line names its
+	// own node and the aggregator.
+	for _, p := range []*process{agg, beat} {
+		all := p.allStderr(t)
+		require.NotEmpty(t, all)
+		for _, l := range all {
+			var m map[string]any
+			require.NoError(t, json.Unmarshal([]byte(l), &m), "not JSON: %s", l)
+			if p == beat {
+				require.Equal(t, "cli-node", m["nickname"], l)
+				require.NotEmpty(t, m["peer_id"], l)
+				require.Equal(t, target[strings.LastIndex(target, "/")+1:], m["target"], l)
+			}
+		}
+	}
 }
 
-func TestBadFlagsExitWithUsage(t *testing.T) {
+// exitRow is a row of the exit-code table in docs/cli.md.
+type exitRow struct {
+	code    int
+	args    []string
+	sigterm bool   // "then SIGTERM": wait for the aggregator line, then stop it
+	stderr  string // the text stderr must contain
+}
+
+var rowRE = regexp.MustCompile("^\\| ([0-9]) \\| [^|]+ \\| `heartbeat ?([^`]*)`([^|]*)\\| (?:`(.*)`)? ?\\|$")
+
+// exitRows reads the exit-code table of docs/cli.md.
+func exitRows(t *testing.T) []exitRow {
+	t.Helper()
+	b, err := os.ReadFile("../../docs/cli.md")
+	require.NoError(t, err)
+	doc := string(b)
+	start := strings.Index(doc, "## Exit codes and signals")
+	require.GreaterOrEqual(t, start, 0)
+	var rows []exitRow
+	for _, line := range strings.Split(doc[start:], "\n")[1:] {
+		if strings.HasPrefix(line, "## ") {
+			break
+		}
+		if !strings.HasPrefix(line, "| 0") && !strings.HasPrefix(line, "| 1") && !strings.HasPrefix(line, "| 2") {
+			continue
+		}
+		m := rowRE.FindStringSubmatch(line)
+		require.NotNil(t, m, "a row of the exit-code table that the test cannot read: %s", line)
+		code, _ := strconv.Atoi(m[1])
+		rows = append(rows, exitRow{code: code, args: strings.Fields(m[2]), sigterm: strings.Contains(m[3], "SIGTERM"), stderr: m[4]})
+	}
+	return rows
+}
+
+// TestExitCodes runs every row of the exit-code table in docs/cli.md
+// against the built binary: the exit code, where the text went, and what
+// stderr says.
+func TestExitCodes(t *testing.T) {
+	rows := exitRows(t)
+	require.GreaterOrEqual(t, len(rows), 20)
+	codes := map[int]int{}
+	for _, r := range rows {
+		codes[r.code]++
+	}
+	require.Positive(t, codes[0])
+	require.Positive(t, codes[1])
+	require.Positive(t, codes[2])
+
 	bin := buildBinary(t)
-	for _, args := range [][]string{
-		{},
-		{"nope"},
-		{"beat"},
-		{"beat", "--target", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu", "--beat-period", "soon"},
-		{"aggregate", "--no-such-flag"},
-		{"aggregate", "--allow", "not-a-peer-id"},
-		{"diagram", "--format", "png"},
-		{"demo", "--duration", "1s"},
-	} {
+	// A port in use, for the PORT placeholder.
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	port := strconv.Itoa(taken.Addr().(*net.TCPAddr).Port)
+
+	for _, r := range rows {
+		args := make([]string, len(r.args))
+		for i, a := range r.args {
+			args[i] = strings.ReplaceAll(a, "PORT", port)
+		}
+		name := strings.Join(append([]string{"heartbeat"}, args...), " ")
+		if r.sigterm {
+			p := start(t, bin, args...)
+			waitLine(t, p.stdout, "aggregator /ip4/127.0.0.1/tcp/")
+			p.stop(t)
+			continue
+		}
 		cmd := exec.Command(bin, args...)
-		out, err := cmd.CombinedOutput()
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := 0
 		var exit *exec.ExitError
-		require.True(t, errors.As(err, &exit), "%v: %s", args, out)
-		require.Equal(t, 2, exit.ExitCode(), "%v: %s", args, out)
-		require.Contains(t, string(out), "usage", "%v", args)
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else {
+			require.NoError(t, err, name)
+		}
+		require.Equal(t, r.code, code, "%s\nstdout: %s\nstderr: %s", name, stdout.String(), stderr.String())
+		require.Contains(t, stderr.String(), r.stderr, name)
+		switch r.code {
+		case 0:
+			require.NotEmpty(t, stdout.String(), "%s: help and version go to stdout", name)
+			require.Empty(t, stderr.String(), name)
+		case 2:
+			require.Empty(t, stdout.String(), "%s: misuse goes to stderr", name)
+			require.NotContains(t, stderr.String(), "source=", "%s: no framework log lines", name)
+			if len(args) > 0 {
+				require.Equal(t, 2, strings.Count(stderr.String(), "\n"), "%s: the error and a hint, nothing else", name)
+			}
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -14,7 +15,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/internal/keyfile"
@@ -51,11 +54,26 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
+	// The HTTP port first: a port in use fails the start before the
+	// aggregator logs that it started.
+	var ln net.Listener
+	if s.http != "" {
+		if ln, err = net.Listen("tcp", s.http); err != nil {
+			return nil, fmt.Errorf("http listen %s: %w", s.http, err)
+		}
+	}
+	closeLn := func() {
+		if ln != nil {
+			ln.Close()
+		}
+	}
 	h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(s.key), libp2p.ListenAddrStrings(s.listen)}, hostOpts...)...)
 	if err != nil {
+		closeLn()
 		return nil, fmt.Errorf("libp2p host on %s: %w", s.listen, err)
 	}
 	if len(h.Addrs()) == 0 {
+		closeLn()
 		h.Close()
 		return nil, fmt.Errorf("libp2p host on %s: no listen address", s.listen)
 	}
@@ -65,16 +83,12 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	}
 	agg, err := aggregator.New(h, s.cfg, opts...)
 	if err != nil {
+		closeLn()
 		h.Close()
 		return nil, usageError("%v", err)
 	}
 	r := &runningAggregator{host: h, agg: agg, served: make(chan error, 1)}
-	if s.http != "" {
-		ln, err := net.Listen("tcp", s.http)
-		if err != nil {
-			r.stop()
-			return nil, fmt.Errorf("http listen %s: %w", s.http, err)
-		}
+	if ln != nil {
 		r.httpURL = "http://" + ln.Addr().String()
 		r.http = api.NewServer(s.http, api.NewHandler(agg.Tracker(), agg.Registry(), time.Now))
 		go func() { r.served <- r.http.Serve(ln) }()
@@ -100,25 +114,38 @@ func (r *runningAggregator) stop() error {
 
 func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
-		"       [--expected-period D] [--max-line-bytes N] [--idle-timeout D] [--beat-log] [--log-level L] [--log-json]", stderr)
-	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP address for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one)")
+		"       [--expected-period D] [--max-line-bytes N] [--idle-timeout D] [--beat-log] [--log-level L] [--log-json]")
+	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
 	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
 	maxLine := fs.Int("max-line-bytes", aggregator.DefaultMaxLineBytes, "longest heartbeat line accepted; a longer one resets that stream")
 	idle := fs.Duration("idle-timeout", aggregator.DefaultIdleTimeout, "reset a stream on which no complete line arrived for this long")
-	period := fs.Duration("expected-period", 3*time.Second, "the senders' beat period: silence over 2x is Suspect, over 5x Down")
+	period := fs.Duration("expected-period", heartbeat.DefaultBeatPeriod, "the senders' beat period: silence over 2x is Suspect, over 5x Down")
 	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
 	var allow listFlag
 	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
 	var lf logFlags
 	lf.register(fs, "info")
-	if err := parse(fs, args); err != nil {
+	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
-	log, err := lf.logger("heartbeat", stderr)
-	if err != nil {
+	if err := checkListen(*listen); err != nil {
 		return err
+	}
+	if err := checkHTTP(*httpAddr); err != nil {
+		return err
+	}
+	for _, err := range []error{positive("expected-period", *period), positive("idle-timeout", *idle)} {
+		if err != nil {
+			return err
+		}
+	}
+	if *maxNodes <= 0 {
+		return usageError("--max-nodes %d: want at least 1", *maxNodes)
+	}
+	if *maxLine <= 0 {
+		return usageError("--max-line-bytes %d: want a positive size", *maxLine)
 	}
 	var allowed []peer.ID
 	for _, s := range allow {
@@ -127,6 +154,10 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return usageError("--allow %q: %v", s, err)
 		}
 		allowed = append(allowed, id)
+	}
+	log, err := lf.logger("heartbeat", stderr)
+	if err != nil {
+		return err
 	}
 	key, err := loadKey(*keyPath)
 	if err != nil {
@@ -146,6 +177,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if r.httpURL != "" {
 		fmt.Fprintf(stdout, "http      %s\n", r.httpURL)
 	}
+	fmt.Fprintf(stdout, "run a sender with:\n  heartbeat beat --target %s --beat-period %s\n", r.dialable(), *period)
 	select {
 	case <-ctx.Done():
 	case err := <-r.served:
@@ -153,6 +185,46 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	log.Info("shutting down")
 	return r.stop()
+}
+
+// checkListen accepts a TCP multiaddr without a peer id: the aggregator
+// listens on TCP (the transport legacy senders dial), and its peer id comes
+// from --key.
+func checkListen(s string) error {
+	a, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return usageError("--listen %q: %v", s, err)
+	}
+	hasTCP := false
+	for _, c := range a {
+		switch c.Protocol().Code {
+		case ma.P_TCP:
+			hasTCP = true
+		case ma.P_P2P:
+			return usageError("--listen %q: leave out /p2p/: the peer id comes from --key", s)
+		case ma.P_UDP:
+			return usageError("--listen %q: want a TCP address such as /ip4/0.0.0.0/tcp/4001 (senders dial TCP)", s)
+		}
+	}
+	if !hasTCP {
+		return usageError("--listen %q: want a TCP address such as /ip4/0.0.0.0/tcp/4001", s)
+	}
+	return nil
+}
+
+// checkHTTP accepts "" (no HTTP server) or host:port with a numeric port.
+func checkHTTP(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return usageError("--http %q: want host:port such as 127.0.0.1:8080: %v", s, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return usageError("--http %q: want a port number from 0 to 65535, got %q", s, port)
+	}
+	return nil
 }
 
 // loadKey reads or creates the key file, or makes a fresh key without one.

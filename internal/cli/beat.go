@@ -15,26 +15,30 @@ import (
 )
 
 func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("beat", "--target MULTIADDR [--nickname N] [--beat-period D] [--reconnect-period D] [--key FILE] [--log-level L] [--log-json]", stderr)
+	fs := newFlagSet("beat", "--target MULTIADDR [--nickname N] [--beat-period D] [--reconnect-period D] [--key FILE] [--log-level L] [--log-json]")
 	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required)")
 	nickname := fs.String("nickname", "", "the node's nickname in the aggregator's views")
-	beatPeriod := fs.String("beat-period", heartbeat.DefaultBeatPeriod.String(), "time between heartbeats")
-	reconnectPeriod := fs.String("reconnect-period", heartbeat.DefaultReconnectPeriod.String(), "time between connection attempts")
+	beatPeriod := fs.Duration("beat-period", heartbeat.DefaultBeatPeriod, "time between heartbeats")
+	reconnectPeriod := fs.Duration("reconnect-period", heartbeat.DefaultReconnectPeriod, "time between connection attempts (±20% jitter)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
 	var lf logFlags
 	lf.register(fs, "info")
-	if err := parse(fs, args); err != nil {
+	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
 	if *target == "" {
-		fs.Usage()
 		return usageError("--target is required")
+	}
+	for _, err := range []error{positive("beat-period", *beatPeriod), positive("reconnect-period", *reconnectPeriod)} {
+		if err != nil {
+			return err
+		}
 	}
 	log, err := lf.logger("beat", stderr)
 	if err != nil {
 		return err
 	}
-	cfg := heartbeat.Config{BeatTarget: *target, BeatPeriod: *beatPeriod, ReconnectPeriod: *reconnectPeriod, Nickname: *nickname}
+	cfg := heartbeat.Config{BeatTarget: *target, BeatPeriod: beatPeriod.String(), ReconnectPeriod: reconnectPeriod.String(), Nickname: *nickname}
 
 	opts := []libp2p.Option{libp2p.NoListenAddrs}
 	if *keyPath != "" {
@@ -62,16 +66,8 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return nil
 }
 
-// newSender builds a Service that logs its state transitions at INFO.
+// newSender builds the Service of a beat process. The Service logs its
+// state changes itself (at DEBUG), so the command adds no line of its own.
 func newSender(h host.Host, cfg heartbeat.Config, chain syntheticChain, log hclog.Logger, opts ...heartbeat.Option) (*heartbeat.Service, error) {
-	named := log.Named("heartbeat").Named("primary")
-	opts = append([]heartbeat.Option{
-		heartbeat.WithLogger(log),
-		heartbeat.WithObserver(func(o heartbeat.Observation) {
-			if o.From != o.To {
-				named.Info("state", "from", o.From.String(), "to", o.To.String(), "attempt", o.Event.Attempt)
-			}
-		}),
-	}, opts...)
-	return heartbeat.New(h, cfg, chain.head, opts...)
+	return heartbeat.New(h, cfg, chain.head, append([]heartbeat.Option{heartbeat.WithLogger(log)}, opts...)...)
 }

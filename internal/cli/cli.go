@@ -8,16 +8,19 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"runtime"
+	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
 
-// Exit codes.
+// Exit codes (docs/cli.md has the table).
 const (
 	exitOK    = 0
-	exitError = 1
-	exitUsage = 2
+	exitError = 1 // a runtime failure: a port in use, an unreadable key file
+	exitUsage = 2 // a usage error: bad command, flag or flag value
 )
 
 type command struct {
@@ -33,45 +36,71 @@ func commands() []command {
 		{"beat", "run a sender with a synthetic chain", runBeat},
 		{"sim", "run the deterministic many-node simulation (see docs/simulation.md)", runSim},
 		{"diagram", "print the sender's state diagram (Mermaid or DOT)", runDiagram},
+		{"version", "print the module version", runVersion},
 	}
 }
 
-// errUsage marks an error the user made on the command line: exit code 2.
-var errUsage = errors.New("usage")
+// usageErr is an error the user made on the command line: exit code 2.
+type usageErr struct{ err error }
 
-// usageError wraps err so that Main exits with 2 after printing it.
+func (e *usageErr) Error() string { return e.err.Error() }
+func (e *usageErr) Unwrap() error { return e.err }
+
+// usageError makes a usage error, formatted as fmt.Errorf.
 func usageError(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{errUsage}, args...)...)
+	return &usageErr{fmt.Errorf(format, args...)}
 }
 
 // Main runs the command named by args[0] and returns the process exit code.
+// Help goes to stdout (exit 0); misuse goes to stderr (exit 2).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		printUsage(stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help":
+		printUsage(stdout)
 		return exitOK
-	}
-	for _, c := range commands() {
-		if c.name != args[0] {
-			continue
-		}
-		err := c.run(ctx, args[1:], stdout, stderr)
-		switch {
-		case err == nil, errors.Is(err, flag.ErrHelp):
+	case "-version", "--version":
+		args = []string{"version"}
+	case "help":
+		if len(args) == 1 {
+			printUsage(stdout)
 			return exitOK
-		case errors.Is(err, errUsage):
-			fmt.Fprintf(stderr, "heartbeat %s: %v\n", c.name, err)
+		}
+		if len(args) > 2 {
+			fmt.Fprintf(stderr, "heartbeat help: want one command, got %q\n", args[1:])
 			return exitUsage
-		default:
-			fmt.Fprintf(stderr, "heartbeat %s: %v\n", c.name, err)
-			return exitError
+		}
+		args = []string{args[1], "-h"}
+	}
+	c, ok := lookup(args[0])
+	if !ok {
+		fmt.Fprintf(stderr, "heartbeat: unknown command %q\nRun 'heartbeat help' for the commands.\n", args[0])
+		return exitUsage
+	}
+	err := c.run(ctx, args[1:], stdout, stderr)
+	var usage *usageErr
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return exitOK
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "heartbeat %s: %v\nRun 'heartbeat help %s' for usage.\n", c.name, err, c.name)
+		return exitUsage
+	default:
+		fmt.Fprintf(stderr, "heartbeat %s: %v\n", c.name, err)
+		return exitError
+	}
+}
+
+func lookup(name string) (command, bool) {
+	for _, c := range commands() {
+		if c.name == name {
+			return c, true
 		}
 	}
-	fmt.Fprintf(stderr, "heartbeat: unknown command %q\n\n", args[0])
-	printUsage(stderr)
-	return exitUsage
+	return command{}, false
 }
 
 func printUsage(w io.Writer) {
@@ -82,31 +111,78 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'heartbeat <command> -h' for a command's flags.")
+	fmt.Fprintln(w, "Run 'heartbeat help <command>' for a command's flags, 'heartbeat --version' for the version.")
 }
 
-// newFlagSet returns a flag set that reports errors instead of exiting.
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// version is the module version and VCS revision of this binary, from its
+// build information: a tag such as v1.2.0 after `go install …@v1.2.0`, a
+// pseudo-version or "(devel)" for a build from a checkout.
+func version() string {
+	v := "(unknown)"
+	var rev, dirty string
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v = bi.Main.Version
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				if s.Value == "true" {
+					dirty = "+modified"
+				}
+			}
+		}
+	}
+	s := "heartbeat " + v
+	if rev != "" && !strings.Contains(v, rev[:min(12, len(rev))]) {
+		s += " " + rev[:min(12, len(rev))] + dirty
+	}
+	return fmt.Sprintf("%s %s %s/%s", s, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
+	fs := newFlagSet("version", "")
+	if err := parse(fs, args, stdout); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintln(stdout, version())
+	return err
+}
+
+// newFlagSet returns a flag set that reports errors instead of exiting or
+// printing: parse prints the help, and Main the error.
+func newFlagSet(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: heartbeat %s %s\n\nflags:\n", name, synopsis)
+		fmt.Fprintf(fs.Output(), "usage: heartbeat %s %s\n\nflags:\n", name, synopsis)
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
-// parse parses args, turning a bad flag or a stray argument into a usage error.
-func parse(fs *flag.FlagSet, args []string) error {
+// parse parses args. -h or --help prints the help to stdout and returns
+// flag.ErrHelp; a bad flag, a bad value or a stray argument is a usage error.
+func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
 			return err
 		}
-		return usageError("%v", err)
+		return &usageErr{err}
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
 		return usageError("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// positive checks that a duration flag is above zero: a zero would
+// otherwise silently mean "the default" further down.
+func positive(name string, d time.Duration) error {
+	if d <= 0 {
+		return usageError("--%s %s: want a positive duration such as 3s", name, d)
 	}
 	return nil
 }
@@ -119,15 +195,19 @@ type logFlags struct {
 
 func (l *logFlags) register(fs *flag.FlagSet, def string) {
 	fs.StringVar(&l.level, "log-level", def, "log level: trace, debug, info, warn, error")
-	fs.BoolVar(&l.json, "log-json", false, "log JSON lines (for Loki, Elasticsearch)")
+	fs.BoolVar(&l.json, "log-json", false, "log JSON lines (for Loki, Elasticsearch); go-libp2p's lines too")
 }
 
+// logger builds the command's logger, and routes go-libp2p's own log
+// records through it, so that every line has one format.
 func (l *logFlags) logger(name string, w io.Writer) (hclog.Logger, error) {
 	level := hclog.LevelFromString(l.level)
 	if level == hclog.NoLevel {
 		return nil, usageError("--log-level %q: want one of trace, debug, info, warn, error", l.level)
 	}
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, JSONFormat: l.json, Output: w}), nil
+	log := hclog.New(&hclog.LoggerOptions{Name: name, Level: level, JSONFormat: l.json, Output: w})
+	routeLibp2pLogs(log)
+	return log, nil
 }
 
 // listFlag collects a repeatable flag.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"regexp"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,17 +36,95 @@ func TestDiagram(t *testing.T) {
 	require.Contains(t, errs, "mermaid or dot")
 }
 
-func TestUsage(t *testing.T) {
-	code, _, errs := run(t)
-	require.Equal(t, 2, code)
-	for _, c := range commands() {
-		require.Contains(t, errs, c.name)
+// Help goes to stdout with exit 0; misuse goes to stderr with exit 2.
+func TestHelpGoesToStdout(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}} {
+		code, out, errs := run(t, args...)
+		require.Equal(t, 0, code, args)
+		require.Empty(t, errs, args)
+		for _, c := range commands() {
+			require.Contains(t, out, "  "+c.name+" ", args)
+		}
 	}
-	code, _, _ = run(t, "help")
-	require.Equal(t, 0, code)
-	code, _, errs = run(t, "beat", "-h")
-	require.Equal(t, 0, code)
-	require.Contains(t, errs, "--target")
+	for _, c := range commands() {
+		code, viaHelp, errs := run(t, "help", c.name)
+		require.Equal(t, 0, code, c.name)
+		require.Empty(t, errs, c.name)
+		require.True(t, strings.HasPrefix(viaHelp, "usage: heartbeat "+c.name), viaHelp)
+		code, viaFlag, _ := run(t, c.name, "--help")
+		require.Equal(t, 0, code, c.name)
+		require.Equal(t, viaHelp, viaFlag, "heartbeat help %s is %s --help", c.name, c.name)
+	}
+	code, out, errs := run(t)
+	require.Equal(t, 2, code)
+	require.Empty(t, out)
+	require.Contains(t, errs, "usage: heartbeat <command>")
+	code, out, errs = run(t, "help", "nope")
+	require.Equal(t, 2, code)
+	require.Empty(t, out)
+	require.Contains(t, errs, `unknown command "nope"`)
+}
+
+func TestVersion(t *testing.T) {
+	bi, ok := debug.ReadBuildInfo()
+	require.True(t, ok)
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}} {
+		code, out, errs := run(t, args...)
+		require.Equal(t, 0, code, args)
+		require.Empty(t, errs)
+		require.True(t, strings.HasPrefix(out, "heartbeat "+bi.Main.Version+" "), out)
+		require.Contains(t, out, runtime.Version())
+	}
+}
+
+// Every usage error exits 2 with one error line naming the flag, and a
+// hint; none is silently replaced by a default.
+func TestUsageErrors(t *testing.T) {
+	const target = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu"
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"beat", "--target", target, "--beat-period", "0s"}, "--beat-period 0s: want a positive duration"},
+		{[]string{"beat", "--target", target, "--reconnect-period", "-1s"}, "--reconnect-period -1s"},
+		{[]string{"beat", "--target", target, "--reconnect-period", "10"}, `invalid value "10" for flag -reconnect-period`},
+		{[]string{"aggregate", "--idle-timeout", "0s"}, "--idle-timeout 0s"},
+		{[]string{"aggregate", "--max-nodes", "0"}, "--max-nodes 0"},
+		{[]string{"aggregate", "--max-line-bytes", "-1"}, "--max-line-bytes -1"},
+		{[]string{"aggregate", "--listen", "/dns4/localhost/udp/4001"}, "want a TCP address"},
+		{[]string{"aggregate", "--listen", "/ip4/127.0.0.1"}, "want a TCP address"},
+		{[]string{"aggregate", "--http", "127.0.0.1:http"}, "want a port number"},
+		{[]string{"demo", "--http", "nope"}, `--http "nope"`},
+		{[]string{"version", "extra"}, `unexpected argument "extra"`},
+	} {
+		code, out, errs := run(t, tc.args...)
+		require.Equal(t, 2, code, "%v: %s", tc.args, errs)
+		require.Empty(t, out, tc.args)
+		require.Contains(t, errs, tc.want, tc.args)
+		require.Equal(t, "heartbeat "+tc.args[0]+": ", errs[:len("heartbeat "+tc.args[0]+": ")])
+		require.Equal(t, 2, strings.Count(errs, "\n"), "the error and the hint: %s", errs)
+	}
+}
+
+// aggregate prints a ready-to-paste beat command, and stops with exit 0
+// when its context ends (SIGINT/SIGTERM in the binary).
+func TestAggregatePrintsBeatCommand(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--expected-period", "2s"}, &out, &errb)
+	}()
+	line := out.waitFor(t, "\n  heartbeat beat --target ")
+	cancel()
+	require.Equal(t, 0, <-done, errb.String())
+	m := regexp.MustCompile(`aggregator (\S+)\n`).FindStringSubmatch(out.String())
+	require.NotNil(t, m, out.String())
+	require.Equal(t, "  heartbeat beat --target "+m[1]+" --beat-period 2s", line)
+	// The pasted line parses: only the aggregator it names is missing.
+	code, _, errs := run(t, append(strings.Fields(line)[1:], "--help")...)
+	require.Equal(t, 0, code, errs)
 }
 
 // TestDemoShortRun runs the whole demo, shortened: the aggregator stops at
@@ -102,7 +182,7 @@ func TestSimIsReproducible(t *testing.T) {
 	code, _, errs := run(t, "sim", "--scenario", "no-such-scenario", "--duration", "10m")
 	require.Equal(t, 2, code)
 	require.Contains(t, errs, "no-such-scenario")
-	code, _, errs = run(t, "sim", "-h")
+	code, out, _ := run(t, "sim", "-h")
 	require.Equal(t, 0, code)
-	require.Contains(t, errs, "long-outage")
+	require.Contains(t, out, "long-outage")
 }

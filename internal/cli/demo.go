@@ -27,11 +27,14 @@ const (
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("demo", "[--duration D] [--http ADDR]", stderr)
+	fs := newFlagSet("demo", "[--duration D] [--http ADDR]")
 	duration := fs.Duration("duration", 40*time.Second,
 		"run length: the aggregator stops at 1/4 of it and comes back at 5/8; the run goes on at most 20s longer until every node is back")
 	httpAddr := fs.String("http", "127.0.0.1:0", "HTTP address of the aggregator's API (port 0 picks a free one)")
-	if err := parse(fs, args); err != nil {
+	if err := parse(fs, args, stdout); err != nil {
+		return err
+	}
+	if err := checkHTTP(*httpAddr); err != nil {
 		return err
 	}
 	if *duration < 4*time.Second {

@@ -8,9 +8,9 @@ import (
 )
 
 func runDiagram(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("diagram", "[--format mermaid|dot]", stderr)
+	fs := newFlagSet("diagram", "[--format mermaid|dot]")
 	format := fs.String("format", "mermaid", "mermaid or dot")
-	if err := parse(fs, args); err != nil {
+	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
 	switch *format {

@@ -18,14 +18,14 @@ func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, s := range sim.Scenarios() {
 		fmt.Fprintf(&names, "\n  %-20s %s", s.Name, s.Description)
 	}
-	fs := newFlagSet("sim", "--nodes N --duration D --seed S --scenario NAME [--trace FILE] [--csv FILE]\n\nscenarios:"+names.String(), stderr)
+	fs := newFlagSet("sim", "--nodes N --duration D --seed S --scenario NAME [--trace FILE] [--csv FILE]\n\nscenarios:"+names.String())
 	nodes := fs.Int("nodes", 1000, "simulated senders")
 	duration := fs.Duration("duration", time.Hour, "virtual time to simulate")
 	seed := fs.Uint64("seed", 1, "seed of every random choice: the same seed gives the same trace")
 	scenario := fs.String("scenario", "steady", "scenario name (see above)")
 	tracePath := fs.String("trace", "", "write the trace to this file")
 	csvPath := fs.String("csv", "", "write the per-state counts over time as CSV to this file")
-	if err := parse(fs, args); err != nil {
+	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
 	p := sim.Params{Nodes: *nodes, Duration: *duration, Seed: *seed, Scenario: *scenario}
