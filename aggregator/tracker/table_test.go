@@ -44,7 +44,7 @@ func TestTable(t *testing.T) {
 		to, ok := step(s, Forgotten)
 		require.True(t, ok)
 		require.Equal(t, Gone, to)
-		to, ok = step(s, Evicted)
+		_, ok = step(s, Evicted)
 		require.Equal(t, s == Left || s == Down, ok, "%v evictable", s)
 	}
 	_, ok := step(Up, Heartbeat)
