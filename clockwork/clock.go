@@ -4,6 +4,11 @@
 // with the test sync point that benbjohnson/clock's Mock lacks. (The
 // many-node simulation keeps its own virtual clock: see package sim.)
 //
+// It is not github.com/jonboulle/clockwork, which shares the name: that is a
+// separate clock library with its own Clock interface and FakeClock, and this
+// module does not use it. Ours is a thin layer over benbjohnson/clock's
+// Clock and Mock.
+//
 // # Why not the Mock's own timers
 //
 // benbjohnson/clock v1.3.5's Mock fires a timer by a blocking send on a

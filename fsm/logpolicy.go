@@ -10,25 +10,11 @@ type Level uint8
 
 // The levels, in hclog's order.
 const (
-	LevelDebug Level = iota + 1
-	LevelInfo
-	LevelWarn
-	LevelError
+	LevelDebug Level = iota + 1 // DEBUG
+	LevelInfo                   // INFO
+	LevelWarn                   // WARN
+	LevelError                  // ERROR
 )
-
-func (l Level) String() string {
-	switch l {
-	case LevelDebug:
-		return "DEBUG"
-	case LevelInfo:
-		return "INFO"
-	case LevelWarn:
-		return "WARN"
-	case LevelError:
-		return "ERROR"
-	}
-	return fmt.Sprintf("Level(%d)", uint8(l))
-}
 
 // LogKind says which message a log record carries.
 type LogKind uint8

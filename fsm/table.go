@@ -13,27 +13,19 @@ type Guard uint8
 // The guards.
 const (
 	// Always: lifecycle requests (Start, Stop).
-	Always Guard = iota
+	Always Guard = iota // always
 	// Awaited: the result or timer the machine is waiting for right now (the
 	// current attempt, an armed timer whose deadline has come).
-	Awaited
+	Awaited // awaited
 	// Stale: a result for an attempt the machine no longer waits for, or a
 	// timer that is not armed or not yet due. Such events change nothing.
-	Stale
+	Stale // stale
 	// WriteBusy: a beat came due while the previous write is still in flight.
-	WriteBusy
-
-	numGuards
+	WriteBusy // write busy
 )
 
-var guardNames = [numGuards]string{"always", "awaited", "stale", "write busy"}
-
-func (g Guard) String() string {
-	if g < numGuards {
-		return guardNames[g]
-	}
-	return fmt.Sprintf("Guard(%d)", uint8(g))
-}
+// numGuards counts the guards (an int, so that stringer does not name it).
+const numGuards = int(WriteBusy) + 1
 
 // Action names what a transition does besides changing state. The effects
 // each action produces are listed in docs/state-machine.md.
@@ -42,44 +34,33 @@ type Action uint8
 // The actions.
 const (
 	// Nothing: the event is acknowledged and dropped.
-	Nothing Action = iota
+	Nothing Action = iota // nothing
 	// OpenStream starts attempt n+1 and arms the dial deadline.
-	OpenStream
+	OpenStream // open stream
 	// BeginBeating logs a recovery, resets the failure count and sends the first heartbeat at once.
-	BeginBeating
+	BeginBeating // begin beating
 	// SendBeat writes a heartbeat and arms the write deadline and the next beat.
-	SendBeat
+	SendBeat // send beat
 	// SkipBeat logs that the previous write is still in flight and arms the next beat.
-	SkipBeat
+	SkipBeat // skip beat
 	// CountBeat records a written heartbeat and disarms the write deadline.
-	CountBeat
+	CountBeat // count beat
 	// ConnectFailed logs the failure by the WARN/DEBUG/ERROR policy and arms the retry.
-	ConnectFailed
+	ConnectFailed // connect failed
 	// AbandonDial cancels a dial that outlived its deadline, then as ConnectFailed.
-	AbandonDial
+	AbandonDial // abandon dial
 	// DropStream resets the stream after a failed or timed-out write, logs WARN and arms the retry.
-	DropStream
+	DropStream // drop stream
 	// RemoteEnded closes (orderly end) or resets (reset) the stream, logs it and arms the retry.
-	RemoteEnded
+	RemoteEnded // remote ended
 	// ResetStale resets the stream a stale dial brought back.
-	ResetStale
+	ResetStale // reset stale stream
 	// Shutdown releases whatever the state holds: the dial, the stream, the timers.
-	Shutdown
-
-	numActions
+	Shutdown // shut down
 )
 
-var actionNames = [numActions]string{
-	"nothing", "open stream", "begin beating", "send beat", "skip beat", "count beat",
-	"connect failed", "abandon dial", "drop stream", "remote ended", "reset stale stream", "shut down",
-}
-
-func (a Action) String() string {
-	if a < numActions {
-		return actionNames[a]
-	}
-	return fmt.Sprintf("Action(%d)", uint8(a))
-}
+// numActions counts the actions (an int, so that stringer does not name it).
+const numActions = int(Shutdown) + 1
 
 // Transition is one row of the table: in state From (or Any), event On under
 // guard When moves the machine to To (or Same) and performs Do.
@@ -159,7 +140,7 @@ func buildIndex(table []Transition) *rowIndex {
 			if (t.From == Any) != (pass == 1) {
 				continue
 			}
-			for s := State(0); s < numStates; s++ {
+			for s := range State(numStates) {
 				if t.From != Any && t.From != s {
 					continue
 				}
@@ -175,7 +156,7 @@ func buildIndex(table []Transition) *rowIndex {
 // Lookup returns the index in Table of the row that handles event under
 // guard in state, or false if there is none.
 func Lookup(state State, event EventKind, guard Guard) (int, bool) {
-	if state >= numStates || event >= numEvents || guard >= numGuards {
+	if int(state) >= numStates || int(event) >= numEvents || int(guard) >= numGuards {
 		return noRow, false
 	}
 	i := index[state][event][guard]
@@ -188,12 +169,12 @@ func Lookup(state State, event EventKind, guard Guard) (int, bool) {
 func ValidateTable(table []Transition) error {
 	ix := buildIndex(table)
 	for i, t := range table {
-		if (t.From >= numStates && t.From != Any) || t.On >= numEvents || t.When >= numGuards ||
-			(t.To >= numStates && t.To != Same) || t.Do >= numActions {
+		if (int(t.From) >= numStates && t.From != Any) || int(t.On) >= numEvents || int(t.When) >= numGuards ||
+			(int(t.To) >= numStates && t.To != Same) || int(t.Do) >= numActions {
 			return fmt.Errorf("fsm: row %d has a field out of range: %+v", i, t)
 		}
 		used := false
-		for s := State(0); s < numStates; s++ {
+		for s := range State(numStates) {
 			if int(ix[s][t.On][t.When]) == i {
 				used = true
 			}

@@ -6,6 +6,8 @@ import (
 	"time"
 )
 
+//go:generate go tool stringer -linecomment -type=State,EventKind,Timer,EffectKind,Guard,Action,Level
+
 // State is where the connection lifecycle stands.
 type State uint8
 
@@ -21,30 +23,18 @@ const (
 	Backoff
 	// Stopped is terminal: Stop was requested.
 	Stopped
-
-	numStates
 )
+
+// numStates counts the states. It is an int, not a State, so that stringer
+// does not name it.
+const numStates = int(Stopped) + 1
 
 // Any stands for every state in a transition's From. It only appears in the
 // table, never as a machine's state.
-const Any State = 255
+const Any State = 255 // *
 
 // Same as a transition's To means the machine stays in the state it was in.
-const Same State = 254
-
-var stateNames = [numStates]string{"Disconnected", "Connecting", "Beating", "Backoff", "Stopped"}
-
-func (s State) String() string {
-	switch {
-	case s < numStates:
-		return stateNames[s]
-	case s == Any:
-		return "*"
-	case s == Same:
-		return "(same)"
-	}
-	return fmt.Sprintf("State(%d)", uint8(s))
-}
+const Same State = 254 // (same)
 
 // States lists every state a machine can be in, in declaration order.
 func States() []State {
@@ -86,21 +76,10 @@ const (
 	DialTimedOut
 	// WriteTimedOut: the write deadline passed before the write ended.
 	WriteTimedOut
-
-	numEvents
 )
 
-var eventNames = [numEvents]string{
-	"Start", "Stop", "DialSucceeded", "DialFailed", "WriteSucceeded", "WriteFailed",
-	"RemoteClosed", "RemoteReset", "BeatDue", "RetryDue", "DialTimedOut", "WriteTimedOut",
-}
-
-func (k EventKind) String() string {
-	if k < numEvents {
-		return eventNames[k]
-	}
-	return fmt.Sprintf("EventKind(%d)", uint8(k))
-}
+// numEvents counts the event kinds (an int, so that stringer does not name it).
+const numEvents = int(WriteTimedOut) + 1
 
 // Events lists every event kind in declaration order.
 func Events() []EventKind {
@@ -128,28 +107,20 @@ type Timer uint8
 // The machine's timers.
 const (
 	// BeatTimer paces heartbeats while Beating.
-	BeatTimer Timer = iota
+	BeatTimer Timer = iota // beat
 	// RetryTimer ends a Backoff.
-	RetryTimer
+	RetryTimer // retry
 	// DialTimer bounds a dial, in the machine's (possibly virtual) time.
-	DialTimer
+	DialTimer // dial
 	// WriteTimer bounds a write, in the machine's (possibly virtual) time.
-	WriteTimer
-
-	numTimers
+	WriteTimer // write
 )
 
 // NumTimers is the number of timers, for shells that keep one slot per timer.
-const NumTimers = int(numTimers)
+const NumTimers = int(WriteTimer) + 1
 
-var timerNames = [numTimers]string{"beat", "retry", "dial", "write"}
-
-func (t Timer) String() string {
-	if t < numTimers {
-		return timerNames[t]
-	}
-	return fmt.Sprintf("Timer(%d)", uint8(t))
-}
+// numTimers is NumTimers for this package's own arrays.
+const numTimers = NumTimers
 
 // Event is the event kind reported when t fires.
 func (t Timer) Event() EventKind {
@@ -199,15 +170,6 @@ const (
 	// Transitioned reports that the state changed from Effect.From to Effect.To.
 	Transitioned
 )
-
-var effectNames = [...]string{"", "Dial", "CancelDial", "Send", "ResetStream", "CloseStream", "ArmTimer", "CancelTimer", "Log", "Transitioned"}
-
-func (k EffectKind) String() string {
-	if int(k) < len(effectNames) && k != 0 {
-		return effectNames[k]
-	}
-	return fmt.Sprintf("EffectKind(%d)", uint8(k))
-}
 
 // Effect is one command for the shell. Only the fields its Kind names are set.
 type Effect struct {
