@@ -97,6 +97,9 @@ func WithClock(c clockwork.Clock) Option { return func(o *options) { o.clock = c
 
 // WithRegistry sets the Prometheus registry the aggregator's metrics are
 // registered on (default: a new registry of its own, never the global one).
+// New also registers the Go and process collectors and
+// heartbeat_build_info there (metrics.RegisterProcess), unless the registry
+// already has them.
 func WithRegistry(r *prometheus.Registry) Option { return func(o *options) { o.reg = r } }
 
 // WithBeatLog logs every accepted heartbeat at INFO ("heartbeat", with
@@ -176,6 +179,9 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	cfg = cfg.withTracker(t.Config())
 	obs, err := metrics.New(o.reg, t)
 	if err != nil {
+		return nil, fmt.Errorf("aggregator: %w", err)
+	}
+	if err := metrics.RegisterProcess(o.reg); err != nil {
 		return nil, fmt.Errorf("aggregator: %w", err)
 	}
 	a := &Aggregator{
