@@ -144,6 +144,36 @@ type Aggregator struct {
 type liveStream struct {
 	s          network.Stream
 	superseded atomic.Bool
+
+	mu       sync.Mutex
+	draining bool // Close half-closed the stream and set the drain deadline
+}
+
+// SetReadDeadline arms the idle deadline for the line reader, unless Close
+// has set the drain deadline, which then stays.
+func (ls *liveStream) SetReadDeadline(t time.Time) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.draining {
+		return nil
+	}
+	return ls.s.SetReadDeadline(t)
+}
+
+// drain half-closes the stream (the sender reads EOF: an orderly end) and
+// gives the sender until deadline to close its side.
+func (ls *liveStream) drain(deadline time.Time) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.draining = true
+	_ = ls.s.CloseWrite()
+	_ = ls.s.SetReadDeadline(deadline)
+}
+
+func (ls *liveStream) isDraining() bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.draining
 }
 
 // New returns an aggregator for h. It validates cfg (the error names the
@@ -249,10 +279,15 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	}
 }
 
-// Close removes the stream handler, resets every live stream, waits for the
-// handlers and the sweeper to return, and leaves the tracker and the
-// registry readable. It is idempotent and safe to call concurrently: every
-// call returns after the shutdown has completed.
+// Close removes the stream handler and ends every live stream in order: it
+// half-closes each one (CloseWrite: the sender reads EOF, not a reset),
+// waits up to Config.CloseTimeout for the senders to close their side (a
+// legacy sender never does), then closes the streams (Close, never Reset),
+// so that the FINs are out before the embedder closes the host. It waits
+// for the handlers and the sweeper to return and leaves the tracker and
+// the registry readable; the nodes keep their states (a shutdown is not a
+// node leaving). It is idempotent and safe to call concurrently: every call
+// returns after the shutdown has completed.
 func (a *Aggregator) Close() error {
 	a.closeOnce.Do(func() {
 		a.h.RemoveStreamHandler(wire.ProtocolID)
@@ -267,8 +302,10 @@ func (a *Aggregator) Close() error {
 		}
 		a.mu.Unlock()
 		close(a.done)
+		// Wall clock: the deadline lives inside the transport.
+		deadline := time.Now().Add(a.cfg.CloseTimeout)
 		for _, ls := range live {
-			ls.s.Reset()
+			ls.drain(deadline)
 		}
 		a.wg.Wait()
 		<-a.sweepDone
@@ -292,7 +329,7 @@ func (a *Aggregator) enter() bool {
 // handleStream is the libp2p stream handler.
 func (a *Aggregator) handleStream(s network.Stream) {
 	if !a.enter() {
-		s.Reset()
+		s.Close() // shutting down: an orderly end, not a reset
 		return
 	}
 	defer a.wg.Done()
@@ -317,15 +354,17 @@ func (a *Aggregator) handleStream(s network.Stream) {
 
 	ls := &liveStream{s: s}
 	if !a.register(id, ls) {
-		s.Reset()
+		s.Close() // shutting down: an orderly end, not a reset
 		return
 	}
 	err := a.serve(id, s, ls)
 	a.unregister(id, ls)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.Reset()
 		return
 	}
+	// A clean EOF, or Close's drain (our FIN is out; the sender closed its
+	// side or ran out of time): close, never reset.
 	s.Close()
 }
 
@@ -382,7 +421,9 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 
 	bp := a.bufs.Get().(*[]byte)
 	lr := newLineReader(r, *bp, a.cfg.MaxLineBytes)
-	if dl, ok := r.(readDeadliner); ok {
+	if ls != nil {
+		lr.dl, lr.idle = ls, a.cfg.IdleTimeout
+	} else if dl, ok := r.(readDeadliner); ok {
 		lr.dl, lr.idle = dl, a.cfg.IdleTimeout
 	}
 	err = a.readLoop(id, lr)
@@ -390,6 +431,13 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 
 	how := metrics.ClosedEOF
 	switch {
+	case ls != nil && ls.isDraining():
+		// Ended by Close, whether the sender answered our half-close with
+		// its own (EOF), ran out of time or reset: not the node leaving.
+		if err == nil {
+			err = io.EOF
+		}
+		err, how = fmt.Errorf("%w: %w", ErrClosed, err), metrics.ClosedError
 	case err == nil:
 	case ls != nil && ls.superseded.Load():
 		err, how = ErrSuperseded, metrics.ClosedError // counted by register

@@ -23,6 +23,9 @@ const (
 	// DefaultRejectLogInterval is the per-peer interval between two logged
 	// rejections; the ones in between are counted, not logged.
 	DefaultRejectLogInterval = time.Minute
+	// DefaultCloseTimeout is how long Close waits for senders to answer its
+	// half-close: our sender answers within a round trip.
+	DefaultCloseTimeout = time.Second
 )
 
 // Limits on Config values that would make the aggregator useless or unsafe.
@@ -85,6 +88,10 @@ type Config struct {
 	// rejections of the same peer; rejections are always counted. Default
 	// one minute; negative logs every rejection.
 	RejectLogInterval time.Duration
+	// CloseTimeout is how long Close waits, after half-closing every stream
+	// (the senders read EOF), for the senders to close their side before it
+	// closes the streams anyway (a legacy sender never reads). Default 1 s.
+	CloseTimeout time.Duration
 }
 
 // withDefaults fills zero fields and validates, naming the bad field. The
@@ -124,6 +131,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RejectLogInterval == 0 {
 		c.RejectLogInterval = DefaultRejectLogInterval
+	}
+	if c.CloseTimeout < 0 {
+		return c, fmt.Errorf("aggregator: Config.CloseTimeout (%v) must not be negative", c.CloseTimeout)
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
 	}
 	return c, nil
 }
