@@ -39,6 +39,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pbeat/heartbeat/aggregator/api"
@@ -64,7 +65,8 @@ var (
 	ErrClosed = errors.New("aggregator closed")
 )
 
-// Option configures New.
+// Option configures New, and HostOptions: pass the same options to both
+// (WithLogger, WithClock and WithRegistry matter to the host too).
 type Option func(*options)
 
 type options struct {
@@ -74,6 +76,22 @@ type options struct {
 	beatLog bool
 	gater   *AllowGater
 	hooks   *hooks
+}
+
+// applyOptions applies opts over the defaults (no logger, the wall clock,
+// no registry: New makes one).
+func applyOptions(opts []Option) options {
+	o := options{log: hclog.NewNullLogger(), clock: clockwork.Real()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = hclog.NewNullLogger()
+	}
+	if o.clock == nil {
+		o.clock = clockwork.Real()
+	}
+	return o
 }
 
 // hooks let this package's tests wait for events instead of sleeping. nil
@@ -188,16 +206,7 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := options{log: hclog.NewNullLogger(), clock: clockwork.Real()}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.log == nil {
-		o.log = hclog.NewNullLogger()
-	}
-	if o.clock == nil {
-		o.clock = clockwork.Real()
-	}
+	o := applyOptions(opts)
 	if o.reg == nil {
 		o.reg = prometheus.NewRegistry()
 	}
@@ -214,6 +223,10 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	if err := metrics.RegisterProcess(o.reg); err != nil {
 		return nil, fmt.Errorf("aggregator: %w", err)
 	}
+	// go-libp2p's resource-manager metrics (refusals included: its
+	// libp2p_rcmgr_blocked_resources) are process-wide; expose them here
+	// even when the host registered them elsewhere.
+	rcmgr.MustRegisterWith(o.reg)
 	a := &Aggregator{
 		h:         h,
 		cfg:       cfg,
@@ -377,6 +390,11 @@ func (a *Aggregator) register(id peer.ID, ls *liveStream) bool {
 	}
 	old := a.streams[id]
 	a.streams[id] = ls
+	if old == nil {
+		// A peer with a heartbeat stream keeps its connection; the
+		// connection manager closes the others (HostOptions).
+		a.h.ConnManager().Protect(id, protectTag)
+	}
 	a.mu.Unlock()
 	if old != nil {
 		old.superseded.Store(true)
@@ -390,6 +408,7 @@ func (a *Aggregator) unregister(id peer.ID, ls *liveStream) {
 	a.mu.Lock()
 	if a.streams[id] == ls {
 		delete(a.streams, id)
+		a.h.ConnManager().Unprotect(id, protectTag)
 	}
 	a.mu.Unlock()
 }
