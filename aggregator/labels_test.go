@@ -86,3 +86,29 @@ func TestRegistryHasProcessMetrics(t *testing.T) {
 		require.True(t, names[want], want)
 	}
 }
+
+// One registry for the host (go-libp2p's metrics) and the aggregator: no
+// name clashes, and the scrape carries both.
+func TestOneRegistryForHostAndAggregator(t *testing.T) {
+	checkLeaks(t)
+	reg := prometheus.NewRegistry()
+	opts := []Option{WithRegistry(reg)}
+	hopts, err := HostOptions(Config{}, nil, opts...)
+	require.NoError(t, err)
+	a, err := New(newHost(t, hopts...), Config{}, opts...)
+	require.NoError(t, err)
+	defer a.Close()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var libp2p, ours int
+	for _, mf := range mfs {
+		switch {
+		case strings.HasPrefix(mf.GetName(), "libp2p_"):
+			libp2p++
+		case strings.HasPrefix(mf.GetName(), "heartbeat_"):
+			ours++
+		}
+	}
+	require.Positive(t, libp2p)
+	require.Positive(t, ours)
+}
