@@ -452,3 +452,27 @@ func recv[T any](t *testing.T, ch <-chan T) T {
 		panic("unreachable")
 	}
 }
+
+// A sender that half-closes its stream gets the aggregator's own close
+// (EOF), never a reset: 200 stops in a row on one connection, each counted
+// as a clean end.
+func TestHalfCloseAnsweredWithClose(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, Config{}, nil)
+	s := newSender(t)
+	const stops = 200
+	for i := range stops {
+		st := s.open(t, e)
+		encode(t, st, legacyHeartbeat{Head: "{ h }", Height: uint64(i)})
+		require.NoError(t, st.CloseWrite())
+		requireEOF(t, st)
+		require.NoError(t, e.rec.waitEnds(t, s.id(), i+1))
+		require.NoError(t, st.Close())
+	}
+	require.Equal(t, float64(stops), counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedEOF))
+	require.Zero(t, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedReset))
+	require.Zero(t, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedError))
+	n, _ := e.a.Tracker().Node(s.id())
+	require.Equal(t, tracker.Left, n.State)
+	require.Equal(t, uint64(stops), n.Beats)
+}

@@ -150,7 +150,7 @@ func HostOptions(cfg Config, g *AllowGater, opts ...Option) ([]libp2p.Option, er
 		func(c *libp2p.Config) error {
 			cm, err := basicconnmgr.NewConnManager(idleLowWater, idleLowWater,
 				basicconnmgr.WithGracePeriod(cfg.IdleTimeout),
-				basicconnmgr.WithSilencePeriod(cfg.IdleTimeout/4),
+				basicconnmgr.WithSilencePeriod(max(cfg.IdleTimeout/4, time.Millisecond)),
 				basicconnmgr.WithClock(o.clock))
 			if err != nil {
 				return fmt.Errorf("aggregator connection manager: %w", err)
