@@ -39,6 +39,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pbeat/heartbeat/aggregator/api"
@@ -64,7 +65,8 @@ var (
 	ErrClosed = errors.New("aggregator closed")
 )
 
-// Option configures New.
+// Option configures New, and HostOptions: pass the same options to both
+// (WithLogger, WithClock and WithRegistry matter to the host too).
 type Option func(*options)
 
 type options struct {
@@ -74,6 +76,22 @@ type options struct {
 	beatLog bool
 	gater   *AllowGater
 	hooks   *hooks
+}
+
+// applyOptions applies opts over the defaults (no logger, the wall clock,
+// no registry: New makes one).
+func applyOptions(opts []Option) options {
+	o := options{log: hclog.NewNullLogger(), clock: clockwork.Real()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.log == nil {
+		o.log = hclog.NewNullLogger()
+	}
+	if o.clock == nil {
+		o.clock = clockwork.Real()
+	}
+	return o
 }
 
 // hooks let this package's tests wait for events instead of sleeping. nil
@@ -97,6 +115,9 @@ func WithClock(c clockwork.Clock) Option { return func(o *options) { o.clock = c
 
 // WithRegistry sets the Prometheus registry the aggregator's metrics are
 // registered on (default: a new registry of its own, never the global one).
+// New also registers the Go and process collectors and
+// heartbeat_build_info there (metrics.RegisterProcess), unless the registry
+// already has them.
 func WithRegistry(r *prometheus.Registry) Option { return func(o *options) { o.reg = r } }
 
 // WithBeatLog logs every accepted heartbeat at INFO ("heartbeat", with
@@ -141,6 +162,36 @@ type Aggregator struct {
 type liveStream struct {
 	s          network.Stream
 	superseded atomic.Bool
+
+	mu       sync.Mutex
+	draining bool // Close half-closed the stream and set the drain deadline
+}
+
+// SetReadDeadline arms the idle deadline for the line reader, unless Close
+// has set the drain deadline, which then stays.
+func (ls *liveStream) SetReadDeadline(t time.Time) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.draining {
+		return nil
+	}
+	return ls.s.SetReadDeadline(t)
+}
+
+// drain half-closes the stream (the sender reads EOF: an orderly end) and
+// gives the sender until deadline to close its side.
+func (ls *liveStream) drain(deadline time.Time) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	ls.draining = true
+	_ = ls.s.CloseWrite()
+	_ = ls.s.SetReadDeadline(deadline)
+}
+
+func (ls *liveStream) isDraining() bool {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.draining
 }
 
 // New returns an aggregator for h. It validates cfg (the error names the
@@ -155,16 +206,7 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := options{log: hclog.NewNullLogger(), clock: clockwork.Real()}
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if o.log == nil {
-		o.log = hclog.NewNullLogger()
-	}
-	if o.clock == nil {
-		o.clock = clockwork.Real()
-	}
+	o := applyOptions(opts)
 	if o.reg == nil {
 		o.reg = prometheus.NewRegistry()
 	}
@@ -178,6 +220,13 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aggregator: %w", err)
 	}
+	if err := metrics.RegisterProcess(o.reg); err != nil {
+		return nil, fmt.Errorf("aggregator: %w", err)
+	}
+	// go-libp2p's resource-manager metrics (refusals included: its
+	// libp2p_rcmgr_blocked_resources) are process-wide; expose them here
+	// even when the host registered them elsewhere.
+	rcmgr.MustRegisterWith(o.reg)
 	a := &Aggregator{
 		h:         h,
 		cfg:       cfg,
@@ -243,10 +292,15 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	}
 }
 
-// Close removes the stream handler, resets every live stream, waits for the
-// handlers and the sweeper to return, and leaves the tracker and the
-// registry readable. It is idempotent and safe to call concurrently: every
-// call returns after the shutdown has completed.
+// Close removes the stream handler and ends every live stream in order: it
+// half-closes each one (CloseWrite: the sender reads EOF, not a reset),
+// waits up to Config.CloseTimeout for the senders to close their side (a
+// legacy sender never does), then closes the streams (Close, never Reset),
+// so that the FINs are out before the embedder closes the host. It waits
+// for the handlers and the sweeper to return and leaves the tracker and
+// the registry readable; the nodes keep their states (a shutdown is not a
+// node leaving). It is idempotent and safe to call concurrently: every call
+// returns after the shutdown has completed.
 func (a *Aggregator) Close() error {
 	a.closeOnce.Do(func() {
 		a.h.RemoveStreamHandler(wire.ProtocolID)
@@ -261,8 +315,10 @@ func (a *Aggregator) Close() error {
 		}
 		a.mu.Unlock()
 		close(a.done)
+		// Wall clock: the deadline lives inside the transport.
+		deadline := time.Now().Add(a.cfg.CloseTimeout)
 		for _, ls := range live {
-			ls.s.Reset()
+			ls.drain(deadline)
 		}
 		a.wg.Wait()
 		<-a.sweepDone
@@ -286,7 +342,7 @@ func (a *Aggregator) enter() bool {
 // handleStream is the libp2p stream handler.
 func (a *Aggregator) handleStream(s network.Stream) {
 	if !a.enter() {
-		s.Reset()
+		s.Close() // shutting down: an orderly end, not a reset
 		return
 	}
 	defer a.wg.Done()
@@ -311,15 +367,17 @@ func (a *Aggregator) handleStream(s network.Stream) {
 
 	ls := &liveStream{s: s}
 	if !a.register(id, ls) {
-		s.Reset()
+		s.Close() // shutting down: an orderly end, not a reset
 		return
 	}
 	err := a.serve(id, s, ls)
 	a.unregister(id, ls)
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrClosed) {
 		s.Reset()
 		return
 	}
+	// A clean EOF, or Close's drain (our FIN is out; the sender closed its
+	// side or ran out of time): close, never reset.
 	s.Close()
 }
 
@@ -332,6 +390,11 @@ func (a *Aggregator) register(id peer.ID, ls *liveStream) bool {
 	}
 	old := a.streams[id]
 	a.streams[id] = ls
+	if old == nil {
+		// A peer with a heartbeat stream keeps its connection; the
+		// connection manager closes the others (HostOptions).
+		a.h.ConnManager().Protect(id, protectTag)
+	}
 	a.mu.Unlock()
 	if old != nil {
 		old.superseded.Store(true)
@@ -345,6 +408,7 @@ func (a *Aggregator) unregister(id peer.ID, ls *liveStream) {
 	a.mu.Lock()
 	if a.streams[id] == ls {
 		delete(a.streams, id)
+		a.h.ConnManager().Unprotect(id, protectTag)
 	}
 	a.mu.Unlock()
 }
@@ -376,7 +440,9 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 
 	bp := a.bufs.Get().(*[]byte)
 	lr := newLineReader(r, *bp, a.cfg.MaxLineBytes)
-	if dl, ok := r.(readDeadliner); ok {
+	if ls != nil {
+		lr.dl, lr.idle = ls, a.cfg.IdleTimeout
+	} else if dl, ok := r.(readDeadliner); ok {
 		lr.dl, lr.idle = dl, a.cfg.IdleTimeout
 	}
 	err = a.readLoop(id, lr)
@@ -384,6 +450,13 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 
 	how := metrics.ClosedEOF
 	switch {
+	case ls != nil && ls.isDraining():
+		// Ended by Close, whether the sender answered our half-close with
+		// its own (EOF), ran out of time or reset: not the node leaving.
+		if err == nil {
+			err = io.EOF
+		}
+		err, how = fmt.Errorf("%w: %w", ErrClosed, err), metrics.ClosedError
 	case err == nil:
 	case ls != nil && ls.superseded.Load():
 		err, how = ErrSuperseded, metrics.ClosedError // counted by register

@@ -348,22 +348,59 @@ func TestMaxNodes(t *testing.T) {
 // sweeper have returned, and is idempotent; Run returns after Close.
 func TestCloseWithLiveStreams(t *testing.T) {
 	checkLeaks(t)
-	e := newEnv(t, Config{}, nil)
+	// Legacy senders never read, so Close waits CloseTimeout for them.
+	e := newEnv(t, Config{CloseTimeout: 300 * time.Millisecond}, nil)
 	runDone := make(chan error, 1)
 	go func() { runDone <- e.a.Run(context.Background()) }()
 
-	var streams []network.Stream
-	for i := range 3 {
+	// Three legacy senders (never read, never close) and two that answer
+	// the aggregator's half-close with their own, as ours does.
+	var (
+		legacy   []network.Stream
+		answered []chan error
+		ids      []peer.ID
+	)
+	for i := range 5 {
 		s := newSender(t)
 		st := s.open(t, e)
 		encode(t, st, legacyHeartbeat{Head: "{ h }", Height: uint64(i)})
 		e.rec.waitBeats(t, s.id(), 1)
-		streams = append(streams, st)
+		ids = append(ids, s.id())
+		if i < 3 {
+			legacy = append(legacy, st)
+			continue
+		}
+		got := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(io.Discard, st) // until the aggregator's FIN
+			if err == nil {
+				err = st.CloseWrite()
+			}
+			got <- err
+		}()
+		answered = append(answered, got)
 	}
 	require.NoError(t, e.a.Close())
-	for _, st := range streams {
-		requireReset(t, st)
+	for _, got := range answered {
+		require.NoError(t, recv(t, got), "an orderly EOF, then our own half-close")
 	}
+	for _, st := range legacy {
+		requireEOF(t, st)
+	}
+	for i, id := range ids {
+		err := e.rec.waitEnds(t, id, 1)
+		require.ErrorIs(t, err, ErrClosed)
+		if i >= 3 {
+			require.ErrorIs(t, err, io.EOF, "the sender closed its side")
+		} else {
+			require.True(t, isTimeout(err), "the drain timed out: %v", err)
+		}
+		n, _ := e.a.Tracker().Node(id)
+		require.Equal(t, tracker.Up, n.State, "a shutdown is not a node leaving")
+	}
+	require.Equal(t, 5.0, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedError))
+	require.Zero(t, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedEOF))
+	require.Zero(t, rejected(t, e, metrics.ReasonIdleTimeout))
 	require.NoError(t, recv(t, runDone))
 	require.NoError(t, e.a.Close())
 	e.a.mu.Lock()
@@ -414,4 +451,28 @@ func recv[T any](t *testing.T, ch <-chan T) T {
 		require.FailNow(t, "timed out")
 		panic("unreachable")
 	}
+}
+
+// A sender that half-closes its stream gets the aggregator's own close
+// (EOF), never a reset: 200 stops in a row on one connection, each counted
+// as a clean end.
+func TestHalfCloseAnsweredWithClose(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, Config{}, nil)
+	s := newSender(t)
+	const stops = 200
+	for i := range stops {
+		st := s.open(t, e)
+		encode(t, st, legacyHeartbeat{Head: "{ h }", Height: uint64(i)})
+		require.NoError(t, st.CloseWrite())
+		requireEOF(t, st)
+		require.NoError(t, e.rec.waitEnds(t, s.id(), i+1))
+		require.NoError(t, st.Close())
+	}
+	require.Equal(t, float64(stops), counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedEOF))
+	require.Zero(t, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedReset))
+	require.Zero(t, counter(t, e.a.Registry(), "heartbeat_streams_closed_total", "how", metrics.ClosedError))
+	n, _ := e.a.Tracker().Node(s.id())
+	require.Equal(t, tracker.Left, n.State)
+	require.Equal(t, uint64(stops), n.Beats)
 }

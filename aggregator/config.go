@@ -23,6 +23,9 @@ const (
 	// DefaultRejectLogInterval is the per-peer interval between two logged
 	// rejections; the ones in between are counted, not logged.
 	DefaultRejectLogInterval = time.Minute
+	// DefaultCloseTimeout is how long Close waits for senders to answer its
+	// half-close: our sender answers within a round trip.
+	DefaultCloseTimeout = time.Second
 )
 
 // Limits on Config values that would make the aggregator useless or unsafe.
@@ -35,7 +38,8 @@ const (
 // defaults; invalid values make New return an error that names the field.
 type Config struct {
 	// MaxNodes bounds the tracked nodes; past it a new peer's stream is
-	// refused and counted as "too_many_nodes". Default 10,000. HostOptions
+	// refused and counted as "too_many_nodes". Default 10,000
+	// (tracker.DefaultMaxNodes; the tracker validates it). HostOptions
 	// sizes the libp2p resource limits from it.
 	MaxNodes int
 	// MaxLineBytes bounds one line without its '\n'; a longer line, or that
@@ -46,7 +50,8 @@ type Config struct {
 	// long ("idle_timeout"). It is a wall-clock read deadline on the libp2p
 	// stream, re-armed after each line. Default 30 s.
 	IdleTimeout time.Duration
-	// ExpectedPeriod is the senders' BeatPeriod. Default 3 s.
+	// ExpectedPeriod is the senders' BeatPeriod. Default 3 s
+	// (tracker.DefaultExpectedPeriod; the tracker validates it).
 	ExpectedPeriod time.Duration
 	// SuspectAfter, DownAfter and StartupGrace are the tracker's silence
 	// thresholds; zero takes tracker's defaults (2x and 5x ExpectedPeriod,
@@ -83,16 +88,23 @@ type Config struct {
 	// rejections of the same peer; rejections are always counted. Default
 	// one minute; negative logs every rejection.
 	RejectLogInterval time.Duration
+	// CloseTimeout is how long Close waits, after half-closing every stream
+	// (the senders read EOF), for the senders to close their side before it
+	// closes the streams anyway (a legacy sender never reads). Default 1 s.
+	CloseTimeout time.Duration
 }
 
-// withDefaults fills zero fields and validates, naming the bad field.
+// withDefaults fills zero fields and validates, naming the bad field. The
+// tracker owns the fields it takes (trackerConfig): it validates them and
+// applies its defaults, and the aggregator reads back only the values its
+// own checks need, so no rule is written twice.
 func (c Config) withDefaults() (Config, error) {
-	if c.MaxNodes < 0 {
-		return c, fmt.Errorf("aggregator: Config.MaxNodes (%d) must not be negative", c.MaxNodes)
+	t, err := tracker.New(c.trackerConfig(), time.Time{})
+	if err != nil {
+		return c, fmt.Errorf("aggregator: %w", err)
 	}
-	if c.MaxNodes == 0 {
-		c.MaxNodes = DefaultMaxNodes
-	}
+	tc := t.Config()
+	c.MaxNodes, c.ExpectedPeriod = tc.MaxNodes, tc.ExpectedPeriod
 	if c.MaxLineBytes == 0 {
 		c.MaxLineBytes = DefaultMaxLineBytes
 	}
@@ -104,12 +116,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
-	}
-	if c.ExpectedPeriod < 0 {
-		return c, fmt.Errorf("aggregator: Config.ExpectedPeriod (%v) must not be negative", c.ExpectedPeriod)
-	}
-	if c.ExpectedPeriod == 0 {
-		c.ExpectedPeriod = tracker.DefaultExpectedPeriod
 	}
 	if c.IdleTimeout <= c.ExpectedPeriod {
 		return c, fmt.Errorf("aggregator: Config.IdleTimeout (%v) must be longer than ExpectedPeriod (%v), or beating senders would be cut off", c.IdleTimeout, c.ExpectedPeriod)
@@ -126,8 +132,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RejectLogInterval == 0 {
 		c.RejectLogInterval = DefaultRejectLogInterval
 	}
-	// The tracker validates (and names) the threshold fields: New passes
-	// them on and wraps its error.
+	if c.CloseTimeout < 0 {
+		return c, fmt.Errorf("aggregator: Config.CloseTimeout (%v) must not be negative", c.CloseTimeout)
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
 	return c, nil
 }
 

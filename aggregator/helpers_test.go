@@ -238,6 +238,16 @@ func requireReset(t *testing.T, st network.Stream) {
 	}
 }
 
+// requireEOF waits for the aggregator's orderly end of st (its FIN), seen
+// as io.EOF, never a reset.
+func requireEOF(t *testing.T, st network.Stream) {
+	t.Helper()
+	require.NoError(t, st.SetReadDeadline(time.Now().Add(guard)))
+	n, err := io.Copy(io.Discard, st)
+	require.NoError(t, err, "io.Copy returns nil at EOF")
+	require.Zero(t, n, "the aggregator never writes")
+}
+
 // counter reads a counter from g by name and labels.
 func counter(t *testing.T, g prometheus.Gatherer, name string, labels ...string) float64 {
 	t.Helper()

@@ -2,8 +2,11 @@ package aggregator
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/control"
@@ -12,11 +15,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	basicconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire"
 )
 
@@ -99,7 +104,10 @@ func (g *AllowGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectRe
 
 // HostOptions returns the libp2p options an aggregator's host needs, for the
 // embedder to pass to libp2p.New with its own (listen addresses, identity);
-// NewHost does both and keeps listen errors matchable:
+// NewHost does both and keeps listen errors matchable. Pass the same opts
+// as to New: WithLogger (resource-manager refusals are logged), WithClock
+// (the connection manager's clock) and WithRegistry (go-libp2p's metrics,
+// the resource manager's included, go to the aggregator's registry).
 //   - the transports: TCP without SO_REUSEPORT (tcp.DisableReuseport) and
 //     QUIC. go-libp2p's TCP listener sets SO_REUSEPORT by default, so a
 //     second aggregator (another key) could bind the same port and the
@@ -108,46 +116,122 @@ func (g *AllowGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectRe
 //     reuseport: it only dials;
 //   - a resource manager with ResourceLimits(cfg.MaxNodes, cfg.MaxLineBytes),
 //     because go-libp2p's default limits refuse connections past a few
-//     hundred peers;
-//   - no connection manager trimming (connmgr.NullConnMgr): go-libp2p's
-//     default one closes connections above 192, and every connection of an
-//     aggregator is a sender it wants to hear;
+//     hundred peers. Its refusals are counted by go-libp2p's own reporter
+//     (libp2p_rcmgr_blocked_resources) and logged at WARN, at most once per
+//     RejectLogInterval, by a trace reporter (rcmgr.WithTraceReporter);
+//   - go-libp2p's connection manager, closing connections that carry no
+//     heartbeat stream: New protects a peer while it has one, and every
+//     other connection is closed once older than IdleTimeout (its grace
+//     period), at the next trim (every IdleTimeout/4). The connection
+//     manager keeps at least one unprotected connection (its low water
+//     mark; 0 would disable it). A stream-less flood of connections thus
+//     holds the resource manager's slots for about IdleTimeout, not for ever;
 //   - the allowlist gater g, when not nil (see Gater).
-func HostOptions(cfg Config, g *AllowGater) ([]libp2p.Option, error) {
+func HostOptions(cfg Config, g *AllowGater, opts ...Option) ([]libp2p.Option, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
+	o := applyOptions(opts)
 	limits := ResourceLimits(cfg.MaxNodes, cfg.MaxLineBytes)
-	opts := []libp2p.Option{
+	refusals := newRefusalLog(o.log.Named("aggregator"), o.clock, cfg.RejectLogInterval)
+	hopts := []libp2p.Option{
 		libp2p.Transport(tcp.NewTCPTransport, tcp.DisableReuseport()),
 		libp2p.Transport(quic.NewTransport),
-		// Built when libp2p.New applies it, like go-libp2p's own default, so
-		// that options that are never used start no goroutine.
+		// Built when libp2p.New applies them, like go-libp2p's own defaults,
+		// so that options that are never used start no goroutine.
 		func(c *libp2p.Config) error {
-			mgr, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits))
+			mgr, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits), rcmgr.WithTraceReporter(refusals))
 			if err != nil {
 				return fmt.Errorf("aggregator resource manager: %w", err)
 			}
 			return c.Apply(libp2p.ResourceManager(mgr))
 		},
-		libp2p.ConnectionManager(&connmgr.NullConnMgr{}),
+		func(c *libp2p.Config) error {
+			cm, err := basicconnmgr.NewConnManager(idleLowWater, idleLowWater,
+				basicconnmgr.WithGracePeriod(cfg.IdleTimeout),
+				basicconnmgr.WithSilencePeriod(max(cfg.IdleTimeout/4, time.Millisecond)),
+				basicconnmgr.WithClock(o.clock))
+			if err != nil {
+				return fmt.Errorf("aggregator connection manager: %w", err)
+			}
+			return c.Apply(libp2p.ConnectionManager(cm))
+		},
+	}
+	if o.reg != nil {
+		hopts = append(hopts, libp2p.PrometheusRegisterer(o.reg))
 	}
 	if g != nil {
-		opts = append(opts, libp2p.ConnectionGater(g))
+		hopts = append(hopts, libp2p.ConnectionGater(g))
 	}
-	return opts, nil
+	return hopts, nil
 }
 
-// NewHost starts the libp2p host of an aggregator: HostOptions(cfg, g)
-// followed by opts (identity, libp2p.ListenAddrs...). It listens on each of
+// idleLowWater is the connection manager's low and high water mark: trim
+// whenever there is a connection, down to one. go-libp2p's manager treats
+// 0 as "disabled".
+const idleLowWater = 1
+
+// protectTag is the connection manager tag New protects a peer with while
+// it has a heartbeat stream.
+const protectTag = wire.ServiceName
+
+// refusalLog is a resource-manager trace reporter that logs refusals
+// (blocked connections, streams, memory) at WARN, at most once per
+// interval, with the number suppressed since the last line. go-libp2p's own
+// reporter counts them. It is called synchronously on every resource
+// event, so it returns at once for the others.
+type refusalLog struct {
+	log   hclog.Logger
+	clock clockwork.Clock
+	every time.Duration
+
+	mu         sync.Mutex
+	last       time.Time
+	logged     bool
+	suppressed int
+}
+
+func newRefusalLog(log hclog.Logger, clock clockwork.Clock, every time.Duration) *refusalLog {
+	return &refusalLog{log: log, clock: clock, every: every}
+}
+
+// ConsumeEvent implements rcmgr.TraceReporter.
+func (r *refusalLog) ConsumeEvent(evt rcmgr.TraceEvt) {
+	var resource string
+	switch evt.Type {
+	case rcmgr.TraceBlockAddConnEvt:
+		resource = "connection"
+	case rcmgr.TraceBlockAddStreamEvt:
+		resource = "stream"
+	case rcmgr.TraceBlockReserveMemoryEvt:
+		resource = "memory"
+	default:
+		return
+	}
+	now := r.clock.Now()
+	r.mu.Lock()
+	if r.logged && r.every >= 0 && now.Sub(r.last) < r.every {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	suppressed := r.suppressed
+	r.last, r.logged, r.suppressed = now, true, 0
+	r.mu.Unlock()
+	r.log.Warn("resource manager refused", "resource", resource, "scope", evt.Name,
+		"memory", evt.Memory, "suppressed", suppressed)
+}
+
+// NewHost starts the libp2p host of an aggregator: HostOptions(cfg, g,
+// aggOpts...) followed by opts (identity, libp2p.ListenAddrs...). It listens on each of
 // the listen addresses in opts itself, one by one, because libp2p.New
 // flattens a listen error to text: here a port that another process holds
 // gives an error that names the address, says "address already in use" and
 // matches syscall.EADDRINUSE with errors.Is. Any listen error closes the
 // host and is returned.
-func NewHost(cfg Config, g *AllowGater, opts ...libp2p.Option) (host.Host, error) {
-	hopts, err := HostOptions(cfg, g)
+func NewHost(cfg Config, g *AllowGater, aggOpts []Option, opts ...libp2p.Option) (host.Host, error) {
+	hopts, err := HostOptions(cfg, g, aggOpts...)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ func TestSecondAggregatorOnSamePortFails(t *testing.T) {
 	checkLeaks(t)
 	for _, listen := range []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"} {
 		t.Run(listen, func(t *testing.T) {
-			first, err := NewHost(Config{}, nil, libp2p.ListenAddrStrings(listen))
+			first, err := NewHost(Config{}, nil, nil, libp2p.ListenAddrStrings(listen))
 			require.NoError(t, err)
 			defer first.Close()
 			require.Len(t, first.Addrs(), 1)
@@ -26,7 +26,7 @@ func TestSecondAggregatorOnSamePortFails(t *testing.T) {
 
 			key, _, err := crypto.GenerateEd25519Key(nil)
 			require.NoError(t, err)
-			second, err := NewHost(Config{}, nil, libp2p.Identity(key), libp2p.ListenAddrs(taken))
+			second, err := NewHost(Config{}, nil, nil, libp2p.Identity(key), libp2p.ListenAddrs(taken))
 			if second != nil {
 				second.Close()
 			}
@@ -42,7 +42,7 @@ func TestSecondAggregatorOnSamePortFails(t *testing.T) {
 // NewHost listens on every address it is given and still accepts senders.
 func TestNewHostListens(t *testing.T) {
 	checkLeaks(t)
-	h, err := NewHost(Config{}, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"))
+	h, err := NewHost(Config{}, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"))
 	require.NoError(t, err)
 	defer h.Close()
 	var tcp, quic bool
@@ -55,9 +55,9 @@ func TestNewHostListens(t *testing.T) {
 		}
 	}
 	require.True(t, tcp && quic, "addrs %v", h.Addrs())
-	_, err = NewHost(Config{MaxNodes: -1}, nil)
+	_, err = NewHost(Config{MaxNodes: -1}, nil, nil)
 	require.ErrorContains(t, err, "Config.MaxNodes")
-	_, err = NewHost(Config{}, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/udp/0"))
+	_, err = NewHost(Config{}, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/udp/0"))
 	require.Error(t, err)
 	require.False(t, errors.Is(err, syscall.EADDRINUSE))
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
@@ -61,4 +63,52 @@ func TestLabelsCapped(t *testing.T) {
 	} {
 		require.Equal(t, want, counter(t, a.Registry(), "heartbeat_labels_truncated_total", "field", field), field)
 	}
+}
+
+// The aggregator's registry carries the Go and process collectors and
+// heartbeat_build_info, also when an embedder's registry already has the
+// Go collector.
+func TestRegistryHasProcessMetrics(t *testing.T) {
+	checkLeaks(t)
+	h := newHost(t)
+	reg := prometheus.NewRegistry()
+	require.NoError(t, reg.Register(collectors.NewGoCollector()))
+	a, err := New(h, Config{}, WithRegistry(reg))
+	require.NoError(t, err)
+	defer a.Close()
+	mfs, err := a.Registry().Gather()
+	require.NoError(t, err)
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, want := range []string{"go_goroutines", "process_open_fds", "heartbeat_build_info", "heartbeat_nodes"} {
+		require.True(t, names[want], want)
+	}
+}
+
+// One registry for the host (go-libp2p's metrics) and the aggregator: no
+// name clashes, and the scrape carries both.
+func TestOneRegistryForHostAndAggregator(t *testing.T) {
+	checkLeaks(t)
+	reg := prometheus.NewRegistry()
+	opts := []Option{WithRegistry(reg)}
+	hopts, err := HostOptions(Config{}, nil, opts...)
+	require.NoError(t, err)
+	a, err := New(newHost(t, hopts...), Config{}, opts...)
+	require.NoError(t, err)
+	defer a.Close()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	var libp2p, ours int
+	for _, mf := range mfs {
+		switch {
+		case strings.HasPrefix(mf.GetName(), "libp2p_"):
+			libp2p++
+		case strings.HasPrefix(mf.GetName(), "heartbeat_"):
+			ours++
+		}
+	}
+	require.Positive(t, libp2p)
+	require.Positive(t, ours)
 }

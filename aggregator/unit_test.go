@@ -57,9 +57,7 @@ func TestConfigValidation(t *testing.T) {
 			require.Error(t, err)
 			require.Contains(t, err.Error(), "Config."+tc.field)
 			_, err = HostOptions(tc.cfg, nil)
-			if tc.field != "SuspectAfter" && tc.field != "DownAfter" {
-				require.ErrorContains(t, err, "Config."+tc.field)
-			}
+			require.ErrorContains(t, err, "Config."+tc.field)
 		})
 	}
 	_, err := New(nil, Config{})

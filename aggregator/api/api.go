@@ -113,8 +113,8 @@ type NodePage struct {
 	// Next is the cursor of the next page ("" on the last page): pass it as
 	// ?cursor= with the same state filter. It is opaque to clients (today
 	// the last peer id of this page, as base64url bytes): a page starts
-	// after it in peer id order, so nodes that come and go between two requests never make a
-	// walk repeat or skip one that stayed.
+	// after it in peer id order, so nodes that come and go between two
+	// requests never make a walk repeat or skip one that stayed.
 	Next string `json:"next"`
 	// Nodes is the page, sorted by peer id; [] when empty, never null.
 	Nodes []Node `json:"nodes"`
@@ -149,8 +149,9 @@ const timeFormat = time.RFC3339Nano
 //	promhttp_metric_handler_requests_*     scrapes of /metrics, by code (503 past MaxScrapesInFlight)
 //
 // now is the aggregator's clock, used for the response times and the
-// silences; pass the same clock the tracker is fed with. It fails only if
-// reg holds a different collector under one of these names.
+// silences; pass the same clock the tracker is fed with. Each handler
+// bounds its own requests (MaxInFlight). It panics if reg holds a
+// different kind of collector under one of these names.
 func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Time) http.Handler {
 	h := &handler{t: t, now: now, slots: make(chan struct{}, MaxInFlight)}
 	h.inFlight = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{

@@ -50,7 +50,7 @@ func (r *runningAggregator) dialable() string {
 
 func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	gater := aggregator.Gater(s.allow)
-	hostOpts, err := aggregator.HostOptions(s.cfg, gater)
+	hostOpts, err := aggregator.HostOptions(s.cfg, gater, aggregator.WithLogger(s.log))
 	if err != nil {
 		return nil, usageError("%v", err)
 	}
