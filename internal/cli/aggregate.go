@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -16,6 +17,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
@@ -77,7 +80,13 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 		h.Close()
 		return nil, fmt.Errorf("libp2p host on %s: no listen address", s.listen)
 	}
-	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog)}
+	reg, err := processRegistry()
+	if err != nil {
+		closeLn()
+		h.Close()
+		return nil, err
+	}
+	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog), aggregator.WithRegistry(reg)}
 	if gater != nil {
 		opts = append(opts, aggregator.WithGater(gater))
 	}
@@ -225,6 +234,29 @@ func checkHTTP(s string) error {
 		return usageError("--http %q: want a port number from 0 to 65535, got %q", s, port)
 	}
 	return nil
+}
+
+// processRegistry is the registry of an aggregator process: besides the
+// aggregator's own metrics, the Go runtime (go_*), the process (process_*:
+// CPU, memory, file descriptors against the limit) and
+// heartbeat_build_info{version,goversion}, constant 1.
+func processRegistry() (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "heartbeat_build_info",
+		Help: "Constant 1, labelled with the module version and the Go version of this binary.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(moduleVersion(), runtime.Version()).Set(1)
+	for _, c := range []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		build,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("metrics: %w", err)
+		}
+	}
+	return reg, nil
 }
 
 // loadKey reads or creates the key file, or makes a fresh key without one.

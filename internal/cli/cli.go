@@ -118,10 +118,9 @@ func printUsage(w io.Writer) {
 // build information: a tag such as v1.2.0 after `go install …@v1.2.0`, a
 // pseudo-version or "(devel)" for a build from a checkout.
 func version() string {
-	v := "(unknown)"
+	v := moduleVersion()
 	var rev, dirty string
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		v = bi.Main.Version
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
@@ -138,6 +137,14 @@ func version() string {
 		s += " " + rev[:min(12, len(rev))] + dirty
 	}
 	return fmt.Sprintf("%s %s %s/%s", s, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// moduleVersion is the main module's version from the build information.
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(unknown)"
 }
 
 func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {

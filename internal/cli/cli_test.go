@@ -3,6 +3,8 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"runtime"
@@ -117,6 +119,17 @@ func TestAggregatePrintsBeatCommand(t *testing.T) {
 		done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--expected-period", "2s"}, &out, &errb)
 	}()
 	line := out.waitFor(t, "\n  heartbeat beat --target ")
+	url := strings.Fields(out.waitFor(t, "http      "))[1]
+	// /metrics has the Go and process collectors and the build info.
+	resp, err := http.Get(url + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	for _, want := range []string{"\ngo_goroutines ", "\nprocess_open_fds ", "\nheartbeat_nodes{",
+		`heartbeat_build_info{goversion="` + runtime.Version() + `",version="` + moduleVersion() + `"} 1`} {
+		require.Contains(t, string(body), want)
+	}
 	cancel()
 	require.Equal(t, 0, <-done, errb.String())
 	m := regexp.MustCompile(`aggregator (\S+)\n`).FindStringSubmatch(out.String())
@@ -136,7 +149,7 @@ func TestDemoShortRun(t *testing.T) {
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, "stopping the aggregator")
 	require.Contains(t, out, "aggregator back, same identity and address")
-	require.Contains(t, out, "Heartbeat service failed to connect for 0s", "the WARN of the outage")
+	require.Contains(t, out, "WARN  Heartbeat service failed to connect", "the WARN of the outage")
 	require.Contains(t, out, "Heartbeat service connected to aggregator", "the INFO of the recovery")
 	require.Regexp(t, `all senders beating\s+\d`, out)
 	require.Regexp(t, `all nodes up\s+\d`, out, "the aggregator saw every node Up again")
