@@ -276,3 +276,37 @@ func TestExitCodes(t *testing.T) {
 		}
 	}
 }
+
+// The README's install line names this package, and the command the
+// walkthroughs use exists.
+func TestReadmeInstallLine(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	readme := string(b)
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{.Name}}", ".").Output()
+	require.NoError(t, err)
+	require.Equal(t, "github.com/p2pbeat/heartbeat/cmd/heartbeat main", strings.TrimSpace(string(out)))
+	require.Contains(t, readme, "go install github.com/p2pbeat/heartbeat/cmd/heartbeat@latest")
+	require.NotContains(t, readme, "go get github.com/p2pbeat/heartbeat\n", "go get of the module root fails outside a module")
+	require.Contains(t, readme, "about 3 minutes", "the first run's wait is stated")
+}
+
+// Key files and data directories never end up in a commit by accident.
+func TestGitignoreCoversKeysAndData(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("no git")
+	}
+	if err := exec.Command("git", "rev-parse", "--git-dir").Run(); err != nil {
+		t.Skip("not in a git checkout")
+	}
+	for _, path := range []string{"agg.key", "aggregator.key", "deploy/node.key", "tls.pem", "heartbeat-data/nodes.db",
+		"sub/heartbeat-data/x", "heartbeat.db", "heartbeat.db-wal", "heartbeat", "trace.csv"} {
+		out, err := exec.Command("git", "-C", "../..", "check-ignore", "--no-index", path).CombinedOutput()
+		require.NoError(t, err, "%s is not ignored: %s", path, out)
+	}
+	// Committed inputs are not ignored.
+	for _, path := range []string{"fsm/testdata/outage-45m.golden", "docs/cli.md", "internal/keyfile/keyfile.go"} {
+		err := exec.Command("git", "-C", "../..", "check-ignore", "--no-index", "-q", path).Run()
+		require.Error(t, err, "%s is ignored", path)
+	}
+}
