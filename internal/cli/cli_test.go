@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -143,23 +144,34 @@ func TestAggregatePrintsBeatCommand(t *testing.T) {
 // TestDemoShortRun runs the whole demo, shortened: the aggregator stops at
 // 1.75 s (once every sender beats) for 2.6 s, and the run goes on until
 // every sender beats to it again and the aggregator sees every node Up.
+// Its output is not a terminal: a plain timeline.
 func TestDemoShortRun(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	code, out, errs := run(t, "demo", "--duration", "7s")
 	require.Equal(t, 0, code, errs)
+	require.NotContains(t, out, "\x1b[", "no terminal, no table")
 	require.Contains(t, out, "stopping the aggregator")
 	require.Contains(t, out, "aggregator back, same identity and address")
-	require.Contains(t, out, "WARN  Heartbeat service failed to connect", "the WARN of the outage")
-	require.Contains(t, out, "Heartbeat service connected to aggregator", "the INFO of the recovery")
-	require.Regexp(t, `all senders beating\s+\d`, out)
-	require.Regexp(t, `all nodes up\s+\d`, out, "the aggregator saw every node Up again")
+	require.Contains(t, out, `node-5 is on a fork on purpose (same heights, other heads), so it shows "in dispute"`)
+	require.Regexp(t, `node-\d +WARN  Heartbeat service failed to connect outage=0\.0s failures=1 error="…: [^"]*"\n`, out, "the WARN of the outage, short")
+	require.Contains(t, out, "WARN  heartbeat stream reset cause=aggregator_reset", "a stop resets the streams")
+	require.Contains(t, out, "INFO  Heartbeat service connected to aggregator outage=", "the INFO of the recovery")
+	require.Regexp(t, `all senders beating\s+\d[.\dms]* after the restart`, out)
+	require.Regexp(t, `all nodes up\s+\d[.\dms]* after the restart \(aggregator's view\)`, out)
+	for _, line := range strings.Split(out, "\n") {
+		require.LessOrEqual(t, len([]rune(line)), 170, "a long line: %s", line)
+	}
+	for i := 1; i <= demoNodes; i++ {
+		// Failed retries after the first fold into the recovery line.
+		require.LessOrEqual(t, strings.Count(out, fmt.Sprintf("node-%d           Backoff -> Connecting -> Backoff", i)), 1, out)
+	}
 	sent := reportNumber(t, out, "heartbeats sent")
 	received := reportNumber(t, out, "heartbeats received")
 	// Every node was Up at the restarted aggregator: it counted a beat of each.
 	require.GreaterOrEqual(t, received, 5)
 	require.Positive(t, sent)
 	require.GreaterOrEqual(t, reportNumber(t, out, "reconnects"), 5)
-	require.Equal(t, 1, strings.Count(out, "\nreport\n"))
+	requireReportLast(t, out)
 }
 
 func reportNumber(t *testing.T, out, label string) int {
