@@ -171,6 +171,7 @@ func TestDemoShortRun(t *testing.T) {
 	require.GreaterOrEqual(t, received, 5)
 	require.Positive(t, sent)
 	require.GreaterOrEqual(t, reportNumber(t, out, "reconnects"), 5)
+	require.Equal(t, demoNodes, strings.Count(out, " to=left\n"), "the stopped senders turn Left at the aggregator, not Down")
 	requireReportLast(t, out)
 }
 

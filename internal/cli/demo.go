@@ -92,9 +92,10 @@ type demo struct {
 	stoppedAt, endedAt time.Time
 	interrupted        bool
 
-	mu            sync.Mutex // guards what the observers and logs record, and restartedAt
-	restartedAt   time.Time  // written by run only
-	aggUp         map[string]bool
+	mu            sync.Mutex        // guards what the observers and logs record, and restartedAt
+	restartedAt   time.Time         // written by run only
+	aggState      map[string]string // the aggregator's view, from its log: nickname → state
+	aggChanged    chan struct{}     // closed and replaced at every change of aggState
 	sendersBackAt time.Time
 	nodesUpAt     time.Time
 }
@@ -113,7 +114,7 @@ type demoSender struct {
 }
 
 func newDemo(out io.Writer, start time.Time, table bool) *demo {
-	d := &demo{out: out, start: start, aggUp: make(map[string]bool)}
+	d := &demo{out: out, start: start, aggState: make(map[string]string), aggChanged: make(chan struct{})}
 	emit := func(line string) { fmt.Fprintln(out, line) }
 	if table {
 		d.table = newLiveTable(out)
@@ -270,7 +271,7 @@ func (d *demo) startAggregator() error {
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, JSONFormat: true, Output: logWriter{t: d.tl, who: "aggregator", seen: d.aggregatorLog}})
 	routeLibp2pLogs(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, JSONFormat: true, Output: logWriter{t: d.tl, who: "libp2p"}}))
 	d.mu.Lock()
-	clear(d.aggUp) // a new aggregator starts with no nodes
+	clear(d.aggState) // a new aggregator starts with no nodes
 	d.mu.Unlock()
 	r, err := startAggregator(aggregatorSetup{
 		key: d.key, listen: d.listen, http: d.http, log: log,
@@ -292,10 +293,12 @@ func (d *demo) aggregatorLog(at time.Time, m map[string]any) {
 	nick, _ := m["nickname"].(string)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.aggUp[nick] = m["to"] == tracker.Up.String()
+	d.aggState[nick], _ = m["to"].(string)
+	close(d.aggChanged)
+	d.aggChanged = make(chan struct{})
 	up := 0
-	for _, u := range d.aggUp {
-		if u {
+	for _, st := range d.aggState {
+		if st == tracker.Up.String() {
 			up++
 		}
 	}
@@ -407,12 +410,51 @@ func (d *demo) pinger(ctx context.Context, s *demoSender) {
 	}
 }
 
+// shutdown stops the senders, which close their streams in order, then
+// the aggregator. It gives the aggregator up to demoLeftWait to read each
+// end and mark the node Left before the senders' hosts close: closing a
+// host right after a stream can drop the stream's queued end, which the
+// aggregator then sees as a reset.
 func (d *demo) shutdown() {
 	for _, s := range d.senders {
 		_ = s.svc.Close()
+	}
+	if d.agg != nil {
+		d.waitLeft(demoLeftWait)
+	}
+	for _, s := range d.senders {
 		_ = s.host.Close()
 	}
 	d.stopAggregator()
+}
+
+// demoLeftWait bounds the wait for the aggregator to mark the stopped
+// senders Left; on loopback it takes milliseconds.
+const demoLeftWait = 2 * time.Second
+
+// waitLeft waits until the aggregator has no sender in a state other than
+// Left, or until limit passes.
+func (d *demo) waitLeft(limit time.Duration) {
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	for {
+		d.mu.Lock()
+		changed, pending := d.aggChanged, 0
+		for _, st := range d.aggState {
+			if st != tracker.Left.String() {
+				pending++
+			}
+		}
+		d.mu.Unlock()
+		if pending == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return
+		}
+	}
 }
 
 // report prints what happened, after the shutdown lines. Each recovery

@@ -175,6 +175,7 @@ func TestDemoInterruptedBeforeTheStop(t *testing.T) {
 	require.Contains(t, text, "  run                     interrupted at +")
 	require.Contains(t, text, "not tested: interrupted before the aggregator stop due at +10s")
 	require.NotContains(t, text, "not restarted")
+	require.Equal(t, demoNodes, strings.Count(text, " to=left\n"), "the stopped senders turn Left")
 	requireReportLast(t, text)
 }
 
