@@ -263,6 +263,9 @@ func TestExitCodes(t *testing.T) {
 		}
 		require.Equal(t, r.code, code, "%s\nstdout: %s\nstderr: %s", name, stdout.String(), stderr.String())
 		require.Contains(t, stderr.String(), r.stderr, name)
+		if r.code != 0 {
+			require.NotContains(t, stderr.String(), "aggregator started", "%s: checked before the start", name)
+		}
 		switch r.code {
 		case 0:
 			require.NotEmpty(t, stdout.String(), "%s: help and version go to stdout", name)
@@ -274,6 +277,39 @@ func TestExitCodes(t *testing.T) {
 				require.Equal(t, 2, strings.Count(stderr.String(), "\n"), "%s: the error and a hint, nothing else", name)
 			}
 		}
+	}
+}
+
+// With --log-json every stderr line is JSON, a failure included.
+func TestLogJSONFailureIsJSON(t *testing.T) {
+	bin := buildBinary(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", taken.Addr().String(), "--log-json"}, 1},
+		{[]string{"beat", "--target", "/ip4/127.0.0.1/tcp/1", "--log-json"}, 2},
+	} {
+		cmd := exec.Command(bin, tc.args...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		require.True(t, errors.As(err, &exit), "%v", tc.args)
+		require.Equal(t, tc.code, exit.ExitCode(), stderr.String())
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		require.NotEmpty(t, lines)
+		for _, l := range lines {
+			var m map[string]any
+			require.NoError(t, json.Unmarshal([]byte(l), &m), "not JSON: %s", l)
+		}
+		var last map[string]any
+		require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &last))
+		require.Equal(t, "error", last["@level"])
+		require.NotEmpty(t, last["error"])
 	}
 }
 
