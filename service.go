@@ -470,14 +470,7 @@ func (s *Service) heartbeat() Heartbeat {
 }
 
 func (s *Service) emitLog(r fsm.LogRecord) {
-	args := []any{"attempt", r.Attempt}
-	if r.Kind == fsm.LogConnectFailed || r.Kind == fsm.LogConnected {
-		args = append(args, "outage", r.Outage.String(), "failures", r.Failures)
-	}
-	if r.Err != nil {
-		args = append(args, "error", r.Err)
-	}
-	s.log.Log(hclogLevel(r.Level), r.Message(), args...)
+	s.log.Log(hclogLevel(r.Level), r.Message(), logFields(r)...)
 }
 
 func hclogLevel(l fsm.Level) hclog.Level {

@@ -45,15 +45,33 @@ func Mermaid() string {
 	return b.String()
 }
 
-// DOT renders the transition table in Graphviz DOT, in table order.
+// DOT renders the transition table in Graphviz DOT, in table order. Rows
+// with the same from and to states share one edge, their events stacked in
+// its label: Graphviz draws parallel self-loops on top of each other, with
+// overlapping labels. Stopped leads to a final-state node (the UML
+// bull's-eye), as Mermaid's [*].
 func DOT() string {
+	type pair struct{ from, to State }
+	var order []pair
+	labels := make(map[pair][]string)
+	edges(func(from, to State, label string) {
+		p := pair{from, to}
+		if _, ok := labels[p]; !ok {
+			order = append(order, p)
+		}
+		labels[p] = append(labels[p], label)
+	})
 	var b strings.Builder
 	b.WriteString("digraph heartbeat_sender {\n")
 	b.WriteString("    rankdir=LR;\n")
 	b.WriteString("    node [shape=box, style=rounded];\n")
-	b.WriteString("    start [shape=point];\n")
+	b.WriteString("    start [shape=point, width=0.15];\n")
+	b.WriteString("    end [shape=doublecircle, label=\"\", width=0.12, style=filled, fillcolor=black];\n")
 	b.WriteString("    start -> Disconnected;\n")
-	edges(func(from, to State, label string) { fmt.Fprintf(&b, "    %s -> %s [label=%q];\n", from, to, label) })
+	for _, p := range order {
+		fmt.Fprintf(&b, "    %s -> %s [label=\"%s\"];\n", p.from, p.to, strings.Join(labels[p], "\\n"))
+	}
+	fmt.Fprintf(&b, "    %s -> end;\n", Stopped)
 	b.WriteString("}\n")
 	return b.String()
 }

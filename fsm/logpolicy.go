@@ -29,7 +29,8 @@ const (
 	LogWriteFailed
 	// LogRemoteClosed: the aggregator closed the stream in order (INFO).
 	LogRemoteClosed
-	// LogRemoteReset: the aggregator reset the stream (WARN).
+	// LogRemoteReset: the stream was reset, by the aggregator or with its
+	// connection (WARN).
 	LogRemoteReset
 	// LogBeatSkipped: a beat came due while the previous write was still in flight (DEBUG).
 	LogBeatSkipped
@@ -52,13 +53,15 @@ type LogRecord struct {
 	Err error
 }
 
-// Message is the log line's text. A failed connection keeps the legacy
-// wording byte for byte, so operators' existing searches and alerts on it
-// keep working; the same facts are also in the record's fields.
+// Message is the log line's text: constant for a kind, with the facts in
+// the record's fields (hclog's convention), so a search or an alert on a
+// message matches every line of its kind. A failed connection keeps the
+// legacy text's constant start, "Heartbeat service failed to connect", so
+// searches on that keep matching.
 func (r LogRecord) Message() string {
 	switch r.Kind {
 	case LogConnectFailed:
-		return fmt.Sprintf("Heartbeat service failed to connect for %s: %s", r.Outage, errText(r.Err))
+		return "Heartbeat service failed to connect"
 	case LogConnected:
 		return "Heartbeat service connected to aggregator"
 	case LogWriteFailed:
@@ -66,7 +69,10 @@ func (r LogRecord) Message() string {
 	case LogRemoteClosed:
 		return "aggregator closed the heartbeat stream"
 	case LogRemoteReset:
-		return "aggregator reset the heartbeat stream"
+		// Not "the aggregator reset it": a lost connection (keepalive
+		// timeout, network reset) ends the stream the same way; the
+		// shell adds the cause it can tell from the error.
+		return "heartbeat stream reset"
 	case LogBeatSkipped:
 		return "heartbeat skipped: the previous write is still in flight"
 	}
@@ -79,17 +85,10 @@ func (r LogRecord) String() string {
 	if r.Kind == LogConnected || r.Kind == LogConnectFailed {
 		s += fmt.Sprintf(" outage=%s failures=%d", r.Outage, r.Failures)
 	}
-	if r.Err != nil && r.Kind != LogConnectFailed {
+	if r.Err != nil {
 		s += fmt.Sprintf(" error=%q", r.Err.Error())
 	}
 	return s
-}
-
-func errText(err error) string {
-	if err == nil {
-		return "<nil>"
-	}
-	return err.Error()
 }
 
 // logPolicy decides the level of connection-failure lines, with the legacy

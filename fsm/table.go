@@ -97,7 +97,7 @@ var table = []Transition{
 	{Beating, WriteFailed, Awaited, Backoff, DropStream, "reset this stream only (the legacy closed the connection)"},
 	{Beating, WriteTimedOut, Awaited, Backoff, DropStream, "a stalled write counts as a failed one"},
 	{Beating, RemoteClosed, Awaited, Backoff, RemoteEnded, "the aggregator ended the stream in order"},
-	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the aggregator reset the stream"},
+	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the stream was reset, by the aggregator or with its connection"},
 	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order (reset it if a write is in flight)"},
 
 	{Backoff, RetryDue, Awaited, Connecting, OpenStream, "next attempt"},

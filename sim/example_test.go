@@ -114,10 +114,10 @@ func Example_embedding() {
 
 	// Output:
 	// +0s Disconnected -> Connecting
-	// +40ms WARN "Heartbeat service failed to connect for 0s: connection refused" attempt=1 outage=0s failures=1
+	// +40ms WARN "Heartbeat service failed to connect" attempt=1 outage=0s failures=1 error="connection refused"
 	// +40ms Connecting -> Backoff
 	// +8.166776627s Backoff -> Connecting
-	// +8.206776627s DEBUG "Heartbeat service failed to connect for 8.167s: connection refused" attempt=2 outage=8.167s failures=2
+	// +8.206776627s DEBUG "Heartbeat service failed to connect" attempt=2 outage=8.167s failures=2 error="connection refused"
 	// +8.206776627s Connecting -> Backoff
 	// +20.078428924s Backoff -> Connecting
 	// +20.158428924s INFO "Heartbeat service connected to aggregator" attempt=3 outage=20.118s failures=2

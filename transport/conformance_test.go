@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 
@@ -224,7 +225,12 @@ func testServerReset(t *testing.T, newEnv envFactory) {
 	writeLines(t, s, lines(t, 1))
 
 	require.NoError(t, ss.Reset())
-	require.ErrorIs(t, waitRemote(t, s), transport.ErrReset)
+	end := waitRemote(t, s)
+	require.ErrorIs(t, end, transport.ErrReset)
+	// Both say who reset, as yamux does: the sender's log names the cause.
+	var se *network.StreamError
+	require.ErrorAs(t, end, &se)
+	require.True(t, se.Remote, "a reset by the server is remote: %v", end)
 	_, err := s.Write(lines(t, 1))
 	require.ErrorIs(t, err, transport.ErrReset)
 	require.NotErrorIs(t, err, os.ErrDeadlineExceeded)

@@ -1,15 +1,20 @@
 package transport
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/p2pbeat/heartbeat/clockwork"
 )
+
+// errStreamReset is the muxer-level error under a memory stream's reset.
+var errStreamReset = errors.New("stream reset")
 
 // pipe is the state of one memory stream, shared by its two ends. Every
 // field is guarded by n.mu.
@@ -91,12 +96,17 @@ func (p *pipe) endLocked(err error) {
 func (p *pipe) resetLocked(bySender bool) {
 	p.reset = true
 	p.buf = nil
+	// The errors yamux gives (a *network.StreamError, which matches
+	// ErrReset and says which side reset), so callers that tell a peer's
+	// reset from a lost connection work on both transports.
+	local := &network.StreamError{Remote: false, TransportError: errStreamReset}
+	remote := &network.StreamError{Remote: true, TransportError: errStreamReset}
 	if bySender {
-		p.senderErr = fmt.Errorf("heartbeat stream to %s reset locally: %w", p.to, ErrReset)
-		p.serverErr = fmt.Errorf("heartbeat stream from %s reset by remote: %w", p.from, ErrReset)
+		p.senderErr = fmt.Errorf("heartbeat stream to %s: %w", p.to, local)
+		p.serverErr = fmt.Errorf("heartbeat stream from %s: %w", p.from, remote)
 	} else {
-		p.senderErr = fmt.Errorf("heartbeat stream to %s reset by remote: %w", p.to, ErrReset)
-		p.serverErr = fmt.Errorf("heartbeat stream from %s reset locally: %w", p.from, ErrReset)
+		p.senderErr = fmt.Errorf("heartbeat stream to %s: %w", p.to, remote)
+		p.serverErr = fmt.Errorf("heartbeat stream from %s: %w", p.from, local)
 	}
 	p.endLocked(p.senderErr)
 	p.wakeLocked()

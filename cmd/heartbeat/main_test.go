@@ -264,6 +264,9 @@ func TestExitCodes(t *testing.T) {
 		}
 		require.Equal(t, r.code, code, "%s\nstdout: %s\nstderr: %s", name, stdout.String(), stderr.String())
 		require.Contains(t, stderr.String(), r.stderr, name)
+		if r.code != 0 {
+			require.NotContains(t, stderr.String(), "aggregator started", "%s: checked before the start", name)
+		}
 		switch r.code {
 		case 0:
 			require.NotEmpty(t, stdout.String(), "%s: help and version go to stdout", name)
@@ -275,5 +278,72 @@ func TestExitCodes(t *testing.T) {
 				require.Equal(t, 2, strings.Count(stderr.String(), "\n"), "%s: the error and a hint, nothing else", name)
 			}
 		}
+	}
+}
+
+// With --log-json every stderr line is JSON, a failure included.
+func TestLogJSONFailureIsJSON(t *testing.T) {
+	bin := buildBinary(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer taken.Close()
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", taken.Addr().String(), "--log-json"}, 1},
+		{[]string{"beat", "--target", "/ip4/127.0.0.1/tcp/1", "--log-json"}, 2},
+	} {
+		cmd := exec.Command(bin, tc.args...)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		var exit *exec.ExitError
+		require.True(t, errors.As(err, &exit), "%v", tc.args)
+		require.Equal(t, tc.code, exit.ExitCode(), stderr.String())
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		require.NotEmpty(t, lines)
+		for _, l := range lines {
+			var m map[string]any
+			require.NoError(t, json.Unmarshal([]byte(l), &m), "not JSON: %s", l)
+		}
+		var last map[string]any
+		require.NoError(t, json.Unmarshal([]byte(lines[len(lines)-1]), &last))
+		require.Equal(t, "error", last["@level"])
+		require.NotEmpty(t, last["error"])
+	}
+}
+
+// The README's install line names this package, and the command the
+// walkthroughs use exists.
+func TestReadmeInstallLine(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	readme := string(b)
+	out, err := exec.Command("go", "list", "-f", "{{.ImportPath}} {{.Name}}", ".").Output()
+	require.NoError(t, err)
+	require.Equal(t, "github.com/p2pbeat/heartbeat/cmd/heartbeat main", strings.TrimSpace(string(out)))
+	require.Contains(t, readme, "go install github.com/p2pbeat/heartbeat/cmd/heartbeat@latest")
+	require.NotContains(t, readme, "go get github.com/p2pbeat/heartbeat\n", "go get of the module root fails outside a module")
+	require.Contains(t, readme, "about 3 minutes", "the first run's wait is stated")
+}
+
+// Key files and data directories never end up in a commit by accident.
+func TestGitignoreCoversKeysAndData(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("no git")
+	}
+	if err := exec.Command("git", "rev-parse", "--git-dir").Run(); err != nil {
+		t.Skip("not in a git checkout")
+	}
+	for _, path := range []string{"agg.key", "aggregator.key", "deploy/node.key", "tls.pem", "heartbeat-data/nodes.db",
+		"sub/heartbeat-data/x", "heartbeat.db", "heartbeat.db-wal", "heartbeat", "trace.csv"} {
+		out, err := exec.Command("git", "-C", "../..", "check-ignore", "--no-index", path).CombinedOutput()
+		require.NoError(t, err, "%s is not ignored: %s", path, out)
+	}
+	// Committed inputs are not ignored.
+	for _, path := range []string{"fsm/testdata/outage-45m.golden", "docs/cli.md", "internal/keyfile/keyfile.go"} {
+		err := exec.Command("git", "-C", "../..", "check-ignore", "--no-index", "-q", path).Run()
+		require.Error(t, err, "%s is ignored", path)
 	}
 }

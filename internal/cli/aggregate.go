@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
@@ -77,7 +78,10 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 		h.Close()
 		return nil, fmt.Errorf("libp2p host on %s: no listen address", s.listen)
 	}
-	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog)}
+	// aggregator.New adds the Go and process collectors and
+	// heartbeat_build_info (metrics.RegisterProcess): one owner.
+	reg := prometheus.NewRegistry()
+	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog), aggregator.WithRegistry(reg)}
 	if gater != nil {
 		opts = append(opts, aggregator.WithGater(gater))
 	}
@@ -159,17 +163,24 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	key, err := loadKey(*keyPath)
-	if err != nil {
-		return err
-	}
-	r, err := startAggregator(aggregatorSetup{
-		key: key, listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
+	return lf.failed(log, "aggregator", serveAggregator(ctx, stdout, log, *keyPath, aggregatorSetup{
+		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
 		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle},
-	})
+	}))
+}
+
+// serveAggregator runs the aggregator process until ctx ends.
+func serveAggregator(ctx context.Context, stdout io.Writer, log hclog.Logger, keyPath string, setup aggregatorSetup) error {
+	key, err := loadKey(keyPath)
 	if err != nil {
 		return err
 	}
+	setup.key = key
+	r, err := startAggregator(setup)
+	if err != nil {
+		return err
+	}
+	period := setup.cfg.ExpectedPeriod
 	fmt.Fprintf(stdout, "aggregator %s\n", r.dialable())
 	for _, a := range r.host.Addrs()[1:] {
 		fmt.Fprintf(stdout, "also      %s/p2p/%s\n", a, r.host.ID())
@@ -177,7 +188,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if r.httpURL != "" {
 		fmt.Fprintf(stdout, "http      %s\n", r.httpURL)
 	}
-	fmt.Fprintf(stdout, "run a sender with:\n  heartbeat beat --target %s --beat-period %s\n", r.dialable(), *period)
+	fmt.Fprintf(stdout, "run a sender with:\n  heartbeat beat --target %s --beat-period %s\n", r.dialable(), period)
 	select {
 	case <-ctx.Done():
 	case err := <-r.served:

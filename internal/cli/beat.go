@@ -14,7 +14,7 @@ import (
 	"github.com/p2pbeat/heartbeat/internal/keyfile"
 )
 
-func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := newFlagSet("beat", "--target MULTIADDR [--nickname N] [--beat-period D] [--reconnect-period D] [--key FILE] [--log-level L] [--log-json]")
 	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required)")
 	nickname := fs.String("nickname", "", "the node's nickname in the aggregator's views")
@@ -29,15 +29,16 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *target == "" {
 		return usageError("--target is required")
 	}
-	for _, err := range []error{positive("beat-period", *beatPeriod), positive("reconnect-period", *reconnectPeriod)} {
-		if err != nil {
-			return err
+	for _, perr := range []error{positive("beat-period", *beatPeriod), positive("reconnect-period", *reconnectPeriod)} {
+		if perr != nil {
+			return perr
 		}
 	}
 	log, err := lf.logger("beat", stderr)
 	if err != nil {
 		return err
 	}
+	defer func() { err = lf.failed(log, "sender", err) }()
 	cfg := heartbeat.Config{BeatTarget: *target, BeatPeriod: beatPeriod.String(), ReconnectPeriod: reconnectPeriod.String(), Nickname: *nickname}
 
 	opts := []libp2p.Option{libp2p.NoListenAddrs}

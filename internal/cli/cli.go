@@ -46,6 +46,13 @@ type usageErr struct{ err error }
 func (e *usageErr) Error() string { return e.err.Error() }
 func (e *usageErr) Unwrap() error { return e.err }
 
+// loggedErr is an error the command already logged, as JSON with
+// --log-json: Main prints nothing more, so every line stays JSON.
+type loggedErr struct{ err error }
+
+func (e *loggedErr) Error() string { return e.err.Error() }
+func (e *loggedErr) Unwrap() error { return e.err }
+
 // usageError makes a usage error, formatted as fmt.Errorf.
 func usageError(format string, args ...any) error {
 	return &usageErr{fmt.Errorf(format, args...)}
@@ -82,9 +89,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	err := c.run(ctx, args[1:], stdout, stderr)
 	var usage *usageErr
+	var logged *loggedErr
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return exitOK
+	case errors.As(err, &logged) && errors.As(err, &usage):
+		return exitUsage
+	case errors.As(err, &logged):
+		return exitError
 	case errors.As(err, &usage):
 		fmt.Fprintf(stderr, "heartbeat %s: %v\nRun 'heartbeat help %s' for usage.\n", c.name, err, c.name)
 		return exitUsage
@@ -118,10 +130,9 @@ func printUsage(w io.Writer) {
 // build information: a tag such as v1.2.0 after `go install …@v1.2.0`, a
 // pseudo-version or "(devel)" for a build from a checkout.
 func version() string {
-	v := "(unknown)"
+	v := moduleVersion()
 	var rev, dirty string
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		v = bi.Main.Version
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
@@ -140,6 +151,14 @@ func version() string {
 	return fmt.Sprintf("%s %s %s/%s", s, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
+// moduleVersion is the main module's version from the build information.
+func moduleVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(unknown)"
+}
+
 func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {
 	fs := newFlagSet("version", "")
 	if err := parse(fs, args, stdout); err != nil {
@@ -155,8 +174,13 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: heartbeat %s %s\n\nflags:\n", name, synopsis)
-		fs.PrintDefaults()
+		fmt.Fprintln(fs.Output(), strings.TrimSpace("usage: heartbeat "+name+" "+synopsis))
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprint(fs.Output(), "\nflags:\n")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }
@@ -208,6 +232,16 @@ func (l *logFlags) logger(name string, w io.Writer) (hclog.Logger, error) {
 	log := hclog.New(&hclog.LoggerOptions{Name: name, Level: level, JSONFormat: l.json, Output: w})
 	routeLibp2pLogs(log)
 	return log, nil
+}
+
+// failed is how a command that logs JSON reports an error that comes after
+// its logger exists: as one more JSON line, not as plain text.
+func (l *logFlags) failed(log hclog.Logger, command string, err error) error {
+	if err == nil || !l.json || errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	log.Error(command+" failed", "error", err)
+	return &loggedErr{err}
 }
 
 // listFlag collects a repeatable flag.

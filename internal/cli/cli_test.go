@@ -3,6 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"runtime"
@@ -117,6 +120,17 @@ func TestAggregatePrintsBeatCommand(t *testing.T) {
 		done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--expected-period", "2s"}, &out, &errb)
 	}()
 	line := out.waitFor(t, "\n  heartbeat beat --target ")
+	url := strings.Fields(out.waitFor(t, "http      "))[1]
+	// /metrics has the Go and process collectors and the build info.
+	resp, err := http.Get(url + "/metrics")
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	for _, want := range []string{"\ngo_goroutines ", "\nprocess_open_fds ", "\nheartbeat_nodes{",
+		`heartbeat_build_info{goversion="` + runtime.Version() + `",version="` + moduleVersion() + `"} 1`} {
+		require.Contains(t, string(body), want)
+	}
 	cancel()
 	require.Equal(t, 0, <-done, errb.String())
 	m := regexp.MustCompile(`aggregator (\S+)\n`).FindStringSubmatch(out.String())
@@ -130,23 +144,36 @@ func TestAggregatePrintsBeatCommand(t *testing.T) {
 // TestDemoShortRun runs the whole demo, shortened: the aggregator stops at
 // 1.75 s (once every sender beats) for 2.6 s, and the run goes on until
 // every sender beats to it again and the aggregator sees every node Up.
+// Its output is not a terminal: a plain timeline.
 func TestDemoShortRun(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	code, out, errs := run(t, "demo", "--duration", "7s")
 	require.Equal(t, 0, code, errs)
+	require.NotContains(t, out, "\x1b[", "no terminal, no table")
 	require.Contains(t, out, "stopping the aggregator")
 	require.Contains(t, out, "aggregator back, same identity and address")
-	require.Contains(t, out, "Heartbeat service failed to connect for 0s", "the WARN of the outage")
-	require.Contains(t, out, "Heartbeat service connected to aggregator", "the INFO of the recovery")
-	require.Regexp(t, `all senders beating\s+\d`, out)
-	require.Regexp(t, `all nodes up\s+\d`, out, "the aggregator saw every node Up again")
+	require.Contains(t, out, `node-5 is on a fork on purpose (same heights, other heads), so it shows "in dispute"`)
+	require.Regexp(t, `node-\d +WARN  Heartbeat service failed to connect outage=0\.0s failures=1 error="…: [^"]*"\n`, out, "the WARN of the outage, short")
+	require.Contains(t, out, "INFO  aggregator closed the heartbeat stream", "a stop closes the streams in order (never a reset)")
+	require.NotContains(t, out, "heartbeat stream reset", "a stop closes the streams in order (never a reset)")
+	require.Contains(t, out, "INFO  Heartbeat service connected to aggregator outage=", "the INFO of the recovery")
+	require.Regexp(t, `all senders beating\s+\d[.\dms]* after the restart`, out)
+	require.Regexp(t, `all nodes up\s+\d[.\dms]* after the restart \(aggregator's view\)`, out)
+	for _, line := range strings.Split(out, "\n") {
+		require.LessOrEqual(t, len([]rune(line)), 170, "a long line: %s", line)
+	}
+	for i := 1; i <= demoNodes; i++ {
+		// Failed retries after the first fold into the recovery line.
+		require.LessOrEqual(t, strings.Count(out, fmt.Sprintf("node-%d           Backoff -> Connecting -> Backoff", i)), 1, out)
+	}
 	sent := reportNumber(t, out, "heartbeats sent")
 	received := reportNumber(t, out, "heartbeats received")
 	// Every node was Up at the restarted aggregator: it counted a beat of each.
 	require.GreaterOrEqual(t, received, 5)
 	require.Positive(t, sent)
 	require.GreaterOrEqual(t, reportNumber(t, out, "reconnects"), 5)
-	require.Equal(t, 1, strings.Count(out, "\nreport\n"))
+	require.Equal(t, demoNodes, strings.Count(out, " to=left\n"), "the stopped senders turn Left at the aggregator, not Down")
+	requireReportLast(t, out)
 }
 
 func reportNumber(t *testing.T, out, label string) int {
