@@ -72,6 +72,7 @@
 
   let es = null;
   let retryMs = 1000;
+  let connects = 0; // snapshots received: one per (re)connection
 
   function setConn(status, text) {
     const c = $("conn");
@@ -87,6 +88,8 @@
       apply(ev);
       retryMs = 1000;
       setConn("live", "live");
+      connects++;
+      $("conn").dataset.connects = String(connects);
     });
     es.addEventListener("delta", (m) => apply(JSON.parse(m.data)));
     es.onerror = () => {
