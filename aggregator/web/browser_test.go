@@ -118,6 +118,17 @@ func eval[T any](t *testing.T, b *browser, expr string) T {
 	return v
 }
 
+// evalAsync evaluates an expression that gives a promise and decodes what
+// it resolves to.
+func evalAsync[T any](t *testing.T, b *browser, expr string) T {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(b.ctx, guard)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, chromedp.EvalAwaitPromise))
+	require.NoError(t, err, expr)
+	return v
+}
+
 // waitJS waits until the expression is truthy in the page: on every
 // animation frame, which is when the page renders.
 func (b *browser) waitJS(t *testing.T, what, expr string) {
@@ -233,7 +244,8 @@ func (f *fleet) addSender(t *testing.T, nickname, head string, height uint64) *s
 	target := f.host.Addrs()[0].String() + "/p2p/" + f.host.ID().String()
 	svc, err := heartbeat.New(h, heartbeat.Config{
 		BeatTarget: target, BeatPeriod: "1s", ReconnectPeriod: "1s", Nickname: nickname,
-	}, func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{Head: head, Height: height}, nil })
+	}, func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{Head: head, Height: height}, nil },
+		heartbeat.WithLogger(hclog.NewNullLogger()))
 	require.NoError(t, err)
 	require.NoError(t, svc.Start(context.Background()))
 	t.Cleanup(func() { _ = svc.Close() })
@@ -396,4 +408,84 @@ func TestBrowserNoHistoryAndOffline(t *testing.T) {
 	require.NoError(t, f.dash.Close())
 	f.srv.CloseClientConnections()
 	b.waitJS(t, "offline", `document.getElementById('conn').dataset.status === 'offline'`)
+}
+
+// bigSource is a fleet of n synthetic nodes whose states a test flips.
+type bigSource struct {
+	mu    sync.Mutex
+	nodes []web.Node
+}
+
+func newBigSource(n int, now time.Time) *bigSource {
+	s := &bigSource{}
+	for i := range n {
+		s.nodes = append(s.nodes, web.Node{
+			Peer: fmt.Sprintf("12D3KooWsynthetic%06d", i), Nickname: fmt.Sprintf("node-%05d", i),
+			State: "up", SinceMs: now.UnixMilli(), LastSeenMs: now.UnixMilli(),
+			Head: fmt.Sprintf("{ head-%d }", i%3), Height: 1000 + uint64(i%3),
+			RTTMs: web.Unknown, Uptime24h: web.Unknown,
+		})
+	}
+	return s
+}
+
+func (s *bigSource) Nodes(dst []web.Node) []web.Node {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append(dst, s.nodes...)
+}
+
+func (s *bigSource) Summary() web.Summary {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sum := web.Summary{Nodes: len(s.nodes), States: map[string]int{}}
+	for _, n := range s.nodes {
+		sum.States[n.State]++
+	}
+	return sum
+}
+
+// 10,000 nodes: the page renders one page of rows, pages through the rest,
+// and applies a delta of 1,000 changes without a reload. The render times
+// are logged (figures, not assertions: speed is for benchmarks).
+func TestBrowserTenThousandNodes(t *testing.T) {
+	chromium(t)
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	src := newBigSource(10_000, now)
+	d, err := web.New(src, web.WithClock(clockwork.NewMock(now)))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = d.Close() })
+	srv := httptest.NewServer(d)
+	t.Cleanup(srv.Close)
+
+	b := newBrowser(t, 1280, 800)
+	b.do(t, chromedp.Navigate(srv.URL+"/"))
+	b.waitJS(t, "all nodes", `document.getElementById('count').textContent === '10000 of 10000 nodes'`)
+	require.Equal(t, 100, eval[int](t, b, `document.querySelectorAll('#rows tr[data-peer]').length`))
+	require.Equal(t, "page 1 of 100", eval[string](t, b, `document.getElementById('page').textContent`))
+	require.Equal(t, []string{"A", "B", "C"}, eval[[]string](t, b, `Array.from(document.querySelectorAll('#forklegend [data-group]')).map(e => e.dataset.group)`))
+
+	b.do(t, chromedp.Click(chromedp.ID("next")))
+	b.waitJS(t, "page 2", `document.getElementById('page').textContent === 'page 2 of 100'`)
+
+	// A click, then two frames: the render has run and been painted.
+	const framed = `(click) => new Promise(done => { const t0 = performance.now(); click();
+		requestAnimationFrame(() => requestAnimationFrame(() => done(performance.now() - t0))) })`
+	sortMs := evalAsync[float64](t, b, `(`+framed+`)(() => {
+		document.querySelector('th[data-key="nickname"] button').click();
+		document.querySelector('th[data-key="nickname"] button').click() })`)
+	b.waitJS(t, "descending by nickname", `document.querySelector('#rows td.nick').textContent === 'node-09899'`)
+
+	src.mu.Lock()
+	for i := 0; i < 1000; i++ {
+		src.nodes[i*10].State = "down"
+	}
+	src.mu.Unlock()
+	d.Notify()
+	b.waitJS(t, "1,000 Down", `document.getElementById('sum-down').textContent === '1000'`)
+	require.True(t, eval[bool](t, b, setInput("state-filter", "down", "change")))
+	b.waitJS(t, "1,000 Down rows", `document.getElementById('count').textContent === '1000 of 10000 nodes'`)
+	renderMs := evalAsync[float64](t, b, `(`+framed+`)(() => document.getElementById('next').click())`)
+	require.Empty(t, b.errors(), "console errors")
+	t.Logf("10,000 nodes: sort click to painted %.1f ms; filtered page click to painted %.1f ms", sortMs, renderMs)
 }

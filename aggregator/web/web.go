@@ -356,12 +356,15 @@ func (d *Dashboard) refresh() {
 
 // event is the JSON body of every SSE event.
 type event struct {
-	NowMs     int64    `json:"now_ms"`
-	StartedMs int64    `json:"started_ms"`
-	Summary   Summary  `json:"summary"`
-	Nodes     []Node   `json:"nodes"`
-	Removed   []string `json:"removed,omitempty"`
-	History   bool     `json:"history"`
+	NowMs int64 `json:"now_ms"`
+	// LastSeenResMs is the last-seen resolution: the page shows an age
+	// below it as "< resolution".
+	LastSeenResMs int64    `json:"last_seen_res_ms"`
+	StartedMs     int64    `json:"started_ms"`
+	Summary       Summary  `json:"summary"`
+	Nodes         []Node   `json:"nodes"`
+	Removed       []string `json:"removed,omitempty"`
+	History       bool     `json:"history"`
 }
 
 // refreshLocked reads the source, updates prev and sends the delta to
@@ -399,7 +402,7 @@ func (d *Dashboard) refreshLocked() {
 	clear(d.scratch) // no references to node strings between refreshes
 	d.sum = sum
 	msg := d.encode("delta", event{
-		NowMs: now.UnixMilli(), StartedMs: d.opts.started.UnixMilli(),
+		NowMs: now.UnixMilli(), StartedMs: d.opts.started.UnixMilli(), LastSeenResMs: res,
 		Summary: sum, Nodes: changed, Removed: removed, History: d.opts.history != nil,
 	})
 	for s := range d.subs {
@@ -415,7 +418,8 @@ func (d *Dashboard) snapshotLocked() []byte {
 	}
 	return d.encode("snapshot", event{
 		NowMs: d.opts.clock.Now().UnixMilli(), StartedMs: d.opts.started.UnixMilli(),
-		Summary: d.sum, Nodes: nodes, History: d.opts.history != nil,
+		LastSeenResMs: d.opts.lastSeenRes.Milliseconds(),
+		Summary:       d.sum, Nodes: nodes, History: d.opts.history != nil,
 	})
 }
 

@@ -20,6 +20,7 @@
   let serverNowMs = 0; // the server's now at the last event...
   let receivedAt = 0; // ...and performance.now() when it arrived
   let hasHistory = false;
+  let lastSeenResMs = 0; // the server sends a newer last-seen only past this
   let groups = []; // head groups of Up nodes, largest first
   let groupOf = new Map(); // group key -> group
 
@@ -50,7 +51,8 @@
   }
 
   function shortPeer(p) {
-    return p.length > 14 ? p.slice(0, 6) + "…" + p.slice(-6) : p;
+    // Ed25519 ids all start "12D3KooW": the tail tells them apart.
+    return p.length > 14 ? p.slice(0, 4) + "…" + p.slice(-8) : p;
   }
 
   function groupKey(n) {
@@ -110,6 +112,7 @@
     startedMs = ev.started_ms;
     summary = ev.summary;
     hasHistory = ev.history;
+    lastSeenResMs = ev.last_seen_res_ms;
     for (const n of ev.nodes) nodes.set(n.peer, n);
     if (ev.removed) for (const p of ev.removed) nodes.delete(p);
     regroup();
@@ -296,10 +299,20 @@
     }
     tr.appendChild(gtd);
 
-    tr.appendChild(el("td", "opt", n.last_seen_ms ? dur(t - n.last_seen_ms) + " ago" : "never"));
+    tr.appendChild(el("td", "opt", lastSeen(n, t)));
     tr.appendChild(n.rtt_ms >= 0 ? el("td", "num opt", n.rtt_ms.toFixed(1) + " ms") : el("td", "num opt unknown", "–"));
     tr.appendChild(n.uptime_24h >= 0 ? el("td", "num opt", (100 * n.uptime_24h).toFixed(1) + "%") : el("td", "num opt unknown", "–"));
     return tr;
+  }
+
+  // lastSeen: a steady node's last-seen reaches the page at most once per
+  // resolution, so an age below it reads "< resolution", not a number
+  // that only looks precise.
+  function lastSeen(n, t) {
+    if (!n.last_seen_ms) return "never";
+    const age = t - n.last_seen_ms;
+    if (n.state === "up" && age < lastSeenResMs) return "< " + dur(lastSeenResMs) + " ago";
+    return dur(age) + " ago";
   }
 
   // ---- per-node view ----
