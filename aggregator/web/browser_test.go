@@ -176,6 +176,7 @@ func (b *browser) waitError(t *testing.T, text string) {
 // fleet is a real aggregator on a libp2p host on loopback, its dashboard
 // and API behind one HTTP server, and real senders.
 type fleet struct {
+	hook  *changeHook
 	agg   *aggregator.Aggregator
 	host  host.Host
 	dash  *web.Dashboard
@@ -186,14 +187,29 @@ type fleet struct {
 // changeHook stands in for the aggregator's change hook, which is not wired
 // yet: it calls Notify for every "node state changed" line the aggregator
 // logs, which it does once per tracker.Change.
-type changeHook struct{ d atomic.Pointer[web.Dashboard] }
+// It also reports the peers whose stream ended by reset ("heartbeat stream
+// ended", DEBUG), so that a test can wait for the aggregator to notice a
+// killed sender.
+type changeHook struct {
+	d     atomic.Pointer[web.Dashboard]
+	reset chan string
+}
 
 func (h *changeHook) Write(p []byte) (int, error) {
 	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
 		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) == nil && m["@message"] == "node state changed" {
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		switch m["@message"] {
+		case "node state changed":
 			if d := h.d.Load(); d != nil {
 				d.Notify()
+			}
+		case "heartbeat stream ended":
+			select {
+			case h.reset <- fmt.Sprint(m["peer_id"]):
+			default:
 			}
 		}
 	}
@@ -207,8 +223,8 @@ func startFleet(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, opts
 	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, hopts...)...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.Close() })
-	hook := &changeHook{}
-	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: hook, Level: hclog.Info})
+	hook := &changeHook{reset: make(chan string, 64)}
+	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: hook, Level: hclog.Debug})
 	a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithClock(clock))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
@@ -226,7 +242,7 @@ func startFleet(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, opts
 	mux.Handle("/", d)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return &fleet{agg: a, host: h, dash: d, srv: srv, clock: clock}
+	return &fleet{hook: hook, agg: a, host: h, dash: d, srv: srv, clock: clock}
 }
 
 // sender is one real heartbeat.Service on its own libp2p host.
@@ -364,6 +380,41 @@ func TestBrowserLiveFleet(t *testing.T) {
 	b.waitJS(t, "detail of the script nickname", `document.getElementById('d-title').textContent.startsWith('<script>')`)
 	require.True(t, eval[bool](t, b, `window.__xss === undefined && document.querySelectorAll('#detail img, #detail script').length === 0`))
 
+	require.Empty(t, b.errors(), "console errors")
+}
+
+// A killed sender (its host closed: no goodbye, the stream is reset) stays
+// Up on the page until its silence passes the thresholds on the
+// aggregator's clock, then shows Down without a reload.
+func TestBrowserKilledSenderGoesDown(t *testing.T) {
+	chromium(t)
+	start := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock := clockwork.NewMock(start)
+	f := startFleet(t, aggregator.Config{}, clock)
+	cfg := f.agg.Config()
+	victim := f.addSender(t, "victim", "{ h }", 7)
+
+	b := newBrowser(t, 1280, 800)
+	b.do(t, chromedp.Navigate(f.srv.URL+"/"))
+	row := fmt.Sprintf(`document.querySelector('#rows tr[data-peer=%q]')?.dataset.state`, victim.id.String())
+	b.waitJS(t, "victim Up", row+` === 'up'`)
+	require.True(t, eval[bool](t, b, `window.__marker = 1; true`))
+
+	require.NoError(t, victim.host.Close())
+	select {
+	case id := <-f.hook.reset:
+		require.Equal(t, victim.id.String(), id)
+	case <-time.After(guard):
+		t.Fatal("the aggregator never saw the stream end")
+	}
+	require.Equal(t, "up", eval[string](t, b, row), "a reset alone is no proof of death")
+
+	// Past SuspectAfter (and the startup grace, which is DownAfter):
+	// sweep by sweep on the aggregator's clock.
+	clockwork.AdvanceTo(clock, start.Add(cfg.DownAfter+cfg.SweepInterval))
+	b.waitJS(t, "victim Down", row+` === 'down'`)
+	require.Equal(t, "1", eval[string](t, b, `document.getElementById('sum-down').textContent`))
+	require.Equal(t, 1, eval[int](t, b, `window.__marker`), "the page was not reloaded")
 	require.Empty(t, b.errors(), "console errors")
 }
 

@@ -55,6 +55,11 @@ const (
 	// is not called: the delay with which heights and last-seen times
 	// reach the page.
 	DefaultRefreshInterval = time.Second
+	// DefaultNotifyInterval is the least time between two refreshes caused
+	// by Notify, so that a storm of changes (every node flipping at once)
+	// costs a few refreshes a second, not one per change. Wall clock: it
+	// protects the CPU.
+	DefaultNotifyInterval = 250 * time.Millisecond
 	// DefaultLastSeenResolution: a change of last-seen alone is sent once
 	// it is at least this much newer than what the page has.
 	DefaultLastSeenResolution = 10 * time.Second
@@ -91,6 +96,7 @@ type Option func(*options)
 type options struct {
 	clock          clockwork.Clock
 	refresh        time.Duration
+	notifyEvery    time.Duration
 	lastSeenRes    time.Duration
 	maxSubs        int
 	subBuf         int
@@ -110,6 +116,10 @@ func WithClock(c clockwork.Clock) Option { return func(o *options) { o.clock = c
 // WithRefreshInterval sets DefaultRefreshInterval's value; it must be
 // positive.
 func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
+
+// WithNotifyInterval sets DefaultNotifyInterval's value; it must be
+// positive.
+func WithNotifyInterval(d time.Duration) Option { return func(o *options) { o.notifyEvery = d } }
 
 // WithLastSeenResolution sets DefaultLastSeenResolution's value; 0 sends
 // every change of last-seen.
@@ -200,6 +210,7 @@ func New(src Source, opts ...Option) (*Dashboard, error) {
 	o := options{
 		clock:        clockwork.Real(),
 		refresh:      DefaultRefreshInterval,
+		notifyEvery:  DefaultNotifyInterval,
 		lastSeenRes:  DefaultLastSeenResolution,
 		maxSubs:      DefaultMaxSubscribers,
 		subBuf:       DefaultSubscriberBuffer,
@@ -215,6 +226,8 @@ func New(src Source, opts ...Option) (*Dashboard, error) {
 		return nil, errors.New("web: WithClock: nil clock")
 	case o.refresh <= 0:
 		return nil, fmt.Errorf("web: WithRefreshInterval (%v) must be positive", o.refresh)
+	case o.notifyEvery <= 0:
+		return nil, fmt.Errorf("web: WithNotifyInterval (%v) must be positive", o.notifyEvery)
 	case o.lastSeenRes < 0:
 		return nil, fmt.Errorf("web: WithLastSeenResolution (%v) must not be negative", o.lastSeenRes)
 	case o.maxSubs < 1:
@@ -325,12 +338,44 @@ func (d *Dashboard) Close() error {
 func (d *Dashboard) run(timer *clockwork.Timer, next time.Time) {
 	defer d.loop.Done()
 	defer timer.Close()
+	// After a Notify-driven refresh, cool is the end of the quiet period
+	// (DefaultNotifyInterval); a Notify inside it is held until then.
+	var (
+		cool    *time.Timer
+		coolC   <-chan time.Time
+		pending bool
+	)
+	defer func() {
+		if cool != nil {
+			cool.Stop()
+		}
+	}()
+	startCool := func() {
+		if cool == nil {
+			cool = time.NewTimer(d.opts.notifyEvery)
+		} else {
+			cool.Reset(d.opts.notifyEvery)
+		}
+		coolC = cool.C
+	}
 	for {
 		select {
 		case <-d.done:
 			return
 		case <-d.notify:
+			if coolC != nil {
+				pending = true
+				continue
+			}
 			d.refresh()
+			startCool()
+		case <-coolC:
+			coolC = nil
+			if pending {
+				pending = false
+				d.refresh()
+				startCool()
+			}
 		case now := <-timer.C():
 			d.refresh()
 			next = next.Add(d.opts.refresh)

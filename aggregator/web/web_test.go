@@ -138,6 +138,7 @@ func TestNewValidatesOptions(t *testing.T) {
 	src := newFakeSource()
 	for name, opt := range map[string]Option{
 		"WithRefreshInterval":    WithRefreshInterval(0),
+		"WithNotifyInterval":     WithNotifyInterval(0),
 		"WithMaxSubscribers":     WithMaxSubscribers(0),
 		"WithSubscriberBuffer":   WithSubscriberBuffer(0),
 		"WithLastSeenResolution": WithLastSeenResolution(-time.Second),
@@ -442,5 +443,32 @@ func TestScriptHasNoMarkupSinks(t *testing.T) {
 	_, code, _ = strings.Cut(code, "\"use strict\";")
 	for _, sink := range []string{"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"} {
 		require.NotContains(t, code, sink)
+	}
+}
+
+// A storm of Notify calls costs at most one refresh per NotifyInterval
+// (plus the first): the rest are merged.
+func TestNotifyStormIsCoalesced(t *testing.T) {
+	src := newFakeSource(node("a", "up", 1))
+	d, _ := newDash(t, src, WithNotifyInterval(time.Hour))
+	ch, cancel, err := d.Subscribe()
+	require.NoError(t, err)
+	defer cancel()
+	recv(t, ch)
+	base := d.Stats().Refreshes
+	src.set(node("a", "down", 1))
+	for range 1000 {
+		d.Notify()
+	}
+	require.Equal(t, "down", recv(t, ch).ev.Nodes[0].State)
+	// The other 999 wait for the quiet period (an hour) to end.
+	for range 1000 {
+		d.Notify()
+	}
+	require.Equal(t, base+1, d.Stats().Refreshes)
+	select {
+	case msg := <-ch:
+		t.Fatalf("a refresh inside the quiet period: %s", msg)
+	default:
 	}
 }
