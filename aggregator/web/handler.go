@@ -73,8 +73,9 @@ func (d *Dashboard) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
-	// The server's WriteTimeout (api.NewServer) would end the stream;
-	// each write gets its own deadline instead.
+	// The server's WriteTimeout (api.NewServer sets it) would end the
+	// stream; each write gets its own deadline instead. (net/http clears
+	// the read deadline itself once the request is read.)
 	write := func(b []byte) bool {
 		if err := rc.SetWriteDeadline(time.Now().Add(d.opts.writeTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 			return false

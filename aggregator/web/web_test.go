@@ -472,3 +472,28 @@ func TestNotifyStormIsCoalesced(t *testing.T) {
 	default:
 	}
 }
+
+// The server's read and write timeouts (api.NewServer sets both) do not
+// end an event stream: it outlives them and still delivers (here, a
+// keep-alive comment, due well after both deadlines).
+func TestEventsOutliveServerTimeouts(t *testing.T) {
+	d, _ := newDash(t, newFakeSource(node("a", "up", 1)), WithKeepAlive(300*time.Millisecond))
+	srv := httptest.NewUnstartedServer(d)
+	srv.Config.ReadTimeout = 20 * time.Millisecond
+	srv.Config.WriteTimeout = 20 * time.Millisecond
+	srv.Start()
+	defer srv.Close()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/api/events", nil)
+	require.NoError(t, err)
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	for {
+		line, err := r.ReadString('\n')
+		require.NoError(t, err, "the stream ended")
+		if line == ": keep-alive\n" {
+			return
+		}
+	}
+}
