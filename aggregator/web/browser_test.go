@@ -232,14 +232,13 @@ func startFleet(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, opts
 	require.NoError(t, err)
 	hook.d.Store(d)
 	t.Cleanup(func() { _ = d.Close() })
-	// The way the aggregator will mount it: the API's routes, and the
-	// dashboard for the rest.
+	// The way the aggregator will mount it: the dashboard's routes, and
+	// the API for the rest.
 	mux := http.NewServeMux()
-	api := a.HTTPHandler()
-	for _, p := range []string{"GET /metrics", "GET /api/nodes", "GET /api/summary", "GET /healthz"} {
-		mux.Handle(p, api)
+	for _, p := range web.Routes {
+		mux.Handle(p, d)
 	}
-	mux.Handle("/", d)
+	mux.Handle("/", a.HTTPHandler())
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return &fleet{hook: hook, agg: a, host: h, dash: d, srv: srv, clock: clock}
@@ -379,6 +378,12 @@ func TestBrowserLiveFleet(t *testing.T) {
 	b.do(t, chromedp.Click(chromedp.CSS(fmt.Sprintf(`#rows tr[data-peer=%q] td.peer`, evil.id.String()))))
 	b.waitJS(t, "detail of the script nickname", `document.getElementById('d-title').textContent.startsWith('<script>')`)
 	require.True(t, eval[bool](t, b, `window.__xss === undefined && document.querySelectorAll('#detail img, #detail script').length === 0`))
+
+	// A node's link, as the alert annotation gives it, opens its view on a
+	// fresh load.
+	// (A query string makes it a new document, not a hash change.)
+	b.do(t, chromedp.Navigate(f.srv.URL+"/?from=alert#node="+alpha.id.String()))
+	b.waitJS(t, "four flips from a link", `document.querySelectorAll('#d-flips li').length === 4 && document.getElementById('d-title').textContent === 'alpha'`)
 
 	require.Empty(t, b.errors(), "console errors")
 }

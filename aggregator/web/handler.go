@@ -20,6 +20,22 @@ var assets embed.FS
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; " +
 	"img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
+// Routes are the ServeMux patterns the dashboard serves. A server that
+// mounts it next to other handlers registers each of them to the
+// Dashboard, so that the other routes keep their own 404 and 405 answers:
+//
+//	for _, p := range web.Routes {
+//		mux.Handle(p, dashboard)
+//	}
+var Routes = []string{routeIndex, routeStatic, routeEvents, routeHistory}
+
+const (
+	routeIndex   = "GET /{$}"
+	routeStatic  = "GET /static/"
+	routeEvents  = "GET /api/events"
+	routeHistory = "GET /api/history/{peer}"
+)
+
 func (d *Dashboard) routes() *http.ServeMux {
 	static, err := fs.Sub(assets, "assets")
 	if err != nil {
@@ -27,11 +43,11 @@ func (d *Dashboard) routes() *http.ServeMux {
 	}
 	files := http.FileServerFS(static)
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc(routeIndex, func(w http.ResponseWriter, r *http.Request) {
 		secure(w)
 		http.ServeFileFS(w, r, static, "index.html")
 	})
-	mux.Handle("GET /static/", http.StripPrefix("/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle(routeStatic, http.StripPrefix("/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		secure(w)
 		w.Header().Set("Cache-Control", "no-cache")
 		if r.URL.Path == "" || r.URL.Path[len(r.URL.Path)-1] == '/' {
@@ -40,8 +56,8 @@ func (d *Dashboard) routes() *http.ServeMux {
 		}
 		files.ServeHTTP(w, r)
 	})))
-	mux.HandleFunc("GET /api/events", d.events)
-	mux.HandleFunc("GET /api/history/{peer}", d.history)
+	mux.HandleFunc(routeEvents, d.events)
+	mux.HandleFunc(routeHistory, d.history)
 	return mux
 }
 

@@ -431,6 +431,23 @@ func TestPageAndAssets(t *testing.T) {
 	rec := httptest.NewRecorder()
 	d.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/api/events", nil))
 	require.Equal(t, http.StatusMethodNotAllowed, rec.Code)
+
+	// Mounted by Routes next to another handler, every route reaches the
+	// dashboard and nothing else does.
+	mux := http.NewServeMux()
+	for _, p := range Routes {
+		mux.Handle(p, d)
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusTeapot) })
+	for path, code := range map[string]int{
+		"/": http.StatusOK, "/static/app.js": http.StatusOK,
+		"/api/history/p1": http.StatusNotFound, // the dashboard's "no history"
+		"/api/nodes":      http.StatusTeapot, "/metrics": http.StatusTeapot,
+	} {
+		rec := httptest.NewRecorder()
+		mux.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		require.Equal(t, code, rec.Code, path)
+	}
 }
 
 // The page builds every node-supplied string with textContent: the script

@@ -111,6 +111,7 @@
     receivedAt = performance.now();
     startedMs = ev.started_ms;
     summary = ev.summary;
+    const hadHistory = hasHistory;
     hasHistory = ev.history;
     lastSeenResMs = ev.last_seen_res_ms;
     for (const n of ev.nodes) nodes.set(n.peer, n);
@@ -118,6 +119,9 @@
     regroup();
     schedule();
     if (openPeer && nodes.has(openPeer)) renderDetailFields();
+    // Opened from a link (#node=…) before the first event said whether
+    // there is a history source: load it now.
+    if (openPeer && hasHistory && !hadHistory) loadHistory(openPeer);
   }
 
   function regroup() {
