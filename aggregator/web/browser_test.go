@@ -24,6 +24,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/aggregator/web"
 	"github.com/p2pbeat/heartbeat/clockwork"
 )
@@ -389,14 +390,13 @@ func TestBrowserLiveFleet(t *testing.T) {
 }
 
 // A killed sender (its host closed: no goodbye, the stream is reset) stays
-// Up on the page until its silence passes the thresholds on the
+// Up on the page until its silence passes its thresholds on the
 // aggregator's clock, then shows Down without a reload.
 func TestBrowserKilledSenderGoesDown(t *testing.T) {
 	chromium(t)
 	start := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	clock := clockwork.NewMock(start)
 	f := startFleet(t, aggregator.Config{}, clock)
-	cfg := f.agg.Config()
 	victim := f.addSender(t, "victim", "{ h }", 7)
 
 	b := newBrowser(t, 1280, 800)
@@ -414,9 +414,22 @@ func TestBrowserKilledSenderGoesDown(t *testing.T) {
 	}
 	require.Equal(t, "up", eval[string](t, b, row), "a reset alone is no proof of death")
 
-	// Past SuspectAfter (and the startup grace, which is DownAfter):
-	// sweep by sweep on the aggregator's clock.
-	clockwork.AdvanceTo(clock, start.Add(cfg.DownAfter+cfg.SweepInterval))
+	// Move the aggregator's clock sweep by sweep until the tracker
+	// declares the victim Down: its thresholds are its own (learned period,
+	// reconnect allowance after a reset, startup grace), the tracker's
+	// business; the page's is to follow. Bounded: a Down that never comes
+	// fails the test.
+	limit := start.Add(time.Hour)
+	for {
+		n, ok := f.agg.Tracker().Node(victim.id)
+		require.True(t, ok)
+		if n.State == tracker.Down {
+			break
+		}
+		at, ok := clockwork.AdvanceToNext(clock)
+		require.True(t, ok, "no timer armed")
+		require.True(t, at.Before(limit), "the victim never went Down")
+	}
 	b.waitJS(t, "victim Down", row+` === 'down'`)
 	require.Equal(t, "1", eval[string](t, b, `document.getElementById('sum-down').textContent`))
 	require.Equal(t, 1, eval[int](t, b, `window.__marker`), "the page was not reloaded")
@@ -468,8 +481,9 @@ func TestBrowserNoHistoryAndOffline(t *testing.T) {
 
 // bigSource is a fleet of n synthetic nodes whose states a test flips.
 type bigSource struct {
-	mu    sync.Mutex
-	nodes []web.Node
+	mu        sync.Mutex
+	nodes     []web.Node
+	disrupted bool
 }
 
 func newBigSource(n int, now time.Time) *bigSource {
@@ -494,7 +508,7 @@ func (s *bigSource) Nodes(dst []web.Node) []web.Node {
 func (s *bigSource) Summary() web.Summary {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sum := web.Summary{Nodes: len(s.nodes), States: map[string]int{}}
+	sum := web.Summary{Nodes: len(s.nodes), States: map[string]int{}, Disrupted: &s.disrupted}
 	for _, n := range s.nodes {
 		sum.States[n.State]++
 	}
@@ -532,14 +546,22 @@ func TestBrowserTenThousandNodes(t *testing.T) {
 		document.querySelector('th[data-key="nickname"] button').click() })`)
 	b.waitJS(t, "descending by nickname", `document.querySelector('#rows td.nick').textContent === 'node-09899'`)
 
+	require.True(t, eval[bool](t, b, `document.getElementById('disrupted').hidden`))
 	src.mu.Lock()
 	for i := 0; i < 1000; i++ {
 		src.nodes[i*10].State = "down"
 	}
+	src.nodes[0].Flags = []string{web.FlagDuplicateIdentity}
+	src.disrupted = true
 	src.mu.Unlock()
 	d.Notify()
 	b.waitJS(t, "1,000 Down", `document.getElementById('sum-down').textContent === '1000'`)
+	require.False(t, eval[bool](t, b, `document.getElementById('disrupted').hidden`), "the disruption mode is shown")
 	require.True(t, eval[bool](t, b, setInput("state-filter", "down", "change")))
+	b.waitJS(t, "1,000 Down rows", `document.getElementById('count').textContent === '1000 of 10000 nodes'`)
+	require.True(t, eval[bool](t, b, setInput("filter", "node-00000", "input")))
+	b.waitJS(t, "the flagged node", `document.querySelector('#rows tr[data-peer] .flag')?.textContent === 'duplicate identity'`)
+	require.True(t, eval[bool](t, b, setInput("filter", "", "input")))
 	b.waitJS(t, "1,000 Down rows", `document.getElementById('count').textContent === '1000 of 10000 nodes'`)
 	renderMs := evalAsync[float64](t, b, `(`+framed+`)(() => document.getElementById('next').click())`)
 	require.Empty(t, b.errors(), "console errors")

@@ -57,6 +57,9 @@ type Node struct {
 	LastSeenMs int64 `json:"last_seen_ms"`
 	// Miner is the node-supplied miner address; untrusted text.
 	Miner string `json:"miner,omitempty"`
+	// PeriodMs is the node's beat period as the aggregator learned it; 0
+	// when unknown.
+	PeriodMs int64 `json:"period_ms,omitempty"`
 	// RTTMs is the round-trip time in milliseconds; negative when unknown
 	// (the v1 protocol does not measure it).
 	RTTMs float64 `json:"rtt_ms"`
@@ -77,7 +80,7 @@ const Unknown = -1
 func (a *Node) equalButLastSeen(b *Node) bool {
 	return a.Peer == b.Peer && a.Nickname == b.Nickname && a.State == b.State &&
 		a.SinceMs == b.SinceMs && a.Head == b.Head && a.Height == b.Height &&
-		a.Miner == b.Miner && a.RTTMs == b.RTTMs && a.Uptime24h == b.Uptime24h &&
+		a.Miner == b.Miner && a.PeriodMs == b.PeriodMs && a.RTTMs == b.RTTMs && a.Uptime24h == b.Uptime24h &&
 		slices.Equal(a.Flags, b.Flags)
 }
 

@@ -8,9 +8,11 @@ import (
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 )
 
-// TrackerSource adapts a *tracker.Tracker to Source. The tracker knows no
-// RTT, 24 h uptime or disruption mode: those read as Unknown (nil for
-// Disrupted) until the aggregator provides them.
+// TrackerSource adapts a *tracker.Tracker to Source: the tracker's
+// disruption mode becomes Summary.Disrupted, a node flagged
+// DuplicateIdentity gets the flag FlagDuplicateIdentity, and its learned
+// period is Node.PeriodMs. The tracker knows no RTT or 24 h uptime: those
+// read as Unknown until the aggregator provides them.
 //
 // It caches the text form of each peer id (base58 costs more than the
 // rest of the conversion) and forgets the ids the tracker no longer has, so
@@ -18,6 +20,13 @@ import (
 func TrackerSource(t *tracker.Tracker) Source {
 	return &trackerSource{t: t, ids: make(map[peer.ID]string)}
 }
+
+// FlagDuplicateIdentity marks a node whose streams keep superseding each
+// other: two senders share its key.
+const FlagDuplicateIdentity = "duplicate_identity"
+
+// dupFlags is shared by every flagged node; nothing appends to it.
+var dupFlags = []string{FlagDuplicateIdentity}
 
 type trackerSource struct {
 	t *tracker.Tracker
@@ -44,6 +53,10 @@ func (s *trackerSource) Nodes(dst []Node) []Node {
 			s.ids[n.Peer] = id
 		}
 		s.seen[n.Peer] = struct{}{}
+		var flags []string
+		if n.DuplicateIdentity {
+			flags = dupFlags
+		}
 		dst = append(dst, Node{
 			Peer:       id,
 			Nickname:   n.Nickname,
@@ -53,8 +66,10 @@ func (s *trackerSource) Nodes(dst []Node) []Node {
 			Height:     n.Height,
 			LastSeenMs: ms(n.LastSeen),
 			Miner:      n.MinerAddress,
+			PeriodMs:   n.Period.Milliseconds(),
 			RTTMs:      Unknown,
 			Uptime24h:  Unknown,
+			Flags:      flags,
 		})
 	}
 	if len(s.ids) > len(s.seen) {
@@ -78,6 +93,7 @@ func (s *trackerSource) Summary() Summary {
 		ConsensusHeight: sum.ConsensusHeight,
 		InConsensus:     sum.InConsensus,
 		InDispute:       sum.InDispute,
+		Disrupted:       &sum.Disrupted,
 	}
 	for _, st := range tracker.States() {
 		out.States[st.String()] = sum.ByState[st]

@@ -44,11 +44,15 @@ func TestTrackerSource(t *testing.T) {
 	for _, n := range nodes {
 		byPeer[n.Peer] = n
 	}
-	require.Equal(t, Node{
+	want := Node{
 		Peer: a.String(), Nickname: "<b>a</b>", State: "up", SinceMs: t0.Add(time.Second).UnixMilli(),
 		Head: "{ h }", Height: 9, LastSeenMs: t0.Add(time.Second).UnixMilli(), Miner: "t01",
 		RTTMs: Unknown, Uptime24h: Unknown,
-	}, byPeer[a.String()])
+	}
+	got := byPeer[a.String()]
+	require.Positive(t, got.PeriodMs, "the tracker's period estimate")
+	want.PeriodMs = got.PeriodMs
+	require.Equal(t, want, got)
 	require.Equal(t, "left", byPeer[b.String()].State)
 	require.Equal(t, t0.Add(3*time.Second).UnixMilli(), byPeer[b.String()].SinceMs)
 
@@ -58,7 +62,21 @@ func TestTrackerSource(t *testing.T) {
 	require.Equal(t, "{ h }", sum.ConsensusHead)
 	require.Equal(t, uint64(9), sum.ConsensusHeight)
 	require.Equal(t, 1, sum.InConsensus)
-	require.Nil(t, sum.Disrupted, "the tracker has no disruption mode yet")
+	require.NotNil(t, sum.Disrupted)
+	require.False(t, *sum.Disrupted)
+
+	// Streams that keep superseding each other: flagged.
+	for i := range tracker.DefaultDuplicateThreshold + 1 {
+		tr.Superseded(a, t0.Add(time.Duration(4+i)*time.Second))
+	}
+	nodes = src.Nodes(nil)
+	for _, n := range nodes {
+		if n.Peer == a.String() {
+			require.Equal(t, []string{FlagDuplicateIdentity}, n.Flags)
+		} else {
+			require.Empty(t, n.Flags)
+		}
+	}
 
 	require.True(t, tr.Forget(b))
 	require.Len(t, src.Nodes(nil), 1)

@@ -350,6 +350,8 @@
     add("state", n.state + " for " + dur(t - n.since_ms));
     add("height", String(n.height));
     add("head", n.head || "—");
+    if (n.period_ms > 0) add("beat period", (n.period_ms / 1000).toFixed(1) + " s (learned)");
+    if (n.flags && n.flags.length) add("flags", n.flags.join(", ").replace(/_/g, " "));
     if (n.miner) add("miner", n.miner);
     add("last seen", n.last_seen_ms ? new Date(n.last_seen_ms).toISOString() : "never");
   }
