@@ -94,19 +94,18 @@ var ErrClosed = errors.New("web: dashboard closed")
 type Option func(*options)
 
 type options struct {
-	clock          clockwork.Clock
-	refresh        time.Duration
-	notifyEvery    time.Duration
-	lastSeenRes    time.Duration
-	maxSubs        int
-	subBuf         int
-	keepAlive      time.Duration
-	writeTimeout   time.Duration
-	history        History
-	started        time.Time
-	reg            prometheus.Registerer
-	log            hclog.Logger
-	startedDefault bool
+	clock        clockwork.Clock
+	refresh      time.Duration
+	notifyEvery  time.Duration
+	lastSeenRes  time.Duration
+	maxSubs      int
+	subBuf       int
+	keepAlive    time.Duration
+	writeTimeout time.Duration
+	history      History
+	started      time.Time
+	reg          prometheus.Registerer
+	log          hclog.Logger
 }
 
 // WithClock sets the clock of the refresh timer and of the times sent to
@@ -188,6 +187,7 @@ type Dashboard struct {
 	sent    map[string]int64
 	sum     Summary // of the last refresh
 	scratch []Node
+	seen    map[string]struct{} // scratch set of the peers read
 
 	onRemove func() // test hook, under mu: a subscriber was removed
 
@@ -243,7 +243,7 @@ func New(src Source, opts ...Option) (*Dashboard, error) {
 		o.log = hclog.NewNullLogger()
 	}
 	if o.started.IsZero() {
-		o.started, o.startedDefault = o.clock.Now(), true
+		o.started = o.clock.Now()
 	}
 	d := &Dashboard{
 		src:    src,
@@ -425,7 +425,11 @@ func (d *Dashboard) refreshLocked() {
 		changed []Node
 		removed []string
 	)
-	seen := make(map[string]struct{}, len(d.scratch))
+	if d.seen == nil {
+		d.seen = make(map[string]struct{}, len(d.scratch))
+	}
+	seen := d.seen
+	clear(seen)
 	for i := range d.scratch {
 		n := d.scratch[i]
 		seen[n.Peer] = struct{}{}
