@@ -100,6 +100,16 @@ type harness struct {
 	received chan received
 	accepts  sync.WaitGroup
 	streams  chan *transport.ServerStream
+	// accepted gets every accepted stream in accept order, and ends how
+	// each stream's reader ended (io.EOF after an orderly close).
+	accepted chan *transport.ServerStream
+	ends     chan streamEnd
+}
+
+// streamEnd is how the memory aggregator's reader of one stream ended.
+type streamEnd struct {
+	stream *transport.ServerStream
+	err    error
 }
 
 // received is one line the memory aggregator read.
@@ -125,6 +135,8 @@ func newHarness(t *testing.T, hc harnessConfig) *harness {
 		obsReady: make(chan struct{}, 1),
 		received: make(chan received, 1024),
 		streams:  make(chan *transport.ServerStream, 64),
+		accepted: make(chan *transport.ServerStream, 64),
+		ends:     make(chan streamEnd, 64),
 		runErr:   make(chan error, 1),
 	}
 	cfg := hc.cfg
@@ -200,18 +212,37 @@ func (h *harness) observations() []heartbeat.Observation {
 
 // settle waits until every dial and write the Service has in flight is
 // either handled or parked in the memory network (a hang or a stall): only
-// then can moving the clock not race the Service.
+// then can moving the clock not race the Service. Both counts come from
+// what an embedder sees too: the observations and Network.Blocked.
 func (h *harness) settle() {
 	h.t.Helper()
 	deadline := time.After(guard)
-	for h.svc.Pending() != h.net.Blocked() {
+	for h.inflight() != h.net.Blocked() {
 		select {
 		case <-h.obsReady:
 		case <-h.net.Changed():
 		case <-deadline:
-			h.t.Fatalf("not quiescent: pending=%d blocked=%d", h.svc.Pending(), h.net.Blocked())
+			h.t.Fatalf("not quiescent: in flight=%d blocked=%d", h.inflight(), h.net.Blocked())
 		}
 	}
+}
+
+// inflight counts the dials and writes the Service started (Dial and Send
+// effects) whose result it has not handled and published yet.
+func (h *harness) inflight() int {
+	n := 0
+	for _, o := range h.observations() {
+		for _, e := range o.Effects {
+			if e.Kind == fsm.Dial || e.Kind == fsm.Send {
+				n++
+			}
+		}
+		switch o.Event.Kind {
+		case fsm.DialSucceeded, fsm.DialFailed, fsm.WriteSucceeded, fsm.WriteFailed:
+			n--
+		}
+	}
+	return n
 }
 
 // waitFor waits until the Service has handled an event of kind k since
@@ -274,6 +305,7 @@ func (h *harness) startAggregator() {
 				return
 			}
 			h.streams <- s
+			h.accepted <- s
 			h.accepts.Add(1)
 			go func() {
 				defer h.accepts.Done()
@@ -281,6 +313,7 @@ func (h *harness) startAggregator() {
 				for {
 					var hb wire.Heartbeat
 					if err := dec.Decode(&hb); err != nil {
+						h.ends <- streamEnd{s, err}
 						return
 					}
 					h.received <- received{hb: hb, stream: s}
@@ -314,40 +347,10 @@ func (h *harness) nextLine() received {
 	}
 }
 
-// effectsAt lists, with their virtual times, the effects of kind k the
-// Service carried out.
-func (h *harness) effectsAt(k fsm.EffectKind) []time.Duration {
-	var out []time.Duration
-	for _, o := range h.observations() {
-		for _, e := range o.Effects {
-			if e.Kind == k {
-				out = append(out, o.At.Sub(start))
-			}
-		}
-	}
-	return out
-}
-
-func (h *harness) logsAt(level string) []time.Duration {
-	var out []time.Duration
-	for _, l := range h.lines(level) {
-		out = append(out, l.At)
-	}
-	return out
-}
-
 func seconds(ns ...int) []time.Duration {
 	out := make([]time.Duration, len(ns))
 	for i, n := range ns {
 		out[i] = time.Duration(n) * time.Second
-	}
-	return out
-}
-
-func every(from, to, step int) []time.Duration {
-	var out []time.Duration
-	for s := from; s <= to; s += step {
-		out = append(out, time.Duration(s)*time.Second)
 	}
 	return out
 }

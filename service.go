@@ -80,7 +80,6 @@ type Service struct {
 	results chan result
 	stopped chan struct{} // closed once the actor no longer reads results
 	ops     sync.WaitGroup
-	pending atomic.Int64 // dials and writes whose result the actor has not handled
 
 	closeOnce sync.Once
 	closing   chan struct{}
@@ -95,7 +94,6 @@ type Service struct {
 type result struct {
 	ev     fsm.Event
 	stream transport.Stream // a dial's stream
-	op     bool             // counts in pending
 }
 
 // New returns a Service that will send heartbeats to cfg.BeatTarget from
@@ -263,7 +261,6 @@ func (s *Service) shutdown(cancel context.CancelFunc) {
 		_ = st.Reset()
 		delete(s.streams, a)
 	}
-	s.pending.Store(0)
 }
 
 // post hands r to the actor, or, once the actor has stopped, resets the
@@ -295,11 +292,6 @@ func (s *Service) handle(r result) {
 		if st, ok := s.streams[r.ev.Attempt]; ok {
 			s.watch(r.ev.Attempt, st)
 		}
-	}
-	// Only now is the result fully handled (timers re-armed, new operations
-	// started), so only now may Pending drop: tests step the clock on it.
-	if r.op {
-		s.pending.Add(-1)
 	}
 	s.publish(o)
 }
@@ -388,16 +380,15 @@ func (s *Service) execute(e fsm.Effect) {
 func (s *Service) dial(attempt uint64) {
 	ctx, cancel := context.WithCancel(s.runCtx)
 	s.dials[attempt] = cancel
-	s.pending.Add(1)
 	s.ops.Add(1)
 	go func() {
 		defer s.ops.Done()
 		st, err := s.dialer.Dial(ctx, s.cfg.target)
 		if err != nil {
-			s.post(result{ev: fsm.Event{Kind: fsm.DialFailed, Attempt: attempt, Err: err}, op: true})
+			s.post(result{ev: fsm.Event{Kind: fsm.DialFailed, Attempt: attempt, Err: err}})
 			return
 		}
-		s.post(result{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt}, stream: st, op: true})
+		s.post(result{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt}, stream: st})
 	}()
 }
 
@@ -409,7 +400,6 @@ func (s *Service) send(attempt uint64) {
 		return
 	}
 	line, err := wire.AppendLine(nil, s.heartbeat())
-	s.pending.Add(1)
 	s.ops.Add(1)
 	go func() {
 		defer s.ops.Done()
@@ -417,10 +407,10 @@ func (s *Service) send(attempt uint64) {
 			_, err = st.Write(line)
 		}
 		if err != nil {
-			s.post(result{ev: fsm.Event{Kind: fsm.WriteFailed, Attempt: attempt, Err: err}, op: true})
+			s.post(result{ev: fsm.Event{Kind: fsm.WriteFailed, Attempt: attempt, Err: err}})
 			return
 		}
-		s.post(result{ev: fsm.Event{Kind: fsm.WriteSucceeded, Attempt: attempt}, op: true})
+		s.post(result{ev: fsm.Event{Kind: fsm.WriteSucceeded, Attempt: attempt}})
 	}()
 }
 

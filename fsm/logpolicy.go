@@ -79,7 +79,7 @@ func (r LogRecord) Message() string {
 	return fmt.Sprintf("LogKind(%d)", uint8(r.Kind))
 }
 
-// String renders the record for traces and golden files.
+// String renders the record for traces and scenario files.
 func (r LogRecord) String() string {
 	s := fmt.Sprintf("%s %q attempt=%d", r.Level, r.Message(), r.Attempt)
 	if r.Kind == LogConnected || r.Kind == LogConnectFailed {

@@ -199,6 +199,19 @@ func TestStopWhileBeatingIdleClosesInOrder(t *testing.T) {
 		{Kind: Transitioned, From: Beating, To: Stopped}}, got)
 }
 
+// A hung dial's stream that shows up after the retry connected belongs to
+// the abandoned attempt: it is reset, and the current stream stays.
+func TestLateStreamOfAbandonedDialIsReset(t *testing.T) {
+	m := reach(t, Connecting)
+	step(t, m, sec(10), Event{Kind: DialTimedOut})
+	step(t, m, sec(20), Event{Kind: RetryDue})
+	step(t, m, sec(20), Event{Kind: DialSucceeded, Attempt: 2})
+	got := step(t, m, sec(25), Event{Kind: DialSucceeded, Attempt: 1})
+	require.Equal(t, []Effect{{Kind: ResetStream, Attempt: 1}}, got)
+	require.Equal(t, Beating, m.State())
+	require.Equal(t, uint64(2), m.Attempt())
+}
+
 func TestBeatWhileWriteInFlightIsSkipped(t *testing.T) {
 	m := reach(t, Beating) // the first write (t0) is still in flight
 	got := step(t, m, sec(3), Event{Kind: BeatDue})

@@ -1,210 +1,188 @@
-package fsm
+package fsm_test
 
 import (
-	"flag"
-	"fmt"
-	"os"
-	"path/filepath"
-	"strings"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/internal/scenario"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+// start is an arbitrary virtual start; the machine never reads a clock.
+var start = time.Date(2019, 6, 1, 12, 0, 0, 0, time.UTC)
 
-// world is a minimal synchronous shell: results come back at the instant
-// their effect is executed, and time jumps from deadline to deadline. It is
-// enough to replay scripts in virtual time; the real shell is the Service.
+// The causes the memory transport fails with, which the Service's driver
+// sees under the transport's wrapping (see scenario.RootCause).
+var (
+	errRefused  = errors.New("connection refused")
+	errReset    = errors.New("stream reset")
+	errCanceled = errors.New("context canceled")
+)
+
+// world is the pure driver of the scenarios: a synchronous shell around one
+// fsm.Machine. Results come back at the instant their effect is carried
+// out, and time jumps from deadline to deadline, as the Service does on the
+// memory network and a mock clock.
 type world struct {
-	t          *testing.T
-	m          *Machine
-	now        time.Time
-	queue      []Event
-	trace      []string
-	dialErr    func(now time.Time) error // nil: the dial succeeds
-	dialHangs  func(now time.Time) bool
-	writeErr   func(now time.Time) error
-	writeHangs func(now time.Time) bool
-	logs       []logAt
-	dials      []time.Time
-	sends      []time.Time
+	t      *testing.T
+	rec    *scenario.Recorder
+	m      *fsm.Machine
+	now    time.Time
+	queue  []fsm.Event
+	up     bool
+	faults scenario.Faults
+	dials  []time.Time
+	// The attempts whose dial or write a fault parked (0: none), released
+	// as the memory network releases them: a cancelled dial, a reset or
+	// closed stream.
+	parkedDial, parkedWrite uint64
 }
 
-type logAt struct {
-	at  time.Duration
-	rec LogRecord
+func newWorld(t *testing.T, rec *scenario.Recorder, c fsm.Config) *world {
+	m, err := fsm.New(c)
+	require.NoError(t, err)
+	return &world{t: t, rec: rec, m: m, now: start}
 }
 
-func newWorld(t *testing.T, c Config) *world {
-	w := &world{t: t, m: newMachine(t, c), now: t0}
-	never := func(time.Time) bool { return false }
-	w.dialErr = func(time.Time) error { return nil }
-	w.writeErr = w.dialErr
-	w.dialHangs, w.writeHangs = never, never
-	return w
+// TestScenarios runs every scenario file on the pure machine, with the
+// legacy timing and no jitter, as the Service's driver runs them.
+func TestScenarios(t *testing.T) {
+	scenario.RunAll(t, func(t *testing.T, rec *scenario.Recorder) scenario.Driver {
+		c := fsm.DefaultConfig()
+		c.Backoff.Jitter = 0
+		return newWorld(t, rec, c)
+	})
 }
 
-func (w *world) elapsed() time.Duration { return w.now.Sub(t0) }
-
-func (w *world) handle(ev Event) {
-	effs := step(w.t, w.m, w.now, ev)
+func (w *world) step(ev fsm.Event) {
+	w.t.Helper()
+	effs, err := w.m.Step(w.now, ev)
+	require.NoError(w.t, err, "step %s in %s", ev.Kind, w.m.State())
+	fsm.RecordRow(w.m.LastRow())
+	w.rec.Effects(w.now.Sub(start), effs)
 	for _, e := range effs {
 		switch e.Kind {
-		case Dial:
+		case fsm.Dial:
 			w.dials = append(w.dials, w.now)
-			switch err := w.dialErr(w.now); {
-			case w.dialHangs(w.now):
-			case err != nil:
-				w.queue = append(w.queue, Event{Kind: DialFailed, Attempt: e.Attempt, Err: err})
+			switch {
+			case w.faults.HangDials:
+				w.parkedDial = e.Attempt
+			case !w.up:
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.DialFailed, Attempt: e.Attempt, Err: errRefused})
 			default:
-				w.queue = append(w.queue, Event{Kind: DialSucceeded, Attempt: e.Attempt})
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.DialSucceeded, Attempt: e.Attempt})
 			}
-		case Send:
-			w.sends = append(w.sends, w.now)
-			switch err := w.writeErr(w.now); {
-			case w.writeHangs(w.now):
-			case err != nil:
-				w.queue = append(w.queue, Event{Kind: WriteFailed, Attempt: e.Attempt, Err: err})
+		case fsm.Send:
+			switch {
+			case w.faults.WriteErr != nil:
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.WriteFailed, Attempt: e.Attempt, Err: w.faults.WriteErr})
+			case w.faults.StallWrites:
+				w.parkedWrite = e.Attempt
 			default:
-				w.queue = append(w.queue, Event{Kind: WriteSucceeded, Attempt: e.Attempt})
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.WriteSucceeded, Attempt: e.Attempt})
 			}
-		case Log:
-			w.logs = append(w.logs, logAt{w.elapsed(), e.Log})
-			w.trace = append(w.trace, fmt.Sprintf("+%-7s %s", w.elapsed(), e.Log))
-		case Transitioned, CancelDial, ResetStream, CloseStream:
-			w.trace = append(w.trace, fmt.Sprintf("+%-7s %s", w.elapsed(), e))
+		case fsm.CancelDial:
+			if w.parkedDial == e.Attempt {
+				// The cancelled dial fails, as a cancelled context fails it.
+				w.parkedDial = 0
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.DialFailed, Attempt: e.Attempt, Err: errCanceled})
+			}
+		case fsm.ResetStream, fsm.CloseStream:
+			if w.parkedWrite == e.Attempt {
+				w.parkedWrite = 0
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.WriteFailed, Attempt: e.Attempt, Err: errReset})
+			}
 		}
 	}
 }
 
-// runUntil handles queued results, then fires timers in deadline order,
-// until the next deadline is after end.
-func (w *world) runUntil(end time.Time) {
+// drain handles the queued results.
+func (w *world) drain() {
+	for len(w.queue) > 0 {
+		ev := w.queue[0]
+		w.queue = w.queue[1:]
+		w.step(ev)
+	}
+}
+
+func (w *world) Configure(dial, write time.Duration) {
+	require.Zero(w.t, w.m.Attempt(), "config comes first")
+	c := fsm.DefaultConfig()
+	c.Backoff.Jitter = 0
+	c.DialTimeout, c.WriteTimeout = dial, write
+	*w = *newWorld(w.t, w.rec, c)
+}
+
+func (w *world) Run() {
+	w.step(fsm.Event{Kind: fsm.Start})
+	w.drain()
+}
+
+func (w *world) Aggregator(up bool)       { w.up = up }
+func (w *world) Faults(f scenario.Faults) { w.faults = f }
+func (w *world) Now() time.Duration       { return w.now.Sub(start) }
+func (w *world) NextDeadline() (time.Duration, bool) {
+	_, at, ok := w.m.NextDeadline()
+	return at.Sub(start), ok
+}
+
+// Advance fires every timer due at the next deadline, then handles the
+// results, as the Service's actor does.
+func (w *world) Advance() bool {
+	_, at, ok := w.m.NextDeadline()
+	if !ok {
+		return false
+	}
+	w.now = at
 	for {
-		for len(w.queue) > 0 {
-			ev := w.queue[0]
-			w.queue = w.queue[1:]
-			w.handle(ev)
-		}
 		tm, at, ok := w.m.NextDeadline()
-		if !ok || at.After(end) {
-			w.now = end
-			return
+		if !ok || at.After(w.now) {
+			break
 		}
-		w.now = at
-		w.handle(Event{Kind: tm.Event()})
+		w.step(fsm.Event{Kind: tm.Event()})
 	}
+	w.drain()
+	return true
 }
 
-func (w *world) golden(name string) {
-	w.t.Helper()
-	got := strings.Join(w.trace, "\n") + "\n"
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		require.NoError(w.t, os.MkdirAll("testdata", 0o755))
-		require.NoError(w.t, os.WriteFile(path, []byte(got), 0o644))
+func (w *world) RemoteEnd(reset bool) {
+	require.Equal(w.t, fsm.Beating, w.m.State(), "no open stream to end")
+	if reset {
+		w.step(fsm.Event{Kind: fsm.RemoteReset, Attempt: w.m.Attempt(), Err: errReset})
+	} else {
+		w.step(fsm.Event{Kind: fsm.RemoteClosed, Attempt: w.m.Attempt()})
 	}
-	want, err := os.ReadFile(path)
-	require.NoError(w.t, err, "run with -update to create %s", path)
-	require.Equal(w.t, string(want), got, "trace differs from %s (rerun with -update if the change is intended)", path)
+	w.drain()
 }
 
-// TestOutageLogPolicy is the legacy policy at the exact virtual second: an
-// aggregator unreachable for 45 minutes, retried every 10 s without jitter.
-func TestOutageLogPolicy(t *testing.T) {
-	w := newWorld(t, testConfig())
-	w.dialErr = func(now time.Time) error {
-		if now.Before(t0.Add(45 * time.Minute)) {
-			return errRefused
-		}
-		return nil
-	}
-	w.handle(Event{Kind: Start})
-	w.runUntil(t0.Add(46 * time.Minute))
-
-	var warn, errs, debug, info []time.Duration
-	for _, l := range w.logs {
-		switch l.rec.Level {
-		case LevelWarn:
-			warn = append(warn, l.at)
-		case LevelError:
-			errs = append(errs, l.at)
-		case LevelDebug:
-			debug = append(debug, l.at)
-		case LevelInfo:
-			info = append(info, l.at)
-			require.Equal(t, 45*time.Minute, l.rec.Outage)
-			require.Equal(t, uint64(270), l.rec.Failures)
-		}
-	}
-	require.Equal(t, []time.Duration{0}, warn)
-	// Strictly more than 10 minutes: 600 s after the WARN is still DEBUG.
-	require.Equal(t, []time.Duration{610 * time.Second, 1220 * time.Second, 1830 * time.Second, 2440 * time.Second}, errs)
-	require.Len(t, debug, 270-1-4)
-	require.Equal(t, []time.Duration{45 * time.Minute}, info)
-	require.Len(t, w.dials, 271)
-	for i, at := range w.dials {
-		require.Equal(t, t0.Add(time.Duration(i)*10*time.Second), at, "attempt %d", i+1)
-	}
-	// Beats: at once on connecting, then every 3 s.
-	require.Equal(t, t0.Add(45*time.Minute), w.sends[0])
-	require.Equal(t, t0.Add(45*time.Minute+3*time.Second), w.sends[1])
-	require.Equal(t, "Heartbeat service failed to connect", w.logs[61].rec.Message())
-	require.Equal(t, 10*time.Minute+10*time.Second, w.logs[61].rec.Outage)
-	w.golden("outage-45m")
+func (w *world) Close() {
+	w.step(fsm.Event{Kind: fsm.Stop})
+	w.drain()
 }
 
-func TestWriteFailureThenReconnect(t *testing.T) {
-	w := newWorld(t, testConfig())
-	w.writeErr = func(now time.Time) error {
-		if now.Equal(t0.Add(9 * time.Second)) {
-			return errRefused
-		}
-		return nil
+func (w *world) Status() scenario.Status {
+	at, armed := w.m.Deadline(fsm.RetryTimer)
+	return scenario.Status{
+		State: w.m.State(), Attempt: w.m.Attempt(), Beats: w.m.Beats(), Failures: w.m.Failures(),
+		NextRetry: at.Sub(start), RetryArmed: armed, LastError: w.m.LastError(),
+		Parked: btoi(w.parkedDial != 0) + btoi(w.parkedWrite != 0),
 	}
-	w.handle(Event{Kind: Start})
-	w.runUntil(t0.Add(30 * time.Second))
-	require.Equal(t, []time.Time{t0, sec(19)}, w.dials)
-	require.Equal(t, Beating, w.m.State())
-	w.golden("write-failure")
-}
-
-func TestStalledWriteHitsItsDeadline(t *testing.T) {
-	c := testConfig()
-	c.WriteTimeout = 5 * time.Second
-	w := newWorld(t, c)
-	w.writeHangs = func(now time.Time) bool { return now.Equal(sec(6)) }
-	w.handle(Event{Kind: Start})
-	w.runUntil(t0.Add(30 * time.Second))
-	// The write at 6 s hangs; the beat at 9 s is skipped; the deadline at 11 s drops the stream.
-	require.Equal(t, []time.Time{t0, sec(21)}, w.dials)
-	w.golden("stalled-write")
-}
-
-func TestHungDialIsAbandoned(t *testing.T) {
-	w := newWorld(t, testConfig())
-	w.dialHangs = func(now time.Time) bool { return now.Equal(t0) }
-	w.handle(Event{Kind: Start})
-	w.runUntil(t0.Add(25 * time.Second))
-	require.Equal(t, []time.Time{t0, sec(20)}, w.dials)
-	// The hung dial's stream shows up late: it belongs to attempt 1 and is reset.
-	effs := step(t, w.m, w.now, Event{Kind: DialSucceeded, Attempt: 1})
-	require.Equal(t, []Effect{{Kind: ResetStream, Attempt: 1}}, effs)
-	w.golden("hung-dial")
 }
 
 // TestJitterIsSeeded: the same seed gives the same delays, another seed
 // others, and every delay stays within ±20% of ReconnectPeriod.
 func TestJitterIsSeeded(t *testing.T) {
 	delays := func(seed uint64) []time.Duration {
-		c := DefaultConfig()
+		c := fsm.DefaultConfig()
 		c.Seed = seed
-		w := newWorld(t, c)
-		w.dialErr = func(time.Time) error { return errRefused }
-		w.handle(Event{Kind: Start})
-		w.runUntil(t0.Add(time.Hour))
+		w := newWorld(t, &scenario.Recorder{}, c)
+		w.Run()
+		for w.Now() < time.Hour {
+			w.Advance()
+		}
 		var out []time.Duration
 		for i := 1; i < len(w.dials); i++ {
 			out = append(out, w.dials[i].Sub(w.dials[i-1]))
@@ -214,8 +192,16 @@ func TestJitterIsSeeded(t *testing.T) {
 	a, b, c := delays(1), delays(1), delays(2)
 	require.Equal(t, a, b)
 	require.NotEqual(t, a, c)
+	require.Greater(t, len(a), 250)
 	for _, d := range a {
 		require.GreaterOrEqual(t, d, 8*time.Second)
 		require.Less(t, d, 12*time.Second)
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -181,7 +181,7 @@ type Effect struct {
 	Log      LogRecord
 }
 
-// String renders e compactly for traces and golden files.
+// String renders e compactly for traces and scenario files.
 func (e Effect) String() string {
 	switch e.Kind {
 	case Dial, CancelDial, Send, ResetStream, CloseStream:
