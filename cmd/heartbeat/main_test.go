@@ -342,7 +342,7 @@ func TestGitignoreCoversKeysAndData(t *testing.T) {
 		require.NoError(t, err, "%s is not ignored: %s", path, out)
 	}
 	// Committed inputs are not ignored.
-	for _, path := range []string{"fsm/testdata/outage-45m.golden", "docs/cli.md", "internal/keyfile/keyfile.go"} {
+	for _, path := range []string{"fsm/testdata/scenarios/outage-45m.txt", "docs/cli.md", "internal/keyfile/keyfile.go"} {
 		err := exec.Command("git", "-C", "../..", "check-ignore", "--no-index", "-q", path).Run()
 		require.Error(t, err, "%s is ignored", path)
 	}
