@@ -5,16 +5,16 @@ import (
 	"time"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // Defaults applied by New (and HostOptions) to zero Config fields.
 const (
 	// DefaultMaxNodes is the number of nodes one aggregator tracks.
 	DefaultMaxNodes = tracker.DefaultMaxNodes
-	// DefaultMaxLineBytes bounds one heartbeat line, without its '\n'. A
-	// 2019 heartbeat is about 150 bytes; a tipset key of a dozen CIDs in
-	// Head stays under 1 KiB.
-	DefaultMaxLineBytes = 8 << 10
+	// DefaultMaxLineBytes bounds one heartbeat line, without its '\n':
+	// wire.MaxLineBytes, the limit senders keep to.
+	DefaultMaxLineBytes = wire.MaxLineBytes
 	// DefaultIdleTimeout ends a stream on which no complete line arrived
 	// for that long: ten times the legacy 3 s BeatPeriod.
 	DefaultIdleTimeout = 30 * time.Second

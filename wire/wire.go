@@ -15,6 +15,13 @@ import (
 // registered, and peers match protocol ids byte for byte.
 const ProtocolID = "fil/heartbeat/1.0.0"
 
+// MaxLineBytes is the longest heartbeat line, without its '\n', that a
+// receiver accepts by default (the aggregator's DefaultMaxLineBytes): a
+// sender must not write a longer one, or every stream it opens is reset
+// as line_too_long. A 2019 heartbeat is about 150 bytes; a tipset key of a
+// dozen CIDs in Head stays under 1 KiB.
+const MaxLineBytes = 8 << 10
+
 // ServiceName names the heartbeat service in libp2p's resource manager scopes.
 const ServiceName = "fil.heartbeat"
 

@@ -185,6 +185,7 @@ func TestConcurrentRequestsBoundedRSS(t *testing.T) {
 	if raceEnabled {
 		exe := filepath.Join(t.TempDir(), "api.test")
 		build := exec.Command("go", "test", "-c", "-o", exe, ".")
+		build.Env = append(os.Environ(), "GOFLAGS=") // no -race from the environment
 		out, err := build.CombinedOutput()
 		require.NoError(t, err, "go test -c: %s", out)
 		run := exec.Command(exe, "-test.run", "^TestConcurrentRequestsBoundedRSS$", "-test.v", "-test.count=1")
