@@ -212,10 +212,12 @@ func (s *sim) loop() {
 		}
 		s.now = at
 		s.pops++
-		if nx, ok := s.q.peek(0); ok {
-			s.touch(nx)
-			if nx2, ok := s.q.peek(1); ok {
-				s.touchNode(nx2)
+		if prefetchOn {
+			if nx, ok := s.q.peek(0); ok {
+				s.touch(nx)
+				if nx2, ok := s.q.peek(1); ok {
+					s.touchNode(nx2)
+				}
 			}
 		}
 		switch ev.kind {
@@ -255,6 +257,10 @@ func (s *sim) loop() {
 	}
 }
 
+// prefetchOn is always true but in BenchmarkPrefetch10k, which switches it
+// off and on in turn to measure what prefetching buys (docs/benchmarks.md).
+var prefetchOn = true
+
 // touch prefetches the memory the next event will need, so that its cache
 // misses overlap with the work on this event instead of stalling the next
 // one: at 10,000 nodes the run is bound by memory latency (each beat
@@ -266,18 +272,20 @@ func (s *sim) touch(ev event) {
 	case evTimer:
 		n := &s.nodes[ev.node]
 		if m := n.m; m != nil {
-			// A beat's Step reads and writes the machine's first 768 bytes
-			// (its state, timers, counters and the head of its effect
-			// buffer) and its last line (the slice it returns): the layout
-			// of fsm.Machine today. A stale guess costs speed, never
-			// correctness: a prefetch is only a hint.
-			p := unsafe.Pointer(m)
-			prefetch(p, 12)
-			prefetch(unsafe.Add(p, unsafe.Sizeof(*m)-1), 1)
+			// A beat's Step touches much of the machine: prefetch all of
+			// it. Its size is the compiler's, so this assumes nothing about
+			// fsm.Machine's layout, and a prefetch is only a hint: a change
+			// there can cost speed, never correctness.
+			prefetchSpan(unsafe.Pointer(m), unsafe.Sizeof(*m))
 		}
 	case evUp:
 		prefetch(unsafe.Pointer(&s.agg.st[ev.node]), 1)
 	}
+}
+
+// prefetchSpan prefetches every cache line of the size bytes at p.
+func prefetchSpan(p unsafe.Pointer, size uintptr) {
+	prefetch(p, int((uintptr(p)&63+size+63)/64))
 }
 
 // touchNode prefetches the hot lines of the node an event two places ahead
