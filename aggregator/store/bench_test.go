@@ -55,6 +55,44 @@ func BenchmarkWriterNode(b *testing.B) {
 	}
 }
 
+// The pull alternative to BenchmarkWriterNode: one snapshot pull of 10,000
+// nodes (WithSource), which the Writer does once per SampleInterval.
+// ns/node is the cost per node per minute; with beats every 3 s, divide by
+// 20 for the cost per beat.
+func BenchmarkWriterPull(b *testing.B) {
+	be, err := OpenSQLite(context.Background(), b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	const nodes = 10000
+	snap := make([]Node, nodes)
+	for i := range snap {
+		snap[i] = node(pid(i), "", "up", t0)
+	}
+	w, err := NewWriter(be, WriterConfig{Aggregator: aggA, QueueSize: 4 * nodes, BatchSize: 4 * nodes})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	b.ReportAllocs()
+	round := 0
+	for b.Loop() {
+		at := t0.Add(time.Duration(round) * time.Minute)
+		round++
+		for i := range snap {
+			snap[i].LastSeen, snap[i].Updated = at, at
+			w.Node(snap[i])
+		}
+		b.StopTimer()
+		if err := w.Flush(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*nodes), "ns/node")
+}
+
 // A state change: one Flip call (never dropped).
 func BenchmarkWriterFlip(b *testing.B) {
 	be, err := OpenSQLite(context.Background(), b.TempDir())

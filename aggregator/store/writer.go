@@ -115,8 +115,9 @@ func (c WriterConfig) withDefaults() (WriterConfig, error) {
 type WriterOption func(*writerOptions)
 
 type writerOptions struct {
-	clock clockwork.Clock
-	log   hclog.Logger
+	clock  clockwork.Clock
+	log    hclog.Logger
+	source func() []Node
 	// onFlush, for tests, is called by the Writer's goroutine after every
 	// write attempt with the batch's size and error.
 	onFlush func(n int, err error)
@@ -128,6 +129,17 @@ func WithClock(c clockwork.Clock) WriterOption { return func(o *writerOptions) {
 
 // WithLogger sets the logger (named "store"); default none.
 func WithLogger(l hclog.Logger) WriterOption { return func(o *writerOptions) { o.log = l } }
+
+// WithSource makes the Writer pull every node's snapshot from source once
+// per SampleInterval, on its own goroutine, and queue them as Node would.
+// With it the aggregator need not call Node per heartbeat at all (only
+// with each Flip, so that the state change is written with it), which
+// keeps the store's cost off the ingest path: a tracker snapshot per
+// minute instead of a call per beat. source must be safe to call from
+// another goroutine, e.g. the tracker's Nodes.
+func WithSource(source func() []Node) WriterOption {
+	return func(o *writerOptions) { o.source = source }
+}
 
 // WriterStats are the Writer's counters since NewWriter.
 type WriterStats struct {
@@ -158,6 +170,7 @@ type Writer struct {
 	clk     clockwork.Clock
 	log     hclog.Logger
 	onFlush func(n int, err error)
+	source  func() []Node
 
 	mu     sync.Mutex
 	closed bool
@@ -220,7 +233,7 @@ func NewWriter(b Backend, cfg WriterConfig, opts ...WriterOption) (*Writer, erro
 		o.log = hclog.NewNullLogger()
 	}
 	w := &Writer{
-		b: b, cfg: cfg, clk: o.clock, log: o.log.Named("store"), onFlush: o.onFlush,
+		b: b, cfg: cfg, clk: o.clock, log: o.log.Named("store"), onFlush: o.onFlush, source: o.source,
 		seen:     make(map[peer.ID]*memo),
 		kick:     make(chan struct{}, 1),
 		flushReq: make(chan chan error),
@@ -232,10 +245,13 @@ func NewWriter(b Backend, cfg WriterConfig, opts ...WriterOption) (*Writer, erro
 	// a mock clock right after cannot miss the first tick; the loop owns
 	// them from here on.
 	now := w.clk.Now()
-	flushT, pruneT := clockwork.NewTimer(w.clk), clockwork.NewTimer(w.clk)
+	flushT, pruneT, pullT := clockwork.NewTimer(w.clk), clockwork.NewTimer(w.clk), clockwork.NewTimer(w.clk)
 	flushT.ResetAt(now.Add(cfg.FlushInterval))
 	pruneT.ResetAt(now.Add(cfg.PruneInterval))
-	go w.loop(flushT, pruneT)
+	if w.source != nil {
+		pullT.ResetAt(now.Add(cfg.SampleInterval))
+	}
+	go w.loop(flushT, pruneT, pullT)
 	return w, nil
 }
 
@@ -422,10 +438,11 @@ func (w *Writer) Close() error {
 	return nil
 }
 
-func (w *Writer) loop(flushT, pruneT *clockwork.Timer) {
+func (w *Writer) loop(flushT, pruneT, pullT *clockwork.Timer) {
 	defer close(w.done)
 	defer flushT.Close()
 	defer pruneT.Close()
+	defer pullT.Close()
 	pruneAgain := false
 	for {
 		select {
@@ -440,6 +457,12 @@ func (w *Writer) loop(flushT, pruneT *clockwork.Timer) {
 			pruneAgain = !w.prune(now)
 			pruneT.ResetAt(now.Add(w.cfg.PruneInterval))
 			pruneT.Ack()
+		case now := <-pullT.C():
+			for _, n := range w.source() {
+				w.Node(n)
+			}
+			pullT.ResetAt(now.Add(w.cfg.SampleInterval))
+			pullT.Ack()
 		case <-w.kick:
 			w.flush()
 		case res := <-w.flushReq:

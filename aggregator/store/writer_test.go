@@ -143,6 +143,46 @@ func TestWriterDownsamplesNodeRecords(t *testing.T) {
 	require.LessOrEqual(t, w.Stats().Written, uint64(10+13))
 }
 
+// With a source, the Writer pulls snapshots once per SampleInterval: no call
+// per heartbeat.
+func TestWriterPullsSnapshots(t *testing.T) {
+	b := openSQLite(t)
+	var mu sync.Mutex
+	calls := 0
+	height := uint64(10)
+	source := func() []Node {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		var ns []Node
+		for i := range 3 {
+			n := node(pid(i), "", "up", time.Time{}) // Updated: the Writer's now
+			n.LastSeen, n.Height = t0.Add(time.Duration(calls)*time.Minute), height
+			ns = append(ns, n)
+		}
+		return ns
+	}
+	w, mock, _ := newWriter(t, b, WriterConfig{}, WithSource(source))
+	clockwork.AdvanceTo(mock, t0.Add(59*time.Second))
+	require.Zero(t, calls)
+	clockwork.AdvanceTo(mock, t0.Add(time.Minute))
+	mu.Lock()
+	height = 11
+	mu.Unlock()
+	clockwork.AdvanceTo(mock, t0.Add(2*time.Minute))
+	require.NoError(t, w.Flush(ctx))
+	require.Equal(t, 2, calls)
+	for i := range 3 {
+		n, err := b.Node(ctx, pid(i))
+		require.NoError(t, err)
+		require.Equal(t, t0.Add(2*time.Minute), n.Updated)
+		require.Equal(t, uint64(11), n.Height)
+		ss := allSamples(t, b, pid(i))
+		require.Len(t, ss, 2)
+		require.Equal(t, uint64(10), ss[0].Height)
+	}
+}
+
 // gated wraps a Backend so that a test can hold the Writer inside Apply.
 type gated struct {
 	Backend
