@@ -48,8 +48,9 @@ type WriterConfig struct {
 	// most one per node. Pending node records are one per node.
 	QueueSize int
 	// SampleInterval: a node's record is rewritten, and a height sample
-	// taken, at most this often unless its state or labels change; default
-	// 1 minute.
+	// taken, at most once per interval of the clock (e.g. once per minute
+	// from :00 to :59) unless its state or labels change; default 1
+	// minute. Also the period of the pull of WithSource.
 	SampleInterval time.Duration
 	// FlipRetention and SampleRetention: older rows are pruned; defaults
 	// 90 and 14 days.
@@ -261,10 +262,11 @@ func (p *pendingBatch) reset() {
 
 // Node queues a snapshot of a node's record; the Writer stamps Aggregator,
 // and Updated with its clock's now if zero. It never blocks on the
-// database. The record is written if its state or labels changed, or
-// SampleInterval after the last written one (a newer snapshot replaces a
-// pending one); a height sample is taken at most once per SampleInterval
-// of LastSeen.
+// database. The record is written if its state or labels changed, or if
+// Updated is in a later SampleInterval (counted from the zero time, so
+// whole minutes by default) than the last written record; a newer snapshot
+// replaces a pending one. A height sample is taken for the first LastSeen
+// in each SampleInterval.
 func (w *Writer) Node(n Node) {
 	n.Aggregator = w.cfg.Aggregator
 	if n.Updated.IsZero() {
@@ -282,14 +284,14 @@ func (w *Writer) Node(n Node) {
 	}
 	_, queued := w.p.nodes[n.Peer]
 	changed := n.State != m.state || n.Nickname != m.nickname || n.Miner != m.miner || n.Genesis != m.genesis
-	if queued || changed || m.written.IsZero() || n.Updated.Sub(m.written) >= w.cfg.SampleInterval {
+	if queued || changed || w.bucket(n.Updated) != w.bucket(m.written) {
 		w.p.nodes[n.Peer] = n
 		m.state, m.nickname, m.miner, m.genesis = n.State, n.Nickname, n.Miner, n.Genesis
 		if !queued {
 			m.written = n.Updated
 		}
 	}
-	if !n.LastSeen.IsZero() && (m.sampled.IsZero() || n.LastSeen.Sub(m.sampled) >= w.cfg.SampleInterval) {
+	if !n.LastSeen.IsZero() && w.bucket(n.LastSeen) != w.bucket(m.sampled) {
 		m.sampled = n.LastSeen
 		if len(w.p.flips)+len(w.p.samples) >= w.cfg.QueueSize {
 			w.samplesDropped.Add(1)
@@ -298,6 +300,14 @@ func (w *Writer) Node(n Node) {
 		}
 	}
 	w.kickLocked()
+}
+
+// bucket is the SampleInterval that t is in; the zero time has its own.
+func (w *Writer) bucket(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.Truncate(w.cfg.SampleInterval).Add(w.cfg.SampleInterval) // never the zero time
 }
 
 // Flip queues a state transition; the Writer stamps Aggregator. It never

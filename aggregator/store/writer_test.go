@@ -132,11 +132,14 @@ func TestWriterDownsamplesNodeRecords(t *testing.T) {
 		}
 	}
 	require.NoError(t, w.Flush(ctx))
+	// One sample per clock minute: the first beat in each (t0 is 03:04:05,
+	// so the first minute has 19 beats, then 20 each).
 	ss := allSamples(t, b, pid(1))
-	require.Len(t, ss, 10)
-	for i, s := range ss {
-		require.Equal(t, t0.Add(time.Duration(i)*time.Minute), s.At)
-		require.Equal(t, uint64(i*20), s.Height)
+	require.Len(t, ss, 11)
+	require.Equal(t, t0, ss[0].At)
+	for i, s := range ss[1:] {
+		require.Equal(t, t0.Truncate(time.Minute).Add(time.Duration(i+1)*time.Minute+2*time.Second), s.At)
+		require.Equal(t, uint64(19+20*i), s.Height)
 	}
 	// Records: at 0, at the state change (150), then the latest pending
 	// snapshot replaced the queued one (a newer snapshot always does).
