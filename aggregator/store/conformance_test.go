@@ -159,6 +159,12 @@ func TestFlipsPaged(t *testing.T) {
 			require.Equal(t, 1, seen[f.At.String()+f.Aggregator.String()+f.Reason], "each flip once")
 		}
 
+		recent, err := b.RecentFlips(ctx, pid(1), 3)
+		require.NoError(t, err)
+		require.Len(t, recent, 3)
+		require.Equal(t, t0.Add(124*time.Second), recent[0].At, "newest first")
+		require.Equal(t, t0.Add(123*time.Second), recent[2].At)
+
 		// [From, To) is half-open.
 		r = Range{From: t0.Add(10 * time.Second), To: t0.Add(20 * time.Second)}
 		got, _ = flipsOf(t, b, pid(1), r, MaxPageSize)
@@ -167,7 +173,7 @@ func TestFlipsPaged(t *testing.T) {
 		require.Equal(t, t0.Add(19*time.Second), got[19].At)
 
 		// A limit above MaxPageSize is clamped; 0 means the default.
-		got, _, err := b.Flips(ctx, pid(1), Range{From: t0, To: t0.Add(time.Hour)}, Page{})
+		got, _, err = b.Flips(ctx, pid(1), Range{From: t0, To: t0.Add(time.Hour)}, Page{})
 		require.NoError(t, err)
 		require.Len(t, got, DefaultPageSize)
 

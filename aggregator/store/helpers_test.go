@@ -79,6 +79,15 @@ func backends(t testing.TB) []backend {
 	return bs
 }
 
+// openSQLite opens a SQLite store in a fresh directory, closed at cleanup.
+func openSQLite(t testing.TB) Backend {
+	t.Helper()
+	b, err := OpenSQLite(context.Background(), t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
 var schemaSeq atomic.Int64
 
 // postgresSchema creates a fresh schema on the test server and returns a
@@ -137,3 +146,5 @@ func apply(t testing.TB, b Backend, batch Batch) {
 	t.Helper()
 	require.NoError(t, b.Apply(context.Background(), batch))
 }
+
+func itoa64(n int64) string { return fmt.Sprint(n) }

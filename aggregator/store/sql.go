@@ -470,6 +470,37 @@ func (b *sqlBackend) Flips(ctx context.Context, p peer.ID, r Range, pg Page) ([]
 	return out, next, nil
 }
 
+// RecentFlips implements Backend.
+func (b *sqlBackend) RecentFlips(ctx context.Context, p peer.ID, n int) ([]Flip, error) {
+	rows, err := b.db.QueryContext(ctx, b.d.bind(`SELECT a.peer, f.at, f.from_state, f.to_state, f.reason
+		FROM flips f JOIN peers p ON p.id = f.peer_id JOIN peers a ON a.id = f.agg_id
+		WHERE p.peer = ? ORDER BY f.at DESC, f.id DESC LIMIT ?`), p.String(), Page{Limit: n}.limit())
+	if err != nil {
+		return nil, b.errf("read flips", err)
+	}
+	defer rows.Close()
+	var out []Flip
+	for rows.Next() {
+		var (
+			f Flip
+			t int64
+			a string
+		)
+		if err := rows.Scan(&a, &t, &f.From, &f.To, &f.Reason); err != nil {
+			return nil, b.errf("read flips", err)
+		}
+		f.Peer, f.At = p, fromMS(t)
+		if f.Aggregator, err = peer.Decode(a); err != nil {
+			return nil, b.errf("read flips", fmt.Errorf("stored aggregator id %q: %w", a, err))
+		}
+		out = append(out, f)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, b.errf("read flips", err)
+	}
+	return out, nil
+}
+
 // Samples implements Backend.
 func (b *sqlBackend) Samples(ctx context.Context, p peer.ID, r Range, pg Page) ([]Sample, string, error) {
 	if err := r.Validate(); err != nil {

@@ -208,6 +208,9 @@ type Backend interface {
 	// Flips returns p's flips (every aggregator's) in r, oldest first, one
 	// page at a time; next is "" after the last page.
 	Flips(ctx context.Context, p peer.ID, r Range, pg Page) (flips []Flip, next string, err error)
+	// RecentFlips returns p's last n flips (every aggregator's), newest
+	// first; n is clamped like Page.Limit.
+	RecentFlips(ctx context.Context, p peer.ID, n int) ([]Flip, error)
 	// Samples returns p's height samples (every aggregator's) in r, oldest
 	// first, one page at a time; next is "" after the last page.
 	Samples(ctx context.Context, p peer.ID, r Range, pg Page) (samples []Sample, next string, err error)
