@@ -268,12 +268,12 @@ func (f *fleet) addSender(t *testing.T, nickname, head string, height uint64) *s
 	return &sender{id: h.ID(), host: h, svc: svc}
 }
 
-// history is a fake store: the same flips and heights for every node.
+// history is a fake store: the same flips and heights for every node,
+// over the six hours before the end of the range asked for.
 type history struct{}
 
-var histStart = time.Date(2026, 11, 30, 6, 0, 0, 0, time.UTC)
-
 func (history) NodeHistory(_ context.Context, _ string, from, to time.Time) (web.NodeHistory, error) {
+	histStart := to.Add(-6 * time.Hour)
 	at := func(d time.Duration) int64 { return histStart.Add(d).UnixMilli() }
 	h := web.NodeHistory{Flips: []web.Flip{
 		{AtMs: at(0), From: "joining", To: "up", Reason: "beat"},

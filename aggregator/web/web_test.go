@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -513,4 +515,79 @@ func TestEventsOutliveServerTimeouts(t *testing.T) {
 			return
 		}
 	}
+}
+
+// End to end over TCP: a client that opens /api/events, reads the
+// response head and then nothing. Refreshes keep returning at once; once
+// the socket buffers and the subscriber's queue are full it is dropped
+// (counted), and its handler ends at the write deadline instead of holding
+// a goroutine.
+func TestEventsClientThatNeverReads(t *testing.T) {
+	big := strings.Repeat("x", 1000)
+	src := newFakeSource()
+	bump := func(h uint64) {
+		for i := range 500 {
+			n := node(fmt.Sprintf("p%04d", i), "up", h)
+			n.Nickname = big
+			src.set(n)
+		}
+	}
+	bump(1)
+	d, _ := newDash(t, src, WithSubscriberBuffer(2), WithWriteTimeout(200*time.Millisecond))
+	removed := make(chan struct{}, 8)
+	d.mu.Lock()
+	d.onRemove = func() { removed <- struct{}{} }
+	d.mu.Unlock()
+	srv := httptest.NewUnstartedServer(d)
+	srv.Listener = smallBuffers{srv.Listener}
+	srv.Start()
+	defer srv.Close()
+
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.(*net.TCPConn).SetReadBuffer(4096))
+	_, err = conn.Write([]byte("GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n"))
+	require.NoError(t, err)
+	// The first line of the body is written after Subscribe.
+	r := bufio.NewReaderSize(conn, 64)
+	for {
+		line, err := r.ReadString('\n')
+		require.NoError(t, err)
+		if strings.HasSuffix(line, "retry: 2000\r\n") || strings.HasSuffix(line, "retry: 2000\n") {
+			break
+		}
+	}
+	for h := uint64(2); ; h++ {
+		bump(h)     // every node changes: each delta is about 500 KB
+		d.refresh() // returns at once whatever the client does
+		select {
+		case <-removed:
+			require.Equal(t, uint64(1), d.Stats().Dropped)
+			require.Zero(t, d.Stats().Subscribers)
+			// The client still holds its connection open: Close
+			// returns once the handler has ended by the write deadline.
+			closed := make(chan struct{})
+			go func() { srv.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(guard):
+				t.Fatal("the handler of a client that never reads did not end")
+			}
+			return
+		default:
+		}
+	}
+}
+
+// smallBuffers shrinks the send buffer of every accepted connection, so
+// that a client that stops reading blocks the server's writes soon.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(4096)
+	}
+	return c, err
 }

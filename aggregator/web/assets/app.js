@@ -382,7 +382,8 @@
 
   function renderHistory(h) {
     const t1 = now();
-    let t0 = t1 - 24 * 3600 * 1000;
+    // The axis spans the data (at least the last hour), up to now.
+    let t0 = t1 - 3600 * 1000;
     if (h.flips.length && h.flips[0].at_ms < t0) t0 = h.flips[0].at_ms;
     if (h.heights.length && h.heights[0].at_ms < t0) t0 = h.heights[0].at_ms;
     const W = 500;
@@ -432,6 +433,12 @@
       const bot = svg("text", { x: 2, y: H - 1, "font-size": 9, fill: "#667085" });
       bot.textContent = String(lo);
       ch.appendChild(bot);
+      const from = svg("text", { x: 60, y: H - 1, "font-size": 9, fill: "#667085" });
+      from.textContent = new Date(t0).toISOString().slice(0, 16).replace("T", " ");
+      ch.appendChild(from);
+      const end = svg("text", { x: W, y: H - 1, "font-size": 9, fill: "#667085", "text-anchor": "end" });
+      end.textContent = "now";
+      ch.appendChild(end);
       $("d-heights").appendChild(ch);
     }
   }
