@@ -324,8 +324,11 @@ func BenchmarkAggregatorLibp2p(b *testing.B) {
 	}
 }
 
-// median sorts xs and returns its median (the upper one of an even count).
+// median returns the median of xs, leaving xs as it is.
 func median(xs []float64) float64 {
-	slices.Sort(xs)
-	return xs[len(xs)/2]
+	s := slices.Sorted(slices.Values(xs))
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
 }
