@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -276,54 +277,65 @@ func TestWriterCloseFlushesPending(t *testing.T) {
 	}
 }
 
-// A full disk (SQLite's max_page_count: the same SQLITE_FULL error): the
-// Writer counts and logs the failure, keeps flips and node records, drops
-// samples, and writes everything kept once the disk has room again.
-func TestWriterSurvivesFullDisk(t *testing.T) {
-	b := openSQLite(t)
-	sb := b.(*sqlBackend)
-	sb.db.SetMaxOpenConns(1) // so that the PRAGMAs below hold for every statement
-	var pages int64
-	require.NoError(t, sb.db.QueryRow("PRAGMA page_count").Scan(&pages))
-	_, err := sb.db.Exec("PRAGMA max_page_count = " + itoa64(pages))
-	require.NoError(t, err)
+// Failing writes, with SQLite's own errors: a full disk (max_page_count
+// gives SQLITE_FULL, as a full file system does) and a read-only database
+// (query_only gives SQLITE_READONLY, as a read-only file does). The Writer
+// counts and logs the failure, keeps flips and node records, drops
+// samples, and writes everything kept once writes succeed again.
+func TestWriterSurvivesFailingWrites(t *testing.T) {
+	for _, c := range []struct {
+		name, fail, heal, msg string
+	}{
+		{"full disk", "PRAGMA max_page_count = %d", "PRAGMA max_page_count = 1000000", "full"},
+		{"read-only", "PRAGMA query_only = ON -- %d", "PRAGMA query_only = OFF", "readonly"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := openSQLite(t)
+			sb := b.(*sqlBackend)
+			sb.db.SetMaxOpenConns(1) // so that the PRAGMAs below hold for every statement
+			var pages int64
+			require.NoError(t, sb.db.QueryRow("PRAGMA page_count").Scan(&pages))
+			_, err := sb.db.Exec(fmt.Sprintf(c.fail, pages))
+			require.NoError(t, err)
 
-	var logBuf syncBuffer
-	log := hclog.New(&hclog.LoggerOptions{Output: &logBuf, Level: hclog.Info})
-	w, mock, fl := newWriter(t, b, WriterConfig{}, WithLogger(log))
-	flip := func(i int) Flip {
-		return Flip{Peer: pid(i), At: t0.Add(time.Duration(i) * time.Millisecond), From: "up", To: "down", Reason: "silent for 15s, longer than the threshold"}
-	}
-	for i := range 200 {
-		w.Flip(flip(i))
-	}
-	w.Node(node(pid(1), "", "down", t0))
-	clockwork.Advance(mock, time.Second)
-	r := <-fl
-	require.ErrorContains(t, r.err, "full")
-	require.ErrorContains(t, r.err, SQLiteFile, "the error names the file")
-	clockwork.Advance(mock, time.Second) // fails again: logged once per minute only
-	require.Error(t, (<-fl).err)
-	for i := 200; i < 210; i++ {
-		w.Flip(flip(i)) // tracking goes on meanwhile
-	}
-	st := w.Stats()
-	require.Equal(t, uint64(2), st.FlushErrors)
-	require.Equal(t, uint64(1), st.SamplesDropped) // the node's one sample
-	require.Equal(t, 1, bytes.Count(logBuf.Bytes(), []byte("store write failed")))
+			var logBuf syncBuffer
+			log := hclog.New(&hclog.LoggerOptions{Output: &logBuf, Level: hclog.Info})
+			w, mock, fl := newWriter(t, b, WriterConfig{}, WithLogger(log))
+			flip := func(i int) Flip {
+				return Flip{Peer: pid(i), At: t0.Add(time.Duration(i) * time.Millisecond), From: "up", To: "down", Reason: "silent for 15s, longer than the threshold"}
+			}
+			for i := range 200 {
+				w.Flip(flip(i))
+			}
+			w.Node(node(pid(1), "", "down", t0))
+			clockwork.Advance(mock, time.Second)
+			r := <-fl
+			require.ErrorContains(t, r.err, c.msg)
+			require.ErrorContains(t, r.err, SQLiteFile, "the error names the file")
+			clockwork.Advance(mock, time.Second) // fails again: logged once per minute only
+			require.Error(t, (<-fl).err)
+			for i := 200; i < 210; i++ {
+				w.Flip(flip(i)) // tracking goes on meanwhile
+			}
+			st := w.Stats()
+			require.Equal(t, uint64(2), st.FlushErrors)
+			require.Equal(t, uint64(1), st.SamplesDropped) // the node's one sample
+			require.Equal(t, 1, bytes.Count(logBuf.Bytes(), []byte("store write failed")))
 
-	_, err = sb.db.Exec("PRAGMA max_page_count = 1000000")
-	require.NoError(t, err)
-	clockwork.Advance(mock, time.Second)
-	require.NoError(t, (<-fl).err)
-	var flips, peers int
-	require.NoError(t, sb.db.QueryRow("SELECT COUNT(*), COUNT(DISTINCT peer_id) FROM flips").Scan(&flips, &peers))
-	require.Equal(t, 210, flips, "every flip kept through the outage")
-	require.Equal(t, 210, peers, "once each")
-	require.Len(t, allFlips(t, b, pid(209)), 1)
-	_, err = b.Node(ctx, pid(1))
-	require.NoError(t, err)
-	require.Contains(t, logBuf.String(), "store writes recovered")
+			_, err = sb.db.Exec(c.heal)
+			require.NoError(t, err)
+			clockwork.Advance(mock, time.Second)
+			require.NoError(t, (<-fl).err)
+			var flips, peers int
+			require.NoError(t, sb.db.QueryRow("SELECT COUNT(*), COUNT(DISTINCT peer_id) FROM flips").Scan(&flips, &peers))
+			require.Equal(t, 210, flips, "every flip kept through the outage")
+			require.Equal(t, 210, peers, "once each")
+			require.Len(t, allFlips(t, b, pid(209)), 1)
+			_, err = b.Node(ctx, pid(1))
+			require.NoError(t, err)
+			require.Contains(t, logBuf.String(), "store writes recovered")
+		})
+	}
 }
 
 func TestWriterPrunesWithRetention(t *testing.T) {
