@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 )
 
 // Exit codes (docs/cli.md has the table).
@@ -151,12 +153,11 @@ func version() string {
 	return fmt.Sprintf("%s %s %s/%s", s, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
-// moduleVersion is the main module's version from the build information.
+// moduleVersion is the module's version from the build information, as
+// heartbeat_build_info reports it.
 func moduleVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(unknown)"
+	v, _ := metrics.BuildVersion()
+	return v
 }
 
 func runVersion(_ context.Context, args []string, stdout, _ io.Writer) error {

@@ -219,7 +219,7 @@ func (d *demo) loop(ctx context.Context) error {
 		}
 		if line := summaryLine(d.agg != nil, d.summary()); line != last {
 			last = line
-			d.tl.line(now, "aggregator", "      "+line)
+			d.tl.line(time.Now(), "aggregator", "      "+line)
 		}
 		if d.table != nil {
 			d.table.draw(d.rows(), d.status())

@@ -201,5 +201,5 @@ func requireReportLast(t *testing.T, text string) {
 	require.Equal(t, 1, strings.Count(text, "\nreport\n"), text)
 	report := strings.Index(text, "\nreport\n")
 	require.Greater(t, report, strings.LastIndex(text, "-> Stopped"), "the report follows the senders' shutdown:\n%s", text)
-	require.Greater(t, report, strings.LastIndex(text, "aggregator stopped"), "the report follows the aggregator's shutdown:\n%s", text)
+	require.Greater(t, report, strings.LastIndex(text, "INFO  aggregator stopped"), "the report follows the aggregator's shutdown:\n%s", text)
 }
