@@ -4,8 +4,10 @@
 // memory transport and a mock clock (package heartbeat's tests). The files
 // are github.com/cockroachdb/datadriven scripts, as etcd-io/raft's
 // interaction tests are: a command, then "----", then its expected output.
-// `go test -rewrite` rewrites the expected output; a failing scenario prints
-// a text diff.
+// A failing scenario prints a text diff. To rewrite the expected output
+// after an intended change, run one driver with -rewrite, then both without:
+//
+//	go test ./fsm -run TestScenarios -rewrite && go test . ./fsm -run TestScenarios
 //
 // # Commands
 //
