@@ -103,7 +103,8 @@ func TestLateSweepUsesScheduledTime(t *testing.T) {
 
 // Most nodes silent at once: one WARN, heartbeat_aggregator_disrupted 1,
 // nobody Down; when most beat again, one INFO, and the one still silent
-// goes Down as usual.
+// goes Down as usual after the reconnect allowance (none here) plus its
+// period, counted from the end of the disruption.
 func TestDisruptionLoggedOnce(t *testing.T) {
 	checkLeaks(t)
 	a, mock, rec, logs := mockAggregator(t, fixedPeriod())
@@ -142,7 +143,17 @@ func TestDisruptionLoggedOnce(t *testing.T) {
 	require.Len(t, over, 1)
 	require.Equal(t, "info", over[0]["@level"])
 	n, _ := a.Tracker().Node(nodes[3].id)
+	require.Equal(t, tracker.Suspect, n.State, "the allowance from the end of the disruption")
+	for _, at := range []time.Duration{32 * time.Second, 34 * time.Second} {
+		clockwork.AdvanceTo(mock, t0.Add(at))
+		for _, p := range nodes[:3] {
+			p.beat(t, rec)
+		}
+	}
+	clockwork.AdvanceTo(mock, t0.Add(36*time.Second)) // 31s + 1s period + 3 periods < 36s
+	n, _ = a.Tracker().Node(nodes[3].id)
 	require.Equal(t, tracker.Down, n.State)
+	require.Zero(t, gauge())
 	for _, p := range nodes {
 		p.close(t)
 	}

@@ -231,13 +231,23 @@ func TestDisruption(t *testing.T) {
 		on, _ = tr.Disrupted()
 		require.True(t, on, "5 of 10 beating is not more than 55%")
 		beatAll(t, tr, all[5:6], heal)
-		ch := tr.Sweep(heal.Add(time.Second), nil)
+		exit := heal.Add(time.Second)
+		require.Empty(t, tr.Sweep(exit, nil))
 		on, _ = tr.Disrupted()
 		require.False(t, on, "6 of 10 beating: left")
-		require.Len(t, ch, 4, "those still silent go Down as usual")
-		for _, c := range ch {
-			require.Equal(t, Down, c.To)
+		// Those still silent get the reconnect allowance (here none) plus
+		// their period from the exit, then go Down as usual: 3s + 9s.
+		downs := func(chs []Change) (n int) {
+			for _, c := range chs {
+				if c.To == Down {
+					n++
+				}
+			}
+			return n
 		}
+		beatAll(t, tr, all[:6], exit.Add(10*time.Second))
+		require.Zero(t, downs(tr.Sweep(exit.Add(12*time.Second), nil)))
+		require.Equal(t, 4, downs(tr.Sweep(exit.Add(12*time.Second+1), nil)))
 	})
 
 	t.Run("max hold", func(t *testing.T) {
