@@ -292,6 +292,35 @@ func TestDisruption(t *testing.T) {
 		require.Equal(t, 5, down)
 	})
 
+	t.Run("a fleet cut off one by one is one event", func(t *testing.T) {
+		// 20 nodes fall silent one every 2s: by the time a majority is
+		// silent, the first ones are Down, and they still count. Counting
+		// only the Suspect ones, 11 would be Down first.
+		tr := newTracker(t, cfg)
+		fleet := ids(0, 20)
+		beatAll(t, tr, fleet, t0)
+		var changes []Change
+		for s := 1; s <= 90; s++ {
+			at := t0.Add(time.Duration(s) * time.Second)
+			if k := s / 2; k < 20 {
+				beatAll(t, tr, fleet[k:], at) // node k-1 beat last at 2k-1
+			}
+			changes = tr.Sweep(at, changes)
+		}
+		on, since := tr.Disrupted()
+		require.True(t, on)
+		var down int
+		for _, ch := range changes {
+			if ch.To == Down && ch.At.After(since) {
+				t.Fatalf("Down while disrupted: %+v", ch)
+			}
+			if ch.To == Down {
+				down++
+			}
+		}
+		require.LessOrEqual(t, down, 7, "disrupted before most went Down (11 counting only Suspect nodes)")
+	})
+
 	t.Run("too few nodes", func(t *testing.T) {
 		tr := newTracker(t, cfg)
 		beatAll(t, tr, all[:2], t0)
