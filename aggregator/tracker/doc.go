@@ -136,5 +136,3 @@
 // ticker, logging the changes it returns. Summary feeds the Prometheus
 // collector; Nodes and Summary feed the HTTP API.
 package tracker
-
-//go:generate go run ../../internal/gendocs -nodes ../../docs/node-states.md
