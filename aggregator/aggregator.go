@@ -12,7 +12,9 @@
 // Reset on any error and Closed only after a clean EOF. The sender's
 // identity is s.Conn().RemotePeer(), proved by the secure channel; the body
 // is only a label. A peer has at most one live stream: a newer one
-// supersedes the older, which is reset. A malformed line (not JSON, wrong
+// supersedes the older, which is reset; streams that keep superseding each
+// other (two senders with one key) are reported by the tracker, counted as
+// duplicate_identity and logged at WARN once per window. A malformed line (not JSON, wrong
 // types, invalid UTF-8, too long) ends that stream only; it is counted by
 // reason and logged at most once per RejectLogInterval per peer.
 //
