@@ -269,6 +269,7 @@ type Tracker struct {
 	// Disrupted mode. sweepMu serialises Sweep, which alone changes the
 	// mode; disruptedAt is read by Summary without it.
 	sweepMu     sync.Mutex
+	cands       []downCand   // Sweep's scratch: nodes past their Down threshold
 	disruptedAt atomic.Int64 // ns since start when entered; notDisrupted otherwise
 	holdExpired bool         // left by MaxHold: no new episode before the silence clears
 
@@ -794,33 +795,31 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 	}
 	t.sweepMu.Lock()
 	defer t.sweepMu.Unlock()
-	// First pass: how many Up nodes fall silent now. Only due shards can
-	// hold one.
-	falling := int64(0)
+	// One pass over the due shards applies Suspect and collects the nodes
+	// past their Down threshold; whether they go Down depends on the
+	// disruption guard, which needs the count of all of them first.
+	first := len(dst)
+	t.cands = t.cands[:0]
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		if at > s.next {
-			for _, n := range s.nodes {
-				if n.state == Up && at > n.suspectAt() {
-					falling++
-				}
-			}
+			dst = t.sweepLocked(s, at, dst)
 		}
 		s.mu.Unlock()
 	}
-	noDown, recovered := t.decideDisruption(at, falling)
+	var upPastDown int64
+	for _, c := range t.cands {
+		if c.up {
+			upPastDown++
+		}
+	}
+	noDown, recovered := t.decideDisruption(at, upPastDown)
 	if recovered {
 		t.allowRecoveryLocked(at)
 	}
-	first := len(dst)
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		if at > s.next {
-			dst = t.sweepLocked(s, at, noDown, dst)
-		}
-		s.mu.Unlock()
+	for _, c := range t.cands {
+		dst = t.downLocked(c, at, noDown, dst)
 	}
 	changes := dst[first:]
 	slices.SortFunc(changes, func(a, b Change) int { return cmp.Compare(a.Peer, b.Peer) })
@@ -828,10 +827,11 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 }
 
 // decideDisruption enters or leaves disrupted mode at time at, given the
-// Up nodes falling silent in this sweep, and reports whether Down is held.
-// Silent nodes are the Suspect ones, those falling, and those that went
-// Down less than their own Down threshold ago (a fleet cut off over tens of
-// seconds is one event); live ones are those plus the Up ones. Entry needs strictly more than the fraction silent (and at
+// Up nodes found past their Down threshold in this sweep (still Up, the
+// others have turned Suspect), and reports whether Down is held. Silent
+// nodes are the Suspect ones, those, and those that went Down less than
+// their own Down threshold ago (a fleet cut off over tens of seconds is
+// one event); live ones are those plus the Up ones. Entry needs strictly more than the fraction silent (and at
 // least DisruptionMinNodes live); exit needs strictly more than the
 // fraction beating, or DisruptionMaxHold elapsed. After an exit by
 // MaxHold, no new episode starts until the silent share has dropped to the
@@ -839,10 +839,10 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 //
 // recovered reports an exit because most nodes beat again: the nodes still
 // silent then get the reconnect allowance from now (allowRecoveryLocked).
-func (t *Tracker) decideDisruption(at, falling int64) (noDown, recovered bool) {
+func (t *Tracker) decideDisruption(at, upPastDown int64) (noDown, recovered bool) {
 	recent := t.recent.Load()
 	live := t.inState[Up].Load() + t.inState[Suspect].Load() + recent
-	silent := min(t.inState[Suspect].Load()+falling+recent, live)
+	silent := min(t.inState[Suspect].Load()+upPastDown+recent, live)
 	f := t.cfg.DisruptionFraction
 	tooMany := live >= int64(t.cfg.DisruptionMinNodes) && float64(silent) > f*float64(live)
 	if !tooMany {
@@ -897,7 +897,7 @@ func (t *Tracker) Disrupted() (bool, time.Time) {
 	return true, t.abs(since)
 }
 
-func (t *Tracker) sweepLocked(s *shard, at int64, noDown bool, dst []Change) []Change {
+func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
 	next := int64(math.MaxInt64)
 	for _, n := range s.nodes {
 		if n.dup {
@@ -912,20 +912,14 @@ func (t *Tracker) sweepLocked(s *shard, at int64, noDown bool, dst []Change) []C
 		case Up, Suspect:
 			sus, down := n.suspectAt(), n.downAt()
 			switch {
-			case at > down && !noDown:
-				if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
-					dst = append(dst, ch)
-					next = min(next, n.recentUntil)
-				}
-				continue
+			case at > down: // decided after the pass: see downLocked
+				t.cands = append(t.cands, downCand{s: s, n: n, id: n.peer, up: n.state == Up})
+				deadline = at
 			case at > sus:
 				if ch, ok := t.transitionLocked(n, Silence, at); ok {
 					dst = append(dst, ch)
 				}
 				deadline = down
-				if at > down { // held by the disruption: look again next sweep
-					deadline = at
-				}
 			default:
 				deadline = sus
 			}
@@ -944,6 +938,44 @@ func (t *Tracker) sweepLocked(s *shard, at int64, noDown bool, dst []Change) []C
 		next = min(next, deadline)
 	}
 	s.next = next
+	return dst
+}
+
+// downCand is a node the sweep found past its Down threshold.
+type downCand struct {
+	s  *shard
+	n  *node
+	id peer.ID
+	up bool // it was Up (not yet Suspect) when found
+}
+
+// downLocked applies the Down threshold to c once the disruption guard has
+// decided: Down (one Up -> Down change for a node that was Up), or, while
+// Down is held, Suspect and another look at the next sweep. The node may
+// have beaten, left or been forgotten since the pass, or got an allowance
+// at a recovery: it is judged again. t.sweepMu must be held.
+func (t *Tracker) downLocked(c downCand, at int64, noDown bool, dst []Change) []Change {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[c.id]
+	if n != c.n || n.state != Up && n.state != Suspect {
+		return dst
+	}
+	switch {
+	case at > n.downAt() && !noDown:
+		if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
+			dst = append(dst, ch)
+			s.next = min(s.next, n.recentUntil)
+		}
+	case at > n.suspectAt():
+		if ch, ok := t.transitionLocked(n, Silence, at); ok {
+			dst = append(dst, ch)
+		}
+		s.next = min(s.next, max(n.downAt(), at)) // held: look again next sweep
+	default:
+		s.next = min(s.next, n.suspectAt())
+	}
 	return dst
 }
 
