@@ -12,7 +12,9 @@
 // Reset on any error and Closed only after a clean EOF. The sender's
 // identity is s.Conn().RemotePeer(), proved by the secure channel; the body
 // is only a label. A peer has at most one live stream: a newer one
-// supersedes the older, which is reset. A malformed line (not JSON, wrong
+// supersedes the older, which is reset; streams that keep superseding each
+// other (two senders with one key) are reported by the tracker, counted as
+// duplicate_identity and logged at WARN once per window. A malformed line (not JSON, wrong
 // types, invalid UTF-8, too long) ends that stream only; it is counted by
 // reason and logged at most once per RejectLogInterval per peer.
 //
@@ -400,6 +402,15 @@ func (a *Aggregator) register(id peer.ID, ls *liveStream) bool {
 		old.superseded.Store(true)
 		old.s.Reset()
 		a.reject(id, metrics.ReasonSuperseded, ErrSuperseded)
+		// Streams that keep superseding each other are two senders with
+		// one key: the tracker says so once per window, and that is a
+		// fault to see, not routine.
+		if a.tracker.Superseded(id, a.clock.Now()) {
+			a.obs.Rejected(metrics.ReasonDuplicateIdentity)
+			tc := a.tracker.Config()
+			a.log.Warn("duplicate identity: streams of one peer keep superseding each other", "peer_id", id.String(),
+				"supersedes", tc.DuplicateThreshold+1, "window", tc.DuplicateWindow.String())
+		}
 	}
 	return true
 }
@@ -596,29 +607,61 @@ func (a *Aggregator) logBeat(id peer.ID, hb *wire.Heartbeat, now time.Time) {
 // sweep runs silence detection every SweepInterval on the aggregator's
 // clock until Close. On a mock clock it Acks each tick after logging the
 // changes, so a test that advances the clock sees them when it returns.
+//
+// Each sweep judges the nodes at its scheduled time (next), not at the
+// moment it runs, like a Go timer's value. When the aggregator stalls
+// (SIGSTOP, a long GC, a frozen VM) the heartbeats pile up unread in the
+// kernel, and the late sweep must not count that time as the nodes'
+// silence; the sweep after it comes one SweepInterval after the stall
+// ended, when the handlers have read the backlog. So a stalled aggregator
+// does not mark live nodes Suspect or Down, and there is no burst of
+// catch-up sweeps. It logs the disruption guard's start (WARN) and end
+// (INFO) once each.
 func (a *Aggregator) sweep(t *clockwork.Timer, next time.Time) {
 	defer close(a.sweepDone)
 	defer t.Close()
-	var changes []tracker.Change
+	var (
+		changes   []tracker.Change
+		disrupted bool
+	)
 	for {
 		select {
 		case <-a.done:
 			return
-		case now := <-t.C():
-			changes = a.tracker.Sweep(now, changes[:0])
+		case <-t.C():
+			changes = a.tracker.Sweep(next, changes[:0])
 			for _, ch := range changes {
 				a.logChange(ch)
 			}
-			// Keep a fixed cadence; after a stall, restart from now
-			// rather than firing a burst of catch-up sweeps.
+			disrupted = a.logDisruption(disrupted, next)
 			next = next.Add(a.cfg.SweepInterval)
-			if !next.After(now) {
-				next = now.Add(a.cfg.SweepInterval)
+			if now := a.clock.Now(); !next.After(now) {
+				next = now.Add(a.cfg.SweepInterval) // late: restart from now
 			}
 			t.ResetAt(next)
 			t.Ack()
 		}
 	}
+}
+
+// logDisruption logs a change of the tracker's disrupted mode after a
+// sweep at at and returns the mode.
+func (a *Aggregator) logDisruption(was bool, at time.Time) bool {
+	on, since := a.tracker.Disrupted()
+	switch {
+	case on && !was:
+		s := a.tracker.Summary()
+		a.log.Warn("disruption: most nodes fell silent at once; no node is marked Down until they beat again",
+			"silent", s.ByState[tracker.Suspect], "up", s.ByState[tracker.Up],
+			"fraction", a.tracker.Config().DisruptionFraction,
+			"max_hold", a.tracker.Config().DisruptionMaxHold.String(),
+			"since", since.UTC().Format(time.RFC3339Nano))
+	case !on && was:
+		s := a.tracker.Summary()
+		a.log.Info("disruption over", "up", s.ByState[tracker.Up], "suspect", s.ByState[tracker.Suspect],
+			"at", at.UTC().Format(time.RFC3339Nano))
+	}
+	return on
 }
 
 // rateLog allows one log line per peer per interval and counts the rest.

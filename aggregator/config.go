@@ -20,6 +20,9 @@ const (
 	DefaultIdleTimeout = 30 * time.Second
 	// DefaultSweepInterval is how often silence detection runs.
 	DefaultSweepInterval = time.Second
+	// DefaultDownRetention is how long a Down node keeps its slot against a
+	// newcomer once MaxNodes is reached (see tracker.Config.DownRetention).
+	DefaultDownRetention = tracker.DefaultDownRetention
 	// DefaultRejectLogInterval is the per-peer interval between two logged
 	// rejections; the ones in between are counted, not logged.
 	DefaultRejectLogInterval = time.Minute

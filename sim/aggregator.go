@@ -224,11 +224,20 @@ func (s *sim) aggResetAll() {
 
 func (s *sim) onSweep() {
 	if s.agg.up {
+		was, _ := s.agg.tr.Disrupted()
 		s.changes = s.agg.tr.Sweep(s.nowT, s.changes[:0])
 		for _, ch := range s.changes {
 			s.onChange(ch)
 			if s.err != nil {
 				return
+			}
+		}
+		// The tracker's disruption guard, traced once at each end.
+		if on, _ := s.agg.tr.Disrupted(); on != was {
+			if on {
+				s.tr.begin(s.now, "agg").str(" disrupted").end()
+			} else {
+				s.tr.begin(s.now, "agg").str(" disruption-over").end()
 			}
 		}
 	}

@@ -83,6 +83,12 @@ type Node struct {
 	Streams uint64 `json:"streams"`
 	// Stream is "none", "open", "closed" or "reset".
 	Stream string `json:"stream"`
+	// PeriodSeconds is the node's beat period as the tracker learned it;
+	// its Suspect and Down thresholds scale with it.
+	PeriodSeconds float64 `json:"period_seconds"`
+	// DuplicateIdentity is true while the node's streams keep superseding
+	// each other: two senders share its key.
+	DuplicateIdentity bool `json:"duplicate_identity"`
 }
 
 // Summary is the body of /api/summary.
@@ -106,6 +112,13 @@ type Summary struct {
 	InDispute   int `json:"in_dispute"`
 	// MaxNodes is the tracker's limit.
 	MaxNodes int `json:"max_nodes"`
+	// Disrupted is true while most live nodes are silent at once (the
+	// aggregator's own network or a stall, most likely): no node is marked
+	// Down meanwhile. DisruptedSince is when it began; "" when not.
+	Disrupted      bool   `json:"disrupted"`
+	DisruptedSince string `json:"disrupted_since"`
+	// DuplicateIdentity counts the nodes flagged as sharing a key.
+	DuplicateIdentity int `json:"duplicate_identity"`
 }
 
 // NodePage is the body of /api/nodes.
@@ -387,6 +400,9 @@ func toNode(n *tracker.Node, now time.Time, j *Node) {
 		Beats:           n.Beats,
 		Streams:         n.Streams,
 		Stream:          n.Stream.String(),
+
+		PeriodSeconds:     n.Period.Seconds(),
+		DuplicateIdentity: n.DuplicateIdentity,
 	}
 	if !n.LastSeen.IsZero() {
 		j.LastSeen = n.LastSeen.UTC().Format(timeFormat)
@@ -407,6 +423,11 @@ func (h *handler) summary(w http.ResponseWriter, _ *http.Request) {
 		InConsensus:        s.InConsensus,
 		InDispute:          s.InDispute,
 		MaxNodes:           h.t.Config().MaxNodes,
+		Disrupted:          s.Disrupted,
+		DuplicateIdentity:  s.DuplicateIdentity,
+	}
+	if s.Disrupted {
+		out.DisruptedSince = s.DisruptedSince.UTC().Format(timeFormat)
 	}
 	for _, st := range tracker.States() {
 		out.States[st.String()] = s.ByState[st]

@@ -37,7 +37,7 @@ type fixture struct {
 }
 
 // start serves a tracker holding: pid(1) Up on a@10 with a genesis, pid(2)
-// Up on b@11, pid(3) Down, pid(4) Left, pid(5) Joining. The response clock
+// Up on b@11 and flagged duplicate identity, pid(3) Down, pid(4) Left, pid(5) Joining. The response clock
 // is t0+60s.
 func start(t *testing.T) *fixture {
 	t.Helper()
@@ -61,6 +61,9 @@ func start(t *testing.T) *fixture {
 	beat(pid(4), wire.Heartbeat{Head: "a", Height: 10, Nickname: "dave"}, t0.Add(59*time.Second))
 	tr.StreamEnded(pid(4), true, t0.Add(59*time.Second))
 	require.NoError(t, tr.StreamOpened(pid(5), t0.Add(59*time.Second)))
+	for i := range 4 { // bob's streams supersede each other: a duplicate identity
+		tr.Superseded(pid(2), t0.Add(50*time.Second+time.Duration(i)*time.Second))
+	}
 	tr.Sweep(t0.Add(time.Minute), nil)
 
 	f := &fixture{tr: tr, reg: reg, now: t0.Add(time.Minute)}
@@ -114,7 +117,7 @@ func TestNodes(t *testing.T) {
 		Genesis: "bafy2bzacegenesis", State: "up",
 		Since:     "2026-01-02T03:05:03.5Z", // Joining at the stream, Up at the beat
 		FirstSeen: "2026-01-02T03:04:05Z", LastSeen: "2026-01-02T03:05:03.5Z", SilenceSeconds: 1.5,
-		Beats: 1, Streams: 1, Stream: "open",
+		Beats: 1, Streams: 1, Stream: "open", PeriodSeconds: 3,
 	}, byNick["alice"])
 	// Every spelling of the zero address is "no address", the raw text kept.
 	for nick, raw := range map[string]string{"bob": "<empty>", "carol": "empty", "dave": ""} {
@@ -123,8 +126,10 @@ func TestNodes(t *testing.T) {
 	}
 	require.Contains(t, body, `"miner_address_raw":"<empty>"`, "not HTML-escaped")
 	require.True(t, strings.HasPrefix(body, "{\"next\":\"\",\n\"nodes\":[\n{\"peer_id\":"), body)
-	require.True(t, strings.HasSuffix(body, "\"stream\":\"open\"}\n]}\n"), body)
+	require.True(t, strings.HasSuffix(body, "\"stream\":\"open\",\"period_seconds\":3,\"duplicate_identity\":false}\n]}\n"), body)
 	require.Equal(t, 5+3, strings.Count(body, "\n"), "one node per line")
+	require.False(t, byNick["alice"].DuplicateIdentity)
+	require.True(t, byNick["bob"].DuplicateIdentity)
 	require.Equal(t, "down", byNick["carol"].State)
 	require.Equal(t, "2026-01-02T03:05:05Z", byNick["carol"].Since)
 	require.Equal(t, float64(60), byNick["carol"].SilenceSeconds)
@@ -183,8 +188,31 @@ func TestSummary(t *testing.T) {
 		HeartbeatsReceived: 4,
 		// a@10 and b@11 tie at one node each: the greatest height wins.
 		ConsensusHead: "b", ConsensusHeight: 11, InConsensus: 1, InDispute: 1,
-		MaxNodes: 50,
+		MaxNodes: 50, DuplicateIdentity: 1,
 	}, s)
+}
+
+// Most live nodes silent at once: /api/summary says the aggregator is
+// disrupted, and since when; nobody is Down.
+func TestSummaryDisrupted(t *testing.T) {
+	tr, err := tracker.New(tracker.Config{StartupGrace: -1, MinPeriod: 3 * time.Second, MaxPeriod: 3 * time.Second, ReconnectAllowance: -1}, t0)
+	require.NoError(t, err)
+	for i := range 4 {
+		_, _, err := tr.Beat(pid(byte(i+1)), &wire.Heartbeat{Head: "a", Height: 1}, t0)
+		require.NoError(t, err)
+	}
+	tr.Sweep(t0.Add(7*time.Second), nil)
+	tr.Sweep(t0.Add(time.Minute), nil)
+	srv := httptest.NewServer(NewHandler(tr, prometheus.NewRegistry(), func() time.Time { return t0.Add(time.Minute) }))
+	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
+	_, body := get(t, http.MethodGet, srv.URL+"/api/summary")
+	var s Summary
+	require.NoError(t, json.Unmarshal([]byte(body), &s))
+	require.True(t, s.Disrupted)
+	require.Equal(t, "2026-01-02T03:04:12Z", s.DisruptedSince)
+	require.Equal(t, 4, s.States["suspect"])
+	require.Zero(t, s.States["down"])
 }
 
 func TestHealthzAndMetrics(t *testing.T) {

@@ -18,6 +18,8 @@
 //	heartbeat_nodes_in_dispute          the other Up nodes            (2018: nodes_in_dispute)
 //	heartbeat_consensus_height          height of the consensus head; 0 with no Up node
 //	heartbeat_max_nodes                 the tracker's MaxNodes, to alert before refusals start
+//	heartbeat_aggregator_disrupted      1 while the tracker is in disrupted mode (most nodes silent at once: no node goes Down), else 0
+//	heartbeat_nodes_duplicate_identity  nodes flagged as sharing one key with another sender
 //
 // Every label value comes from a fixed set of constants: a reason the
 // handler passes that is not one of Reasons is counted as "other", so a bug
@@ -60,6 +62,11 @@ const (
 	// ReasonResourceLimit: the resource manager refused memory for the
 	// stream's line buffer.
 	ReasonResourceLimit = "resource_limit"
+	// ReasonDuplicateIdentity: a peer whose streams superseded each other
+	// more than the tracker's DuplicateThreshold within its
+	// DuplicateWindow (two senders with one key); counted once per window,
+	// on top of the superseded streams themselves.
+	ReasonDuplicateIdentity = "duplicate_identity"
 	// ReasonOther: anything else, including a reason not in this list.
 	ReasonOther = "other"
 )
@@ -69,7 +76,7 @@ func Reasons() []string {
 	return []string{
 		ReasonNotJSON, ReasonBadType, ReasonInvalidUTF8, ReasonLineTooLong,
 		ReasonIdleTimeout, ReasonTooManyNodes, ReasonNotAllowed,
-		ReasonSuperseded, ReasonResourceLimit, ReasonOther,
+		ReasonSuperseded, ReasonResourceLimit, ReasonDuplicateIdentity, ReasonOther,
 	}
 }
 
@@ -218,7 +225,7 @@ type trackerCollector struct {
 	t                                                *tracker.Tracker
 	maxNodes                                         float64
 	received, connected, nodes, inCons, inDisp, high *prometheus.Desc
-	max                                              *prometheus.Desc
+	max, disrupted, dup                              *prometheus.Desc
 }
 
 func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
@@ -239,11 +246,15 @@ func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
 			"Chain height of the consensus head; 0 when no node is Up.", nil, nil),
 		max: prometheus.NewDesc("heartbeat_max_nodes",
 			"The most nodes the aggregator tracks; new peers past it are rejected as too_many_nodes.", nil, nil),
+		disrupted: prometheus.NewDesc("heartbeat_aggregator_disrupted",
+			"1 while the aggregator is in disrupted mode: more than the disruption fraction of its live nodes fell silent at once, which points at the aggregator's own network, so no node is marked Down; else 0.", nil, nil),
+		dup: prometheus.NewDesc("heartbeat_nodes_duplicate_identity",
+			"Nodes whose streams keep superseding each other: two senders share one key.", nil, nil),
 	}
 }
 
 func (c *trackerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max} {
+	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max, c.disrupted, c.dup} {
 		ch <- d
 	}
 }
@@ -259,4 +270,10 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.inDisp, prometheus.GaugeValue, float64(s.InDispute))
 	ch <- prometheus.MustNewConstMetric(c.high, prometheus.GaugeValue, float64(s.ConsensusHeight))
 	ch <- prometheus.MustNewConstMetric(c.max, prometheus.GaugeValue, c.maxNodes)
+	disrupted := 0.0
+	if s.Disrupted {
+		disrupted = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.disrupted, prometheus.GaugeValue, disrupted)
+	ch <- prometheus.MustNewConstMetric(c.dup, prometheus.GaugeValue, float64(s.DuplicateIdentity))
 }

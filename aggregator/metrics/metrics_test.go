@@ -57,6 +57,9 @@ func TestTrackerGauges(t *testing.T) {
 	tr.Sweep(t0.Add(time.Minute), nil)
 
 	const want = `
+# HELP heartbeat_aggregator_disrupted 1 while the aggregator is in disrupted mode: more than the disruption fraction of its live nodes fell silent at once, which points at the aggregator's own network, so no node is marked Down; else 0.
+# TYPE heartbeat_aggregator_disrupted gauge
+heartbeat_aggregator_disrupted 0
 # HELP heartbeat_connected_nodes Nodes with an open heartbeat stream (2018: connected_nodes).
 # TYPE heartbeat_connected_nodes gauge
 heartbeat_connected_nodes 5
@@ -84,12 +87,16 @@ heartbeat_nodes_in_consensus 3
 heartbeat_nodes_in_dispute 1
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(want),
-		"heartbeat_connected_nodes", "heartbeat_consensus_height", "heartbeat_heartbeats_received_total",
+		"heartbeat_aggregator_disrupted", "heartbeat_connected_nodes", "heartbeat_consensus_height", "heartbeat_heartbeats_received_total",
 		"heartbeat_max_nodes", "heartbeat_nodes", "heartbeat_nodes_in_consensus", "heartbeat_nodes_in_dispute"))
 
-	// Values follow the tracker at every scrape: everyone goes Down.
+	// Values follow the tracker at every scrape: every Up node falls
+	// silent at once, which is a disruption (they turn Suspect, not Down).
 	tr.Sweep(t0.Add(time.Hour), nil)
 	const down = `
+# HELP heartbeat_aggregator_disrupted 1 while the aggregator is in disrupted mode: more than the disruption fraction of its live nodes fell silent at once, which points at the aggregator's own network, so no node is marked Down; else 0.
+# TYPE heartbeat_aggregator_disrupted gauge
+heartbeat_aggregator_disrupted 1
 # HELP heartbeat_consensus_height Chain height of the consensus head; 0 when no node is Up.
 # TYPE heartbeat_consensus_height gauge
 heartbeat_consensus_height 0
@@ -101,7 +108,7 @@ heartbeat_nodes_in_consensus 0
 heartbeat_nodes_in_dispute 0
 `
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(down),
-		"heartbeat_consensus_height", "heartbeat_nodes_in_consensus", "heartbeat_nodes_in_dispute"))
+		"heartbeat_aggregator_disrupted", "heartbeat_consensus_height", "heartbeat_nodes_in_consensus", "heartbeat_nodes_in_dispute"))
 }
 
 func TestCounters(t *testing.T) {
@@ -128,6 +135,7 @@ func TestCounters(t *testing.T) {
 # HELP heartbeat_rejected_total Heartbeat streams ended or refused by the aggregator, by reason.
 # TYPE heartbeat_rejected_total counter
 heartbeat_rejected_total{reason="bad_type"} 1
+heartbeat_rejected_total{reason="duplicate_identity"} 0
 heartbeat_rejected_total{reason="idle_timeout"} 0
 heartbeat_rejected_total{reason="invalid_utf8"} 0
 heartbeat_rejected_total{reason="line_too_long"} 0

@@ -231,13 +231,23 @@ func TestDisruption(t *testing.T) {
 		on, _ = tr.Disrupted()
 		require.True(t, on, "5 of 10 beating is not more than 55%")
 		beatAll(t, tr, all[5:6], heal)
-		ch := tr.Sweep(heal.Add(time.Second), nil)
+		exit := heal.Add(time.Second)
+		require.Empty(t, tr.Sweep(exit, nil))
 		on, _ = tr.Disrupted()
 		require.False(t, on, "6 of 10 beating: left")
-		require.Len(t, ch, 4, "those still silent go Down as usual")
-		for _, c := range ch {
-			require.Equal(t, Down, c.To)
+		// Those still silent get the reconnect allowance (here none) plus
+		// their period from the exit, then go Down as usual: 3s + 9s.
+		downs := func(chs []Change) (n int) {
+			for _, c := range chs {
+				if c.To == Down {
+					n++
+				}
+			}
+			return n
 		}
+		beatAll(t, tr, all[:6], exit.Add(10*time.Second))
+		require.Zero(t, downs(tr.Sweep(exit.Add(12*time.Second), nil)))
+		require.Equal(t, 4, downs(tr.Sweep(exit.Add(12*time.Second+1), nil)))
 	})
 
 	t.Run("max hold", func(t *testing.T) {
@@ -280,6 +290,35 @@ func TestDisruption(t *testing.T) {
 			}
 		}
 		require.Equal(t, 5, down)
+	})
+
+	t.Run("a fleet cut off one by one is one event", func(t *testing.T) {
+		// 20 nodes fall silent one every 2s: by the time a majority is
+		// silent, the first ones are Down, and they still count. Counting
+		// only the Suspect ones, 11 would be Down first.
+		tr := newTracker(t, cfg)
+		fleet := ids(0, 20)
+		beatAll(t, tr, fleet, t0)
+		var changes []Change
+		for s := 1; s <= 90; s++ {
+			at := t0.Add(time.Duration(s) * time.Second)
+			if k := s / 2; k < 20 {
+				beatAll(t, tr, fleet[k:], at) // node k-1 beat last at 2k-1
+			}
+			changes = tr.Sweep(at, changes)
+		}
+		on, since := tr.Disrupted()
+		require.True(t, on)
+		var down int
+		for _, ch := range changes {
+			if ch.To == Down && ch.At.After(since) {
+				t.Fatalf("Down while disrupted: %+v", ch)
+			}
+			if ch.To == Down {
+				down++
+			}
+		}
+		require.LessOrEqual(t, down, 7, "disrupted before most went Down (11 counting only Suspect nodes)")
 	})
 
 	t.Run("too few nodes", func(t *testing.T) {

@@ -81,9 +81,12 @@
 // their Suspect threshold in one Sweep, the fault is most likely the
 // aggregator's own (its network cut, a stall), not theirs: the tracker
 // enters disrupted mode, in which nodes still turn Suspect but none turns
-// Down. It leaves when strictly more than the fraction beats again, or
-// after DisruptionMaxHold (default 10 minutes); nodes still silent then go
-// Down as usual, and no new episode starts until the silence has cleared.
+// Down. Nodes that went Down less than their own Down threshold ago count
+// as silent too, so that a fleet cut off over tens of seconds is one event.
+// It leaves when strictly more than the fraction beats again (the nodes
+// still silent then get the reconnect allowance from that moment), or
+// after DisruptionMaxHold (default 10 minutes: nodes still silent go Down
+// at once, and no new episode starts until the silence has cleared).
 // Disrupted and Summary report the mode.
 //
 // # Duplicate identity
@@ -133,5 +136,3 @@
 // ticker, logging the changes it returns. Summary feeds the Prometheus
 // collector; Nodes and Summary feed the HTTP API.
 package tracker
-
-//go:generate go run ../../internal/gendocs -nodes ../../docs/node-states.md

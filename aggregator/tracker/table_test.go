@@ -38,7 +38,7 @@ func TestTable(t *testing.T) {
 		require.False(t, seen[k], "two rows for %v %v", tr.From, tr.On)
 		seen[k] = true
 		require.NotEmpty(t, tr.Why)
-		require.NotContains(t, tr.On.String(), "event(")
+		require.NotContains(t, tr.On.String(), "Event(")
 	}
 	for _, s := range States() {
 		to, ok := step(s, Forgotten)
@@ -51,5 +51,7 @@ func TestTable(t *testing.T) {
 	require.False(t, ok, "Up -> Up on a heartbeat is no row: no change")
 	_, ok = step(State(9), Heartbeat)
 	require.False(t, ok)
-	require.Equal(t, "event(9)", Event(9).String())
+	require.Equal(t, "Event(9)", Event(9).String())
+	require.Equal(t, "long silence", LongSilence.String())
+	require.Equal(t, "gone", Gone.String())
 }

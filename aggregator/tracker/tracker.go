@@ -264,10 +264,12 @@ type Tracker struct {
 
 	count   atomic.Int64            // tracked nodes, bounded by cfg.MaxNodes
 	inState [numStates]atomic.Int64 // nodes per state: Summary-free counts for Sweep and eviction
+	recent  atomic.Int64            // Down nodes with node.recent set
 
 	// Disrupted mode. sweepMu serialises Sweep, which alone changes the
 	// mode; disruptedAt is read by Summary without it.
 	sweepMu     sync.Mutex
+	cands       []downCand   // Sweep's scratch: nodes past their Down threshold
 	disruptedAt atomic.Int64 // ns since start when entered; notDisrupted otherwise
 	holdExpired bool         // left by MaxHold: no new episode before the silence clears
 
@@ -293,7 +295,7 @@ type shard struct {
 	_ [96]byte
 }
 
-// node is one record (128 bytes). Times are nanoseconds since the tracker's
+// node is one record (224 bytes, 96 of them for silence detection and duplicate identity). Times are nanoseconds since the tracker's
 // start (see rel: a monotonic reading in now is honoured), 8 bytes each
 // instead of a time.Time's 24.
 type node struct {
@@ -325,8 +327,14 @@ type node struct {
 	samples           [periodSamples]uint32 // intervals in ms, a ring
 
 	// Duplicate identity: supersedes counted in a fixed window.
-	dupCount    uint16
-	dup         bool
+	dupCount uint16
+	dup      bool
+	// recent: the node went Down less than its own Down threshold ago
+	// (until recentUntil); it still counts as fallen silent for the
+	// disruption guard, so that a fleet that fails over tens of seconds is
+	// seen as one event.
+	recent      bool
+	recentUntil int64
 	dupWinStart int64
 	dupUntil    int64 // flag clears after this (last supersede + window)
 }
@@ -541,6 +549,15 @@ func (t *Tracker) removeLocked(s *shard, n *node) {
 	delete(s.nodes, n.peer)
 	t.count.Add(-1)
 	t.inState[n.state].Add(-1)
+	t.clearRecentLocked(n)
+}
+
+// clearRecentLocked ends n's count as a recently Down node.
+func (t *Tracker) clearRecentLocked(n *node) {
+	if n.recent {
+		n.recent = false
+		t.recent.Add(-1)
+	}
 }
 
 // transitionLocked applies the table's row for (n.state, on) at time at
@@ -554,6 +571,11 @@ func (t *Tracker) transitionLocked(n *node, on Event, at int64) (Change, bool) {
 	}
 	t.inState[from].Add(-1)
 	t.inState[to].Add(1)
+	t.clearRecentLocked(n)
+	if to == Down {
+		n.recent, n.recentUntil = true, at+n.downNs
+		t.recent.Add(1)
+	}
 	n.state = to
 	n.since = at
 	return Change{Peer: n.peer, Nickname: n.nickname, From: from, To: to, At: t.abs(at)}, true
@@ -773,30 +795,31 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 	}
 	t.sweepMu.Lock()
 	defer t.sweepMu.Unlock()
-	// First pass: how many Up nodes fall silent now. Only due shards can
-	// hold one.
-	falling := int64(0)
+	// One pass over the due shards applies Suspect and collects the nodes
+	// past their Down threshold; whether they go Down depends on the
+	// disruption guard, which needs the count of all of them first.
+	first := len(dst)
+	t.cands = t.cands[:0]
 	for i := range t.shards {
 		s := &t.shards[i]
 		s.mu.Lock()
 		if at > s.next {
-			for _, n := range s.nodes {
-				if n.state == Up && at > n.suspectAt() {
-					falling++
-				}
-			}
+			dst = t.sweepLocked(s, at, dst)
 		}
 		s.mu.Unlock()
 	}
-	noDown := t.decideDisruption(at, falling)
-	first := len(dst)
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		if at > s.next {
-			dst = t.sweepLocked(s, at, noDown, dst)
+	var upPastDown int64
+	for _, c := range t.cands {
+		if c.up {
+			upPastDown++
 		}
-		s.mu.Unlock()
+	}
+	noDown, recovered := t.decideDisruption(at, upPastDown)
+	if recovered {
+		t.allowRecoveryLocked(at)
+	}
+	for _, c := range t.cands {
+		dst = t.downLocked(c, at, noDown, dst)
 	}
 	changes := dst[first:]
 	slices.SortFunc(changes, func(a, b Change) int { return cmp.Compare(a.Peer, b.Peer) })
@@ -804,16 +827,22 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 }
 
 // decideDisruption enters or leaves disrupted mode at time at, given the
-// Up nodes falling silent in this sweep, and reports whether Down is held.
-// Silent nodes are the Suspect ones plus those falling; live ones are Up
-// plus Suspect. Entry needs strictly more than the fraction silent (and at
+// Up nodes found past their Down threshold in this sweep (still Up, the
+// others have turned Suspect), and reports whether Down is held. Silent
+// nodes are the Suspect ones, those, and those that went Down less than
+// their own Down threshold ago (a fleet cut off over tens of seconds is
+// one event); live ones are those plus the Up ones. Entry needs strictly more than the fraction silent (and at
 // least DisruptionMinNodes live); exit needs strictly more than the
 // fraction beating, or DisruptionMaxHold elapsed. After an exit by
 // MaxHold, no new episode starts until the silent share has dropped to the
 // fraction or below: the nodes still silent go Down instead.
-func (t *Tracker) decideDisruption(at, falling int64) bool {
-	live := t.inState[Up].Load() + t.inState[Suspect].Load()
-	silent := min(t.inState[Suspect].Load()+falling, live)
+//
+// recovered reports an exit because most nodes beat again: the nodes still
+// silent then get the reconnect allowance from now (allowRecoveryLocked).
+func (t *Tracker) decideDisruption(at, upPastDown int64) (noDown, recovered bool) {
+	recent := t.recent.Load()
+	live := t.inState[Up].Load() + t.inState[Suspect].Load() + recent
+	silent := min(t.inState[Suspect].Load()+upPastDown+recent, live)
 	f := t.cfg.DisruptionFraction
 	tooMany := live >= int64(t.cfg.DisruptionMinNodes) && float64(silent) > f*float64(live)
 	if !tooMany {
@@ -823,20 +852,38 @@ func (t *Tracker) decideDisruption(at, falling int64) bool {
 	if since == notDisrupted {
 		if tooMany && !t.holdExpired {
 			t.disruptedAt.Store(at)
-			return true
+			return true, false
 		}
-		return false
+		return false, false
 	}
 	if float64(live-silent) > f*float64(live) {
 		t.disruptedAt.Store(notDisrupted)
-		return false
+		return false, true
 	}
 	if at-since > int64(t.cfg.DisruptionMaxHold) {
 		t.disruptedAt.Store(notDisrupted)
 		t.holdExpired = true
-		return false
+		return false, false
 	}
-	return true
+	return true, false
+}
+
+// allowRecoveryLocked gives every Up or Suspect node still silent at the
+// end of a disruption the reconnect allowance from at: its sender lost its
+// connection in the disruption and comes back after a ReconnectPeriod, as
+// after a reset. Deadlines only move later: shard.next stays a lower bound.
+// It visits every node, once per disruption. t.sweepMu must be held.
+func (t *Tracker) allowRecoveryLocked(at int64) {
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		for _, n := range s.nodes {
+			if (n.state == Up || n.state == Suspect) && at > n.suspectAt() {
+				n.allowUntil = max(n.allowUntil, at+t.allowNs+n.period)
+			}
+		}
+		s.mu.Unlock()
+	}
 }
 
 // Disrupted reports whether the tracker is in disrupted mode, as decided by
@@ -850,7 +897,7 @@ func (t *Tracker) Disrupted() (bool, time.Time) {
 	return true, t.abs(since)
 }
 
-func (t *Tracker) sweepLocked(s *shard, at int64, noDown bool, dst []Change) []Change {
+func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
 	next := int64(math.MaxInt64)
 	for _, n := range s.nodes {
 		if n.dup {
@@ -865,28 +912,70 @@ func (t *Tracker) sweepLocked(s *shard, at int64, noDown bool, dst []Change) []C
 		case Up, Suspect:
 			sus, down := n.suspectAt(), n.downAt()
 			switch {
-			case at > down && !noDown:
-				if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
-					dst = append(dst, ch)
-				}
-				continue
+			case at > down: // decided after the pass: see downLocked
+				t.cands = append(t.cands, downCand{s: s, n: n, id: n.peer, up: n.state == Up})
+				deadline = at
 			case at > sus:
 				if ch, ok := t.transitionLocked(n, Silence, at); ok {
 					dst = append(dst, ch)
 				}
 				deadline = down
-				if at > down { // held by the disruption: look again next sweep
-					deadline = at
-				}
 			default:
 				deadline = sus
 			}
+		case Down:
+			if n.recent {
+				if at > n.recentUntil {
+					t.clearRecentLocked(n)
+				} else {
+					next = min(next, n.recentUntil)
+				}
+			}
+			continue
 		default:
-			continue // Joining, Down and Left do not change by silence
+			continue // Joining and Left do not change by silence
 		}
 		next = min(next, deadline)
 	}
 	s.next = next
+	return dst
+}
+
+// downCand is a node the sweep found past its Down threshold.
+type downCand struct {
+	s  *shard
+	n  *node
+	id peer.ID
+	up bool // it was Up (not yet Suspect) when found
+}
+
+// downLocked applies the Down threshold to c once the disruption guard has
+// decided: Down (one Up -> Down change for a node that was Up), or, while
+// Down is held, Suspect and another look at the next sweep. The node may
+// have beaten, left or been forgotten since the pass, or got an allowance
+// at a recovery: it is judged again. t.sweepMu must be held.
+func (t *Tracker) downLocked(c downCand, at int64, noDown bool, dst []Change) []Change {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.nodes[c.id]
+	if n != c.n || n.state != Up && n.state != Suspect {
+		return dst
+	}
+	switch {
+	case at > n.downAt() && !noDown:
+		if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
+			dst = append(dst, ch)
+			s.next = min(s.next, n.recentUntil)
+		}
+	case at > n.suspectAt():
+		if ch, ok := t.transitionLocked(n, Silence, at); ok {
+			dst = append(dst, ch)
+		}
+		s.next = min(s.next, max(n.downAt(), at)) // held: look again next sweep
+	default:
+		s.next = min(s.next, n.suspectAt())
+	}
 	return dst
 }
 

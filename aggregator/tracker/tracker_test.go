@@ -92,10 +92,10 @@ func TestStateStrings(t *testing.T) {
 		names = append(names, s.String())
 	}
 	require.Equal(t, []string{"joining", "up", "suspect", "down", "left"}, names)
-	require.Equal(t, "state(9)", State(9).String())
+	require.Equal(t, "State(9)", State(9).String())
 	require.Equal(t, State(1), Up, "API.md: Up = iota + 1")
 	require.Equal(t, State(4), Left)
-	require.Equal(t, "none open closed reset stream(7)",
+	require.Equal(t, "none open closed reset StreamState(7)",
 		fmt.Sprint(StreamNone, StreamOpen, StreamClosed, StreamReset, StreamState(7)))
 }
 

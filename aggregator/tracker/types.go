@@ -1,13 +1,19 @@
 package tracker
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// State is what the aggregator believes about a node.
+// The names first, then the page drawn with them (go generate runs a
+// file's lines in order).
+//go:generate go tool stringer -linecomment -type=State,StreamState,Event
+//go:generate go run ../../internal/gendocs -nodes ../../docs/node-states.md
+
+// State is what the aggregator believes about a node. Its String (the
+// lower-case name used in the HTTP API and in metric labels) is generated
+// by stringer from the line comments.
 type State uint8
 
 // The node states. The zero value, Joining, is a node whose stream is open
@@ -17,32 +23,23 @@ const (
 	// Joining: a stream is open (StreamOpened) but no heartbeat arrived yet.
 	// A Joining node holds a MaxNodes slot but is in no consensus count, and
 	// it is forgotten when its last stream ends without a heartbeat.
-	Joining State = iota
+	Joining State = iota // joining
 	// Up: beating; silent for at most its Suspect threshold (SuspectAfter
 	// scaled to the node's own period, or its reconnect allowance).
-	Up
+	Up // up
 	// Suspect: silent for strictly longer than its Suspect threshold.
-	Suspect
+	Suspect // suspect
 	// Down: silent for strictly longer than its Down threshold (DownAfter
 	// scaled to the node's own period), and the tracker is not disrupted.
-	Down
+	Down // down
 	// Left: its last stream ended with a graceful EOF: it left on purpose,
 	// which is not an alert.
-	Left
-
-	numStates
+	Left // left
 )
 
-var stateNames = [numStates]string{"joining", "up", "suspect", "down", "left"}
-
-// String returns the lower-case name used in the HTTP API and in metric
-// labels: "joining", "up", "suspect", "down", "left".
-func (s State) String() string {
-	if s < numStates {
-		return stateNames[s]
-	}
-	return fmt.Sprintf("state(%d)", uint8(s))
-}
+// numStates counts the states. It is an int, not a State, so that stringer
+// does not name it.
+const numStates = int(Left) + 1
 
 // States lists every State in declaration order (Joining first), for callers
 // that export one value per state and must not miss one.
@@ -51,34 +48,23 @@ func States() []State {
 }
 
 // StreamState is the state of a node's heartbeat stream(s) as the stream
-// handler reported them through StreamOpened and StreamEnded.
+// handler reported them through StreamOpened and StreamEnded. Its String
+// is "none", "open", "closed" or "reset".
 type StreamState uint8
 
 // The stream states.
 const (
 	// StreamNone: no stream was ever reported for this node (the simulation
 	// may call Beat without StreamOpened).
-	StreamNone StreamState = iota
+	StreamNone StreamState = iota // none
 	// StreamOpen: at least one stream is open.
-	StreamOpen
+	StreamOpen // open
 	// StreamClosed: the last stream ended with a graceful EOF.
-	StreamClosed
+	StreamClosed // closed
 	// StreamReset: the last stream ended any other way (reset, error,
 	// idle timeout, superseded...).
-	StreamReset
-
-	numStreamStates
+	StreamReset // reset
 )
-
-var streamNames = [numStreamStates]string{"none", "open", "closed", "reset"}
-
-// String returns "none", "open", "closed" or "reset".
-func (s StreamState) String() string {
-	if s < numStreamStates {
-		return streamNames[s]
-	}
-	return fmt.Sprintf("stream(%d)", uint8(s))
-}
 
 // Change is one node's state transition, as returned by Beat, StreamEnded
 // and Sweep. The caller logs it (one line per change) and alerts on it.

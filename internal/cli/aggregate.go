@@ -118,14 +118,15 @@ func (r *runningAggregator) stop() error {
 
 func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
-		"       [--expected-period D] [--max-line-bytes N] [--idle-timeout D] [--beat-log] [--log-level L] [--log-json]")
+		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
 	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
 	maxLine := fs.Int("max-line-bytes", aggregator.DefaultMaxLineBytes, "longest heartbeat line accepted; a longer one resets that stream")
 	idle := fs.Duration("idle-timeout", aggregator.DefaultIdleTimeout, "reset a stream on which no complete line arrived for this long")
-	period := fs.Duration("expected-period", heartbeat.DefaultBeatPeriod, "the senders' beat period: silence over 2x is Suspect, over 5x Down")
+	period := fs.Duration("expected-period", heartbeat.DefaultBeatPeriod, "the senders' usual beat period; each node's own period is learned, and silence over 2x it is Suspect, over 5x Down")
+	retention := fs.Duration("down-retention", aggregator.DefaultDownRetention, "when --max-nodes is reached, a new node may take the slot of the node Down the longest once Down longer than this")
 	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
 	var allow listFlag
 	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
@@ -140,7 +141,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err := checkHTTP(*httpAddr); err != nil {
 		return err
 	}
-	for _, err := range []error{positive("expected-period", *period), positive("idle-timeout", *idle)} {
+	for _, err := range []error{positive("expected-period", *period), positive("idle-timeout", *idle), positive("down-retention", *retention)} {
 		if err != nil {
 			return err
 		}
@@ -165,7 +166,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	return lf.failed(log, "aggregator", serveAggregator(ctx, stdout, log, *keyPath, aggregatorSetup{
 		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
-		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle},
+		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention},
 	}))
 }
 

@@ -216,3 +216,15 @@ func TestSimIsReproducible(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "long-outage")
 }
+
+// --down-retention must be positive: misuse exits 2 before anything starts.
+func TestAggregateDownRetentionFlag(t *testing.T) {
+	for _, v := range []string{"0s", "-1h"} {
+		code, _, errs := run(t, "aggregate", "--down-retention", v, "--http", "", "--listen", "/ip4/127.0.0.1/tcp/0")
+		require.Equal(t, 2, code, v)
+		require.Contains(t, errs, "--down-retention")
+	}
+	code, out, _ := run(t, "aggregate", "-h")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "-down-retention")
+}
