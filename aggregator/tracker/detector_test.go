@@ -404,3 +404,87 @@ func TestNoLockoutByDownNodes(t *testing.T) {
 	_, ok = tr.Node(pid(1))
 	require.True(t, ok)
 }
+
+// Whatever the operations, after a Sweep no node is left past a deadline
+// the sweep should have acted on: the shard deadline bound (shards skipped
+// while no deadline passed) never hides a transition, with learned
+// periods, allowances, disruption, duplicate flags and recent Downs.
+func TestSweepLeavesNoDeadlinePassed(t *testing.T) {
+	seen := map[string]int{}
+	defer func() {
+		// The operations reach every rule being checked.
+		for _, k := range []string{"suspect", "down", "disrupted", "dup", "recent"} {
+			require.Positive(t, seen[k], "no %s in any run: %v", k, seen)
+		}
+	}()
+	for seed := range uint64(20) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		tr := newTracker(t, Config{StartupGrace: -1, DisruptionMaxHold: time.Minute})
+		periods := []time.Duration{time.Second, 3 * time.Second, 10 * time.Second}
+		now := t0
+		for step := range 3000 {
+			now = now.Add(time.Duration(rng.IntN(700)) * time.Millisecond)
+			id := pid(rng.IntN(60))
+			switch op := rng.IntN(20); {
+			case op < 12:
+				// Nodes mostly beat near their own period, sometimes late.
+				if rng.IntN(int(periods[int(id[len(id)-1])%3]/time.Millisecond)) < 700 {
+					beat(t, tr, id, hb("h", uint64(step), ""), now)
+				}
+			case op < 14:
+				_ = tr.StreamOpened(id, now)
+			case op < 16:
+				tr.StreamEnded(id, rng.IntN(2) == 0, now)
+			case op < 17:
+				tr.Superseded(id, now)
+			case op < 18 && rng.IntN(10) == 0:
+				tr.Forget(id)
+			default:
+				for _, ch := range tr.Sweep(now, nil) {
+					seen[ch.To.String()]++
+				}
+				at := tr.rel(now)
+				disrupted, _ := tr.Disrupted()
+				if disrupted {
+					seen["disrupted"]++
+				}
+				for i := range tr.shards {
+					s := &tr.shards[i]
+					s.mu.Lock()
+					for _, n := range s.nodes {
+						if n.dup {
+							seen["dup"]++
+						}
+						if n.recent {
+							seen["recent"]++
+						}
+						switch {
+						case n.state == Up && at > n.suspectAt():
+							t.Fatalf("seed %d step %d: Up node past its Suspect deadline after a sweep", seed, step)
+						case (n.state == Up || n.state == Suspect) && at > n.downAt() && !disrupted:
+							t.Fatalf("seed %d step %d: %v node past its Down deadline after a sweep, not disrupted", seed, step, n.state)
+						case n.dup && at > n.dupUntil:
+							t.Fatalf("seed %d step %d: duplicate flag past its window", seed, step)
+						case n.recent && n.state != Down:
+							t.Fatalf("seed %d step %d: recent set on a %v node", seed, step, n.state)
+						}
+					}
+					s.mu.Unlock()
+				}
+				var recent int64
+				for i := range tr.shards {
+					for _, n := range tr.shards[i].nodes {
+						if n.recent {
+							recent++
+						}
+					}
+				}
+				require.Equal(t, recent, tr.recent.Load(), "seed %d step %d", seed, step)
+				sum := tr.Summary()
+				for _, st := range States() {
+					require.Equal(t, int64(sum.ByState[st]), tr.inState[st].Load(), "seed %d step %d: %v count", seed, step, st)
+				}
+			}
+		}
+	}
+}
