@@ -10,10 +10,10 @@
 // # Events
 //
 // A Dashboard reads a Source (the fleet now) on its refresh goroutine,
-// every RefreshInterval on its clock and whenever Notify is called, and
-// broadcasts what changed since the last read as one "delta" event: the
-// nodes that changed, the peers that went away, the summary, and the
-// server's time. A new subscriber first gets a "snapshot" of every node.
+// every RefreshInterval on its clock and when Notify is called (at most
+// once per NotifyInterval), and broadcasts what changed since the last read
+// as one "delta" event: the nodes that changed, the peers that went away,
+// the summary, and the server's time. A new subscriber first gets a "snapshot" of every node.
 // Each event is encoded once and shared by every subscriber.
 //
 // A node whose only change is its last-seen time is sent at most once per
@@ -294,10 +294,11 @@ func (d *Dashboard) register(r prometheus.Registerer) error {
 	return nil
 }
 
-// Notify asks for a refresh as soon as possible; it never blocks, and calls
-// made while one is pending are merged. The aggregator calls it for every
-// tracker.Change, so state changes reach the page without waiting for the
-// next RefreshInterval.
+// Notify asks for a refresh as soon as possible: at once, or at the end of
+// the NotifyInterval that follows the last Notify-driven refresh. It never
+// blocks, and calls made while one is pending are merged. The aggregator
+// calls it for every tracker.Change, so state changes reach the page
+// without waiting for the next RefreshInterval.
 func (d *Dashboard) Notify() {
 	select {
 	case d.notify <- struct{}{}:

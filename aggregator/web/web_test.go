@@ -517,12 +517,12 @@ func TestEventsOutliveServerTimeouts(t *testing.T) {
 	}
 }
 
-// End to end over TCP: a client that opens /api/events, reads the
-// response head and then nothing. Refreshes keep returning at once; once
-// the socket buffers and the subscriber's queue are full it is dropped
-// (counted), and its handler ends at the write deadline instead of holding
-// a goroutine.
-func TestEventsClientThatNeverReads(t *testing.T) {
+// stuckClient opens /api/events over TCP with small socket buffers, reads
+// the response head and then nothing. It returns the dashboard, its source
+// updater (every node changes: a delta of about 500 KB), the server, the
+// client's connection and a channel told of every subscriber removal.
+func stuckClient(t *testing.T, opts ...Option) (*Dashboard, func(uint64), *httptest.Server, net.Conn, chan struct{}) {
+	t.Helper()
 	big := strings.Repeat("x", 1000)
 	src := newFakeSource()
 	bump := func(h uint64) {
@@ -533,7 +533,7 @@ func TestEventsClientThatNeverReads(t *testing.T) {
 		}
 	}
 	bump(1)
-	d, _ := newDash(t, src, WithSubscriberBuffer(2), WithWriteTimeout(200*time.Millisecond))
+	d, _ := newDash(t, src, opts...)
 	removed := make(chan struct{}, 8)
 	d.mu.Lock()
 	d.onRemove = func() { removed <- struct{}{} }
@@ -541,11 +541,11 @@ func TestEventsClientThatNeverReads(t *testing.T) {
 	srv := httptest.NewUnstartedServer(d)
 	srv.Listener = smallBuffers{srv.Listener}
 	srv.Start()
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 
 	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
 	require.NoError(t, err)
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	require.NoError(t, conn.(*net.TCPConn).SetReadBuffer(4096))
 	_, err = conn.Write([]byte("GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n"))
 	require.NoError(t, err)
@@ -558,26 +558,58 @@ func TestEventsClientThatNeverReads(t *testing.T) {
 			break
 		}
 	}
+	return d, bump, srv, conn, removed
+}
+
+// refreshUntilRemoved refreshes (each call returns at once whatever the
+// client does) until the subscriber is removed.
+func refreshUntilRemoved(d *Dashboard, bump func(uint64), removed <-chan struct{}) {
 	for h := uint64(2); ; h++ {
-		bump(h)     // every node changes: each delta is about 500 KB
-		d.refresh() // returns at once whatever the client does
+		bump(h)
+		d.refresh()
 		select {
 		case <-removed:
-			require.Equal(t, uint64(1), d.Stats().Dropped)
-			require.Zero(t, d.Stats().Subscribers)
-			// The client still holds its connection open: Close
-			// returns once the handler has ended by the write deadline.
-			closed := make(chan struct{})
-			go func() { srv.Close(); close(closed) }()
-			select {
-			case <-closed:
-			case <-time.After(guard):
-				t.Fatal("the handler of a client that never reads did not end")
-			}
 			return
 		default:
 		}
 	}
+}
+
+// closeWithin fails t unless srv.Close (which waits for the handlers)
+// returns within guard.
+func closeWithin(t *testing.T, srv *httptest.Server, what string) {
+	t.Helper()
+	closed := make(chan struct{})
+	go func() { srv.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(guard):
+		t.Fatal(what)
+	}
+}
+
+// A client that stops reading: refreshes never wait for it; once the
+// socket buffers and its queue are full it is dropped, and counted.
+func TestEventsClientThatNeverReadsIsDropped(t *testing.T) {
+	d, bump, srv, conn, removed := stuckClient(t, WithSubscriberBuffer(2), WithWriteTimeout(time.Hour))
+	refreshUntilRemoved(d, bump, removed)
+	require.Equal(t, uint64(1), d.Stats().Dropped)
+	require.Zero(t, d.Stats().Subscribers)
+	// Its handler is stuck in a write (deadline an hour away) until the
+	// connection goes.
+	conn.Close()
+	closeWithin(t, srv, "the handler did not end when its client went")
+}
+
+// A client that stops reading, with room in its queue: its handler ends
+// at the write deadline, while the client still holds the connection, and
+// that is not a drop.
+func TestEventsStuckClientEndsAtWriteDeadline(t *testing.T) {
+	d, bump, srv, _, removed := stuckClient(t, WithSubscriberBuffer(1000), WithWriteTimeout(100*time.Millisecond))
+	refreshUntilRemoved(d, bump, removed)
+	require.Zero(t, d.Stats().Dropped)
+	require.Zero(t, d.Stats().Subscribers)
+	closeWithin(t, srv, "the handler of a client that never reads did not end at the write deadline")
 }
 
 // smallBuffers shrinks the send buffer of every accepted connection, so
