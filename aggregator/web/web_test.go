@@ -496,10 +496,12 @@ func TestNotifyStormIsCoalesced(t *testing.T) {
 // end an event stream: it outlives them and still delivers (here, a
 // keep-alive comment, due well after both deadlines).
 func TestEventsOutliveServerTimeouts(t *testing.T) {
-	d, _ := newDash(t, newFakeSource(node("a", "up", 1)), WithKeepAlive(300*time.Millisecond))
+	// The server's timeouts must leave a busy machine time to read the
+	// request; the keep-alive comes well after them.
+	d, _ := newDash(t, newFakeSource(node("a", "up", 1)), WithKeepAlive(1500*time.Millisecond))
 	srv := httptest.NewUnstartedServer(d)
-	srv.Config.ReadTimeout = 20 * time.Millisecond
-	srv.Config.WriteTimeout = 20 * time.Millisecond
+	srv.Config.ReadTimeout = 500 * time.Millisecond
+	srv.Config.WriteTimeout = 500 * time.Millisecond
 	srv.Start()
 	defer srv.Close()
 	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/api/events", nil)
