@@ -78,7 +78,8 @@ type nodeCold struct {
 	lastError       int64
 	connFailures    uint64 // consecutive connect failures (the backoff's n)
 	failAt          int64  // when the machine last entered Backoff
-	failN           uint64 // the backoff's n for that failure
+	failN           uint64 // the backoff's n for that failure; 0: the rejoin after a lost proven stream
+	proven          bool   // the stream survived its first beat (the fsm's documented rule)
 	pausedSinceFail bool
 	beatingSince    int64
 	active          uint16 // faults on this node's path right now
