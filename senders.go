@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -28,12 +29,22 @@ type Senders struct {
 // Services lists the running senders, the primary first.
 func (s *Senders) Services() []*Service { return append([]*Service(nil), s.services...) }
 
-// Close stops every sender and waits for them.
+// Close stops every sender and waits for them, in parallel: each ends its
+// stream in order and waits up to its close timeout (WithCloseTimeout) for
+// the aggregator's end, so Close returns within one timeout, not one per
+// sender. Close the Senders before the libp2p host, even after cancelling
+// the context they run in: an end still queued in the host is lost with it.
 func (s *Senders) Close() error {
-	var errs []error
-	for _, svc := range s.services {
-		errs = append(errs, svc.Close())
+	errs := make([]error, len(s.services))
+	var wg sync.WaitGroup
+	for i, svc := range s.services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = svc.Close()
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

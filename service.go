@@ -365,7 +365,7 @@ func (s *Service) execute(e fsm.Effect) {
 		}
 	case fsm.CloseStream:
 		if st, ok := s.streams[e.Attempt]; ok {
-			_ = st.Close()
+			s.closeStream(st)
 			delete(s.streams, e.Attempt)
 		}
 	case fsm.ArmTimer, fsm.CancelTimer:
@@ -374,6 +374,40 @@ func (s *Service) execute(e fsm.Effect) {
 		s.emitLog(e.Log)
 	case fsm.Transitioned:
 		s.log.Debug("state changed", "from", e.From.String(), "to", e.To.String())
+	}
+}
+
+// closeStream ends st in order: it half-closes it, then waits, at most the
+// close timeout on the Service's clock, for the aggregator to close its end
+// in turn, and resets it if the aggregator does not. The wait is what makes
+// a stop arrive as an orderly end: yamux only queues the half-close, and a
+// host closed right after it drops it, so the aggregator would see a reset
+// (a node Suspect, then Down, instead of Left). When the aggregator ended
+// the stream first (RemoteClosed) it returns at once.
+func (s *Service) closeStream(st transport.Stream) {
+	if err := st.CloseWrite(); err != nil {
+		s.log.Debug("half-close failed, resetting the stream", "error", err)
+		_ = st.Reset()
+		return
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- st.WaitRemote() }()
+	t := clockwork.NewTimer(s.opts.clock)
+	defer t.Close()
+	t.ResetAt(s.opts.clock.Now().Add(s.opts.closeTimeout))
+	select {
+	case err := <-ended:
+		if err == io.EOF {
+			_ = st.Close()
+		} else {
+			s.log.Debug("stream ended by a reset during the clean stop", "error", err)
+			_ = st.Reset()
+		}
+	case <-t.C():
+		t.Ack()
+		s.log.Info("aggregator did not close the stream in turn, resetting it", "close_timeout", s.opts.closeTimeout.String())
+		_ = st.Reset()
+		<-ended
 	}
 }
 
