@@ -80,6 +80,10 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // errNotPositive is the cause of a ConfigError for a zero or negative period.
 var errNotPositive = errors.New("must be positive")
 
+// errSelfTarget is the cause of a ConfigError for a target that is the
+// sender's own host: libp2p refuses to dial itself, so it could only fail.
+var errSelfTarget = errors.New("is this host's own peer id: a node cannot beat to itself")
+
 func (c Config) parse() (settings, error) {
 	s := settings{nickname: c.Nickname}
 	var err error

@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p"
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat"
@@ -180,4 +183,49 @@ func TestRunAfterClose(t *testing.T) {
 	h2 := newHarness(t, harnessConfig{})
 	h2.run()
 	require.ErrorIs(t, h2.svc.Start(t.Context()), heartbeat.ErrAlreadyRunning)
+}
+
+// A target that is the host's own peer id is a config error naming the
+// field (libp2p would refuse every dial to self, for ever).
+func TestSelfTargetIsAConfigError(t *testing.T) {
+	h, err := libp2p.New(libp2p.NoListenAddrs)
+	require.NoError(t, err)
+	defer h.Close()
+	head := func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{}, nil }
+	_, err = heartbeat.New(h, heartbeat.Config{BeatTarget: "/ip4/127.0.0.1/tcp/4001/p2p/" + h.ID().String()}, head)
+	var ce *heartbeat.ConfigError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, "beatTarget", ce.Field)
+	require.ErrorContains(t, err, "own peer id")
+}
+
+// An alert target with the primary's peer id (at any address) starts no
+// second sender, and one INFO line says so.
+func TestStartSendersDeduplicatesByPeerID(t *testing.T) {
+	noLeaks(t)
+	net := transport.NewNetwork()
+	agg, other := testPeerID(t, 20), testPeerID(t, 21)
+	sink := &logSink{}
+	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, JSONFormat: true, Output: sink})
+	head := func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{}, nil }
+	cfg := heartbeat.Config{BeatTarget: "/ip4/127.0.0.1/tcp/4001/p2p/" + agg.String(), Nickname: "n1"}
+	alerts := "/dns4/agg.example/tcp/4002/p2p/" + agg.String() + ",/ip4/127.0.0.1/tcp/4003/p2p/" + other.String() +
+		",/ip4/127.0.0.1/tcp/4004/p2p/" + other.String()
+	senders, err := heartbeat.StartSenders(t.Context(), nil, cfg, alerts, head,
+		heartbeat.WithTransport(net.Dialer(testPeerID(t, 2))), heartbeat.WithLogger(log))
+	require.NoError(t, err)
+	defer func() { require.NoError(t, senders.Close()) }()
+	var names []string
+	for _, svc := range senders.Services() {
+		names = append(names, svc.Status().Name)
+	}
+	require.Equal(t, []string{"primary", "alert-2"}, names)
+	var dropped []string
+	for _, l := range sink.lines(t) {
+		if strings.HasPrefix(l.Message, "sender not started") {
+			require.Equal(t, "INFO", l.Level)
+			dropped = append(dropped, fmt.Sprint(l.Fields["sender"], " same_as ", l.Fields["same_as"]))
+		}
+	}
+	require.Equal(t, []string{"alert-1 same_as primary", "alert-3 same_as alert-2"}, dropped)
 }

@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // AlertsEnv names the environment variable with the alert targets: a
@@ -58,6 +60,18 @@ func StartNodeSenders(ctx context.Context, h host.Host, cfg Config, head HeadFun
 	return StartSenders(ctx, h, cfg, os.Getenv(AlertsEnv), head, opts...)
 }
 
+// logger is the logger New would give a Service with opts.
+func logger(opts []Option) hclog.Logger {
+	o := defaultOptions()
+	for _, opt := range opts {
+		_ = opt(&o) // an invalid option fails New later, naming itself
+	}
+	if o.logger == nil {
+		return hclog.New(&hclog.LoggerOptions{Name: "heartbeat", Level: hclog.Info, TimeFn: o.clock.Now})
+	}
+	return o.logger.Named("heartbeat")
+}
+
 // StartSenders is StartNodeSenders with the alert targets given as a
 // comma-separated list instead of read from the environment.
 func StartSenders(ctx context.Context, h host.Host, cfg Config, alerts string, head HeadFunc, opts ...Option) (*Senders, error) {
@@ -82,6 +96,24 @@ func StartSenders(ctx context.Context, h host.Host, cfg Config, alerts string, h
 			Nickname:        cfg.Nickname,
 		}})
 	}
+	// Two senders from one host to one aggregator are one peer to it: their
+	// streams would supersede each other for ever. Keep the first (the
+	// primary, with the shorter period) of each peer id. Targets that do
+	// not parse are kept, for New to reject naming the field.
+	seen := make(map[peer.ID]string, len(plans))
+	kept := plans[:0:0]
+	for _, p := range plans {
+		if info, err := ParseTarget(p.cfg.BeatTarget); err == nil {
+			if first, dup := seen[info.ID]; dup {
+				logger(opts).Info("sender not started: its target is the same aggregator (peer id) as another sender's",
+					"sender", p.name, "target", info.ID.String(), "same_as", first)
+				continue
+			}
+			seen[info.ID] = p.name
+		}
+		kept = append(kept, p)
+	}
+	plans = kept
 	s := &Senders{}
 	for _, p := range plans {
 		svc, err := New(h, p.cfg, head, append(append([]Option(nil), opts...), WithName(p.name))...)

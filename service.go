@@ -122,6 +122,9 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat: %w", err)
 	}
+	if h != nil && s.target.ID == h.ID() {
+		return nil, &ConfigError{Field: "beatTarget", Value: cfg.BeatTarget, Err: errSelfTarget}
+	}
 	if o.dialer == nil {
 		if h == nil {
 			return nil, errors.New("heartbeat: nil host and no WithTransport")
