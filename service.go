@@ -261,6 +261,7 @@ func (s *Service) Status() Status {
 // shutdown steps Stop, then waits for every operation goroutine, resetting
 // whatever stream arrives late, so nothing outlives Run.
 func (s *Service) shutdown(cancel context.CancelFunc) {
+	s.finishWrite()
 	s.publish(s.step(fsm.Event{Kind: fsm.Stop}))
 	close(s.stopped)
 	cancel()
@@ -268,6 +269,30 @@ func (s *Service) shutdown(cancel context.CancelFunc) {
 	for a, st := range s.streams {
 		_ = st.Reset()
 		delete(s.streams, a)
+	}
+}
+
+// finishWrite lets a heartbeat write that is in flight when the stop comes
+// end, for at most the close timeout, so that the stream can still be
+// closed in order: the machine resets a stream whose write is in flight
+// (nothing else frees a writer blocked on a stalled aggregator), and a stop
+// often lands on a beat (SIGTERM right after one). Other results that
+// arrive meanwhile are handled as usual; timers wait.
+func (s *Service) finishWrite() {
+	if !s.machine.Writing() {
+		return
+	}
+	t := clockwork.NewTimer(s.opts.clock)
+	defer t.Close()
+	t.ResetAt(s.opts.clock.Now().Add(s.opts.closeTimeout))
+	for s.machine.Writing() {
+		select {
+		case r := <-s.results:
+			s.handle(r)
+		case <-t.C():
+			t.Ack()
+			return
+		}
 	}
 }
 

@@ -181,3 +181,31 @@ func requireReset(t *testing.T, s *transport.ServerStream) {
 	_, err := io.Copy(io.Discard, s)
 	require.ErrorIs(t, err, transport.ErrReset)
 }
+
+// A stop that lands while a write is in flight lets the write end, for at
+// most the close timeout; a write that does not end by then (a stalled
+// aggregator) is freed by a reset of the stream.
+func TestStopDuringAStalledWriteResetsAfterTheCloseTimeout(t *testing.T) {
+	noLeaks(t)
+	h := newHarness(t, harnessConfig{opts: []heartbeat.Option{heartbeat.WithCloseTimeout(2 * time.Second)}})
+	h.startAggregator()
+	h.run()
+	h.advanceUntil(4 * time.Second) // beats at 0, 3
+	server := h.nextLine().stream
+	h.net.SetFaults(h.aggID, transport.Faults{StallWrites: true})
+	require.Equal(t, 6*time.Second, h.advance()) // this write stalls
+	require.Equal(t, 1, h.net.Blocked())
+	closed := make(chan error, 1)
+	go func() { closed <- h.svc.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), guard)
+	defer cancel()
+	// The Service's timer (the next beat, at 9 s) and the close timeout's.
+	require.NoError(t, clockwork.WaitArmed(ctx, h.clk, 2))
+	at, ok := clockwork.AdvanceToNext(h.clk)
+	require.True(t, ok)
+	require.Equal(t, 8*time.Second, at.Sub(start), "the stop at 6 s plus the 2 s close timeout")
+	require.NoError(t, <-closed)
+	require.Equal(t, 0, h.net.Blocked(), "the reset freed the stalled writer")
+	requireReset(t, server)
+	require.Equal(t, seconds(8), h.effectsAt(fsm.ResetStream))
+}

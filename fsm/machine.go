@@ -385,6 +385,10 @@ func (m *Machine) Since() time.Time { return m.since }
 // Attempt is the number of the latest dial (0 before the first).
 func (m *Machine) Attempt() uint64 { return m.attempt }
 
+// Writing reports whether a heartbeat write is in flight on the current
+// stream (Beating only).
+func (m *Machine) Writing() bool { return m.state == Beating && m.writing }
+
 // Beats is the number of heartbeats written successfully.
 func (m *Machine) Beats() uint64 { return m.beats }
 
