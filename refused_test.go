@@ -56,8 +56,8 @@ func TestRefusedSenderFollowsTheLogPolicy(t *testing.T) {
 	require.Equal(t, refusals-1-4, debug)
 }
 
-// Every other way a stream can end before its first beat survived is a
-// failed attempt too: an orderly close, a failed first write, a stalled one.
+// The other ways a stream can fail before its first beat survived are
+// failed attempts too: a failed first write, a stalled one.
 func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 	cases := map[string]struct {
 		opts   []heartbeat.Option
@@ -66,7 +66,6 @@ func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 		event  fsm.EventKind
 		at     time.Duration
 	}{
-		"closed":      {end: func(h *harness) { require.NoError(h.t, h.nextLine().stream.Close()) }, event: fsm.RemoteClosed},
 		"write fails": {faults: transport.Faults{WriteErr: errBoom}, event: fsm.WriteFailed},
 		"write stalls": {opts: []heartbeat.Option{heartbeat.WithTimeouts(10*time.Second, 2*time.Second)},
 			faults: transport.Faults{StallWrites: true}, event: fsm.WriteTimedOut, at: 2 * time.Second},
@@ -96,6 +95,27 @@ func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 			h.net.SetFaults(h.aggID, transport.Faults{})
 		})
 	}
+}
+
+// An orderly close before the first beat survived is not a refusal (our
+// aggregator ends streams in order when it shuts down): INFO, no failure
+// counted, and the next attempt a ReconnectPeriod later, not a rejoin, so an
+// aggregator that ends every new stream in order is not redialled at once.
+func TestOrderlyCloseOfAnUnprovenStream(t *testing.T) {
+	h := newHarness(t, harnessConfig{})
+	h.startAggregator()
+	h.run()
+	mark := len(h.observations())
+	require.NoError(t, h.nextLine().stream.Close())
+	h.waitFor(mark, fsm.RemoteClosed)
+	h.settle()
+	st := h.svc.Status()
+	require.Equal(t, fsm.Backoff, st.State)
+	require.Equal(t, start.Add(10*time.Second), st.NextRetry)
+	require.Zero(t, st.Failures)
+	require.NoError(t, st.LastError)
+	require.Empty(t, h.lines("WARN"))
+	require.Equal(t, "aggregator closed the heartbeat stream", h.lines("INFO")[0].Message)
 }
 
 // lines are the Service's log lines at level.

@@ -263,15 +263,14 @@ func (m *Machine) perform(a Action, now, due time.Time, ev Event) {
 			m.loseStream(now, ResetStream, LogRecord{Level: LevelWarn, Kind: LogRemoteReset, Err: ev.Err})
 		}
 	case Refused:
-		how, cause := ResetStream, ev.Err
-		switch ev.Kind {
-		case RemoteClosed:
-			how, cause = CloseStream, errRemoteClosed
-		case WriteTimedOut:
+		cause := ev.Err
+		if ev.Kind == WriteTimedOut {
 			cause = ErrWriteTimeout
 		}
-		m.endStream(how)
+		m.endStream(ResetStream)
 		m.connectFailed(now, refusedError{cause})
+	case ClosedUnproven:
+		m.loseStream(now, CloseStream, LogRecord{Level: LevelInfo, Kind: LogRemoteClosed, Err: ev.Err})
 	case ResetStale:
 		m.emit(Effect{Kind: ResetStream, Attempt: ev.Attempt})
 	case Shutdown:

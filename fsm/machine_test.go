@@ -155,9 +155,9 @@ func TestTransitions(t *testing.T) {
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},
 			logOf(LogRecord{Level: LevelWarn, Kind: LogConnectFailed, Attempt: 1, Failures: 1, Err: refusedError{errRefused}}),
 			arm(RetryTimer, sec(11)), moved(Beating, Backoff)}},
-		{"refused: closed before the first beat survived", Beating, sec(1), Event{Kind: RemoteClosed, Attempt: 1}, Backoff, []Effect{
+		{"closed in order before the first beat survived: no failure, no rejoin", Beating, sec(1), Event{Kind: RemoteClosed, Attempt: 1}, Backoff, []Effect{
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: CloseStream, Attempt: 1},
-			logOf(LogRecord{Level: LevelWarn, Kind: LogConnectFailed, Attempt: 1, Failures: 1, Err: refusedError{errRemoteClosed}}),
+			logOf(LogRecord{Level: LevelInfo, Kind: LogRemoteClosed, Attempt: 1}),
 			arm(RetryTimer, sec(11)), moved(Beating, Backoff)}},
 		{"first write fails: a failed attempt", Beating, sec(1), Event{Kind: WriteFailed, Attempt: 1, Err: errRefused}, Backoff, []Effect{
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},

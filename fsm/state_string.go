@@ -152,13 +152,14 @@ func _() {
 	_ = x[DropStream-9]
 	_ = x[RemoteEnded-10]
 	_ = x[Refused-11]
-	_ = x[ResetStale-12]
-	_ = x[Shutdown-13]
+	_ = x[ClosedUnproven-12]
+	_ = x[ResetStale-13]
+	_ = x[Shutdown-14]
 }
 
-const _Action_name = "nothingopen streambegin beatingconfirm streamsend beatskip beatcount beatconnect failedabandon dialdrop streamremote endedrefusedreset stale streamshut down"
+const _Action_name = "nothingopen streambegin beatingconfirm streamsend beatskip beatcount beatconnect failedabandon dialdrop streamremote endedrefusedclosed unprovenreset stale streamshut down"
 
-var _Action_index = [...]uint8{0, 7, 18, 31, 45, 54, 63, 73, 87, 99, 110, 122, 129, 147, 156}
+var _Action_index = [...]uint8{0, 7, 18, 31, 45, 54, 63, 73, 87, 99, 110, 122, 129, 144, 162, 171}
 
 func (i Action) String() string {
 	idx := int(i) - 0

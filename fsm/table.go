@@ -65,6 +65,12 @@ const (
 	// Refused ends a stream that did not survive its first beat and counts
 	// it as a failed connection attempt (the log policy, the backoff).
 	Refused // refused
+	// ClosedUnproven closes a stream the aggregator ended in order before
+	// it survived its first beat, logs it, and arms the backoff without
+	// counting a failure: an orderly end is the aggregator shutting down,
+	// not a refusal, and an aggregator that ends every new stream in order
+	// is not redialled at once.
+	ClosedUnproven // closed unproven
 	// ResetStale resets the stream a stale dial brought back.
 	ResetStale // reset stale stream
 	// Shutdown releases whatever the state holds: the dial, the stream, the timers.
@@ -93,11 +99,12 @@ const (
 // actionRetry says which delay each action arms: the backoff rule as data,
 // read by the machine and printed in docs/state-machine.md.
 var actionRetry = [numActions]Retry{
-	ConnectFailed: RetryBackoff,
-	AbandonDial:   RetryBackoff,
-	Refused:       RetryBackoff,
-	DropStream:    RetryRejoin,
-	RemoteEnded:   RetryRejoin,
+	ConnectFailed:  RetryBackoff,
+	AbandonDial:    RetryBackoff,
+	Refused:        RetryBackoff,
+	ClosedUnproven: RetryBackoff,
+	DropStream:     RetryRejoin,
+	RemoteEnded:    RetryRejoin,
 }
 
 // Retry is the delay a arms before the next connection attempt.
@@ -147,7 +154,7 @@ var table = []Transition{
 	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the stream was reset, by the aggregator or with its connection; rejoin before the aggregator suspects the node"},
 	{Beating, WriteFailed, Unproven, Backoff, Refused, "lost before its first beat survived: a failed attempt"},
 	{Beating, WriteTimedOut, Unproven, Backoff, Refused, "stalled before its first beat survived: a failed attempt"},
-	{Beating, RemoteClosed, Unproven, Backoff, Refused, "ended before its first beat survived: a failed attempt"},
+	{Beating, RemoteClosed, Unproven, Backoff, ClosedUnproven, "ended in order before its first beat survived (the aggregator shuts down): no rejoin, no failure"},
 	{Beating, RemoteReset, Unproven, Backoff, Refused, "refused (too_many_nodes, not_allowed, line_too_long): a failed attempt, never a rejoin"},
 	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order (reset it if a write is in flight)"},
 

@@ -228,9 +228,6 @@ var ErrWriteTimeout = errors.New("write timed out")
 // stream failed at once. It wraps the stream's own error.
 var ErrRefused = errors.New("stream ended before its first heartbeat was acknowledged")
 
-// errRemoteClosed is the cause of a refusal by an orderly end.
-var errRemoteClosed = errors.New("closed by the aggregator")
-
 // refusedError is ErrRefused with its cause.
 type refusedError struct{ cause error }
 

@@ -111,6 +111,11 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 				// beat survived (logged as a connect failure).
 				n.connFailures++
 				n.failN = n.connFailures
+			} else if ev.Kind == fsm.RemoteClosed && !n.proven {
+				// Ended in order before it was proven: the backoff, no
+				// failure counted.
+				n.failN = max(1, n.connFailures)
+				n.inOutage = true
 			} else {
 				// A lost proven stream: the rejoin, within one BeatPeriod.
 				n.failN = 0
