@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"math/rand"
 	"strings"
 	"sync"
@@ -104,6 +105,9 @@ type harness struct {
 	// each stream's reader ended (io.EOF after an orderly close).
 	accepted chan *transport.ServerStream
 	ends     chan streamEnd
+	// closeOnEOF makes the memory aggregator close a stream in turn once
+	// it read the sender's EOF, as ours does (default true).
+	closeOnEOF bool
 }
 
 // streamEnd is how the memory aggregator's reader of one stream ended.
@@ -127,17 +131,18 @@ type harnessConfig struct {
 func newHarness(t *testing.T, hc harnessConfig) *harness {
 	t.Helper()
 	h := &harness{
-		t:        t,
-		clk:      clockwork.NewMock(start),
-		net:      transport.NewNetwork(),
-		aggID:    testPeerID(t, 1),
-		sink:     &logSink{},
-		obsReady: make(chan struct{}, 1),
-		received: make(chan received, 1024),
-		streams:  make(chan *transport.ServerStream, 64),
-		accepted: make(chan *transport.ServerStream, 64),
-		ends:     make(chan streamEnd, 64),
-		runErr:   make(chan error, 1),
+		t:          t,
+		clk:        clockwork.NewMock(start),
+		net:        transport.NewNetwork(),
+		aggID:      testPeerID(t, 1),
+		sink:       &logSink{},
+		obsReady:   make(chan struct{}, 1),
+		received:   make(chan received, 1024),
+		streams:    make(chan *transport.ServerStream, 64),
+		accepted:   make(chan *transport.ServerStream, 64),
+		ends:       make(chan streamEnd, 64),
+		closeOnEOF: true,
+		runErr:     make(chan error, 1),
 	}
 	cfg := hc.cfg
 	if cfg.BeatTarget == "" {
@@ -313,6 +318,11 @@ func (h *harness) startAggregator() {
 				for {
 					var hb wire.Heartbeat
 					if err := dec.Decode(&hb); err != nil {
+						if err == io.EOF && h.closeOnEOF {
+							// The sender ended in order: close in turn, as
+							// our aggregator does.
+							_ = s.Close()
+						}
 						h.ends <- streamEnd{s, err}
 						return
 					}
@@ -351,6 +361,23 @@ func seconds(ns ...int) []time.Duration {
 	out := make([]time.Duration, len(ns))
 	for i, n := range ns {
 		out[i] = time.Duration(n) * time.Second
+	}
+	return out
+}
+
+// secs is seconds with fractions, for the rejoin's half periods.
+func secs(fs ...float64) []time.Duration {
+	out := make([]time.Duration, len(fs))
+	for i, f := range fs {
+		out[i] = time.Duration(f * float64(time.Second))
+	}
+	return out
+}
+
+func every(from, to, step int) []time.Duration {
+	var out []time.Duration
+	for s := from; s <= to; s += step {
+		out = append(out, time.Duration(s)*time.Second)
 	}
 	return out
 }

@@ -14,7 +14,9 @@ package heartbeat
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -66,19 +68,35 @@ type settings struct {
 
 // ConfigError says which field of Config is invalid and why.
 type ConfigError struct {
-	Field string // the JSON name: beatTarget, beatPeriod, reconnectPeriod
+	Field string // the JSON name: beatTarget, beatPeriod, reconnectPeriod, nickname
 	Value string
 	Err   error
 }
 
 func (e *ConfigError) Error() string {
-	return fmt.Sprintf("heartbeat: config %s %q: %v", e.Field, e.Value, e.Err)
+	v := e.Value
+	if len(v) > maxShownValue {
+		// A value that is wrong for its size is shown by its size.
+		cut := maxShownValue
+		for cut > 0 && !utf8.RuneStart(v[cut]) {
+			cut--
+		}
+		return fmt.Sprintf("heartbeat: config %s %q… (%d bytes): %v", e.Field, v[:cut], len(v), e.Err)
+	}
+	return fmt.Sprintf("heartbeat: config %s %q: %v", e.Field, v, e.Err)
 }
+
+// maxShownValue bounds the bytes of a value a ConfigError quotes.
+const maxShownValue = 64
 
 func (e *ConfigError) Unwrap() error { return e.Err }
 
 // errNotPositive is the cause of a ConfigError for a zero or negative period.
 var errNotPositive = errors.New("must be positive")
+
+// errSelfTarget is the cause of a ConfigError for a target that is the
+// sender's own host: libp2p refuses to dial itself, so it could only fail.
+var errSelfTarget = errors.New("is this host's own peer id: a node cannot beat to itself")
 
 func (c Config) parse() (settings, error) {
 	s := settings{nickname: c.Nickname}
@@ -93,6 +111,21 @@ func (c Config) parse() (settings, error) {
 		return s, &ConfigError{Field: "beatTarget", Value: c.BeatTarget, Err: err}
 	}
 	return s, nil
+}
+
+// fits checks that every heartbeat of s can be sent: the line with the
+// largest height, the genesis CID and an empty head and miner address (the
+// parts a node supplies at run time) must stay within wire.MaxLineBytes, the
+// limit of a default aggregator, which resets a longer line's stream.
+func (s settings) fits(genesis *cid.Cid) error {
+	line, err := wire.AppendLine(nil, Heartbeat{Height: math.MaxUint64, Nickname: s.nickname, GenesisCID: genesis})
+	if err != nil {
+		return err
+	}
+	if n := len(line) - 1; n > wire.MaxLineBytes {
+		return fmt.Errorf("makes every heartbeat line %d bytes, over the aggregator's limit of %d (wire.MaxLineBytes)", n, wire.MaxLineBytes)
+	}
+	return nil
 }
 
 func parsePeriod(field, value string, def time.Duration) (time.Duration, error) {

@@ -77,6 +77,7 @@ func TestLostConnectionIsNotBlamedOnTheAggregator(t *testing.T) {
 	defer func() { require.NoError(t, svc.Close()) }()
 	waitState(t, states, fsm.Beating)
 	recv.next(t)
+	recv.next(t) // the second beat: the stream is proven, so its loss is a lost stream, not a refusal
 
 	require.NoError(t, node.Network().ClosePeer(recv.host.ID()))
 	m := lines.waitMessage(t, "heartbeat stream reset")

@@ -27,15 +27,22 @@ type options struct {
 	// policy is the state machine's config but for BeatPeriod and
 	// Backoff.Base, which come from the validated Config (machineConfig).
 	policy fsm.Config
+	// closeTimeout bounds the clean stop (WithCloseTimeout).
+	closeTimeout time.Duration
 }
 
 func defaultOptions() options {
 	return options{
-		clock:  clockwork.Real(),
-		name:   "primary",
-		policy: fsm.DefaultConfig(),
+		clock:        clockwork.Real(),
+		name:         "primary",
+		policy:       fsm.DefaultConfig(),
+		closeTimeout: DefaultCloseTimeout,
 	}
 }
+
+// DefaultCloseTimeout bounds how long Close (or the end of Run's context)
+// waits for the aggregator to close the stream in turn; see WithCloseTimeout.
+const DefaultCloseTimeout = time.Second
 
 // Backoff shapes the wait between connection attempts beyond the
 // ReconnectPeriod it starts from: it is fsm.BackoffPolicy, whose Base is the
@@ -123,6 +130,23 @@ func WithBackoff(b Backoff) Option {
 // backstop, transport.BackstopFactor (2) times longer.
 func WithTimeouts(dial, write time.Duration) Option {
 	return func(o *options) error { o.policy.DialTimeout, o.policy.WriteTimeout = dial, write; return nil }
+}
+
+// WithCloseTimeout bounds the clean stop (default DefaultCloseTimeout, 1 s,
+// on the Service's clock). Close and the end of Run's context half-close the
+// stream (CloseWrite) and wait up to d for the aggregator to close its end
+// in turn, so that it records an orderly end (the node Left) rather than a
+// reset (the node Suspect, then Down), even if the caller closes its libp2p
+// host right after Close returns. If the aggregator does not answer within
+// d, the stream is reset. d must be positive.
+func WithCloseTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("WithCloseTimeout: must be positive, got %s", d)
+		}
+		o.closeTimeout = d
+		return nil
+	}
 }
 
 // WithErrorEvery changes the legacy 10 minutes (fsm.DefaultErrorEvery) after

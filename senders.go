@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // AlertsEnv names the environment variable with the alert targets: a
@@ -28,12 +31,22 @@ type Senders struct {
 // Services lists the running senders, the primary first.
 func (s *Senders) Services() []*Service { return append([]*Service(nil), s.services...) }
 
-// Close stops every sender and waits for them.
+// Close stops every sender and waits for them, in parallel: each ends its
+// stream in order and waits up to its close timeout (WithCloseTimeout) for
+// the aggregator's end, so Close returns within one timeout, not one per
+// sender. Close the Senders before the libp2p host, even after cancelling
+// the context they run in: an end still queued in the host is lost with it.
 func (s *Senders) Close() error {
-	var errs []error
-	for _, svc := range s.services {
-		errs = append(errs, svc.Close())
+	errs := make([]error, len(s.services))
+	var wg sync.WaitGroup
+	for i, svc := range s.services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = svc.Close()
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 
@@ -45,6 +58,18 @@ func (s *Senders) Close() error {
 // none is left running and the error names the target.
 func StartNodeSenders(ctx context.Context, h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Senders, error) {
 	return StartSenders(ctx, h, cfg, os.Getenv(AlertsEnv), head, opts...)
+}
+
+// logger is the logger New would give a Service with opts.
+func logger(opts []Option) hclog.Logger {
+	o := defaultOptions()
+	for _, opt := range opts {
+		_ = opt(&o) // an invalid option fails New later, naming itself
+	}
+	if o.logger == nil {
+		return hclog.New(&hclog.LoggerOptions{Name: "heartbeat", Level: hclog.Info, TimeFn: o.clock.Now})
+	}
+	return o.logger.Named("heartbeat")
 }
 
 // StartSenders is StartNodeSenders with the alert targets given as a
@@ -71,6 +96,24 @@ func StartSenders(ctx context.Context, h host.Host, cfg Config, alerts string, h
 			Nickname:        cfg.Nickname,
 		}})
 	}
+	// Two senders from one host to one aggregator are one peer to it: their
+	// streams would supersede each other for ever. Keep the first (the
+	// primary, with the shorter period) of each peer id. Targets that do
+	// not parse are kept, for New to reject naming the field.
+	seen := make(map[peer.ID]string, len(plans))
+	kept := plans[:0:0]
+	for _, p := range plans {
+		if info, err := ParseTarget(p.cfg.BeatTarget); err == nil {
+			if first, dup := seen[info.ID]; dup {
+				logger(opts).Info("sender not started: its target is the same aggregator (peer id) as another sender's",
+					"sender", p.name, "target", info.ID.String(), "same_as", first)
+				continue
+			}
+			seen[info.ID] = p.name
+		}
+		kept = append(kept, p)
+	}
+	plans = kept
 	s := &Senders{}
 	for _, p := range plans {
 		svc, err := New(h, p.cfg, head, append(append([]Option(nil), opts...), WithName(p.name))...)

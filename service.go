@@ -73,9 +73,11 @@ type Service struct {
 	timer    *clockwork.Timer // armed at the machine's NextDeadline
 	streams  map[uint64]transport.Stream
 	dials    map[uint64]context.CancelFunc
-	lastHead ChainHead
+	lastHead ChainHead // the last head sent (the getter's, and its line fitted)
 	headDown bool
-	runCtx   context.Context
+	// headTooLong: the last head made a line over wire.MaxLineBytes.
+	headTooLong bool
+	runCtx      context.Context
 
 	results chan result
 	stopped chan struct{} // closed once the actor no longer reads results
@@ -121,6 +123,12 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 	machine, err := fsm.New(o.machineConfig(s))
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat: %w", err)
+	}
+	if err := s.fits(o.genesis); err != nil {
+		return nil, &ConfigError{Field: "nickname", Value: cfg.Nickname, Err: err}
+	}
+	if h != nil && s.target.ID == h.ID() {
+		return nil, &ConfigError{Field: "beatTarget", Value: cfg.BeatTarget, Err: errSelfTarget}
 	}
 	if o.dialer == nil {
 		if h == nil {
@@ -253,6 +261,7 @@ func (s *Service) Status() Status {
 // shutdown steps Stop, then waits for every operation goroutine, resetting
 // whatever stream arrives late, so nothing outlives Run.
 func (s *Service) shutdown(cancel context.CancelFunc) {
+	s.finishWrite()
 	s.publish(s.step(fsm.Event{Kind: fsm.Stop}))
 	close(s.stopped)
 	cancel()
@@ -260,6 +269,30 @@ func (s *Service) shutdown(cancel context.CancelFunc) {
 	for a, st := range s.streams {
 		_ = st.Reset()
 		delete(s.streams, a)
+	}
+}
+
+// finishWrite lets a heartbeat write that is in flight when the stop comes
+// end, for at most the close timeout, so that the stream can still be
+// closed in order: the machine resets a stream whose write is in flight
+// (nothing else frees a writer blocked on a stalled aggregator), and a stop
+// often lands on a beat (SIGTERM right after one). Other results that
+// arrive meanwhile are handled as usual; timers wait.
+func (s *Service) finishWrite() {
+	if !s.machine.Writing() {
+		return
+	}
+	t := clockwork.NewTimer(s.opts.clock)
+	defer t.Close()
+	t.ResetAt(s.opts.clock.Now().Add(s.opts.closeTimeout))
+	for s.machine.Writing() {
+		select {
+		case r := <-s.results:
+			s.handle(r)
+		case <-t.C():
+			t.Ack()
+			return
+		}
 	}
 }
 
@@ -365,7 +398,7 @@ func (s *Service) execute(e fsm.Effect) {
 		}
 	case fsm.CloseStream:
 		if st, ok := s.streams[e.Attempt]; ok {
-			_ = st.Close()
+			s.closeStream(st)
 			delete(s.streams, e.Attempt)
 		}
 	case fsm.ArmTimer, fsm.CancelTimer:
@@ -374,6 +407,40 @@ func (s *Service) execute(e fsm.Effect) {
 		s.emitLog(e.Log)
 	case fsm.Transitioned:
 		s.log.Debug("state changed", "from", e.From.String(), "to", e.To.String())
+	}
+}
+
+// closeStream ends st in order: it half-closes it, then waits, at most the
+// close timeout on the Service's clock, for the aggregator to close its end
+// in turn, and resets it if the aggregator does not. The wait is what makes
+// a stop arrive as an orderly end: yamux only queues the half-close, and a
+// host closed right after it drops it, so the aggregator would see a reset
+// (a node Suspect, then Down, instead of Left). When the aggregator ended
+// the stream first (RemoteClosed) it returns at once.
+func (s *Service) closeStream(st transport.Stream) {
+	if err := st.CloseWrite(); err != nil {
+		s.log.Debug("half-close failed, resetting the stream", "error", err)
+		_ = st.Reset()
+		return
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- st.WaitRemote() }()
+	t := clockwork.NewTimer(s.opts.clock)
+	defer t.Close()
+	t.ResetAt(s.opts.clock.Now().Add(s.opts.closeTimeout))
+	select {
+	case err := <-ended:
+		if err == io.EOF {
+			_ = st.Close()
+		} else {
+			s.log.Debug("stream ended by a reset during the clean stop", "error", err)
+			_ = st.Reset()
+		}
+	case <-t.C():
+		t.Ack()
+		s.log.Info("aggregator did not close the stream in turn, resetting it", "close_timeout", s.opts.closeTimeout.String())
+		_ = st.Reset()
+		<-ended
 	}
 }
 
@@ -399,7 +466,7 @@ func (s *Service) send(attempt uint64) {
 		s.log.Error("no stream to send on", "attempt", attempt)
 		return
 	}
-	line, err := wire.AppendLine(nil, s.heartbeat())
+	line, err := s.line()
 	s.ops.Add(1)
 	go func() {
 		defer s.ops.Done()
@@ -432,9 +499,39 @@ func (s *Service) watch(attempt uint64, st transport.Stream) {
 	}()
 }
 
-// heartbeat builds the next report. A failing head getter still yields a
+// line encodes the next heartbeat. A line longer than wire.MaxLineBytes is
+// never sent: an aggregator would reset the stream as line_too_long, and the
+// sender would reconnect for ever. The first such line of a run of them is
+// logged at ERROR; the heartbeat then carries the last head that fitted (and
+// no miner address if even that is too long: New checked that the rest
+// fits), so the node stays visible.
+func (s *Service) line() ([]byte, error) {
+	hb, fresh := s.heartbeat()
+	line, err := wire.AppendLine(nil, hb)
+	if err != nil || len(line)-1 <= wire.MaxLineBytes {
+		if err == nil && fresh {
+			s.lastHead, s.headTooLong = ChainHead{Head: hb.Head, Height: hb.Height}, false
+		}
+		return line, err
+	}
+	if !s.headTooLong {
+		s.headTooLong = true
+		s.log.Error("heartbeat line too long, not sent; reporting the last head that fits",
+			"line_bytes", len(line)-1, "limit_bytes", wire.MaxLineBytes, "head_bytes", len(hb.Head),
+			"miner_address_bytes", len(hb.MinerAddress), "height", s.lastHead.Height)
+	}
+	hb.Head, hb.Height = s.lastHead.Head, s.lastHead.Height
+	if line, err = wire.AppendLine(line[:0], hb); err != nil || len(line)-1 <= wire.MaxLineBytes {
+		return line, err
+	}
+	hb.Head, hb.MinerAddress = "", ""
+	return wire.AppendLine(line[:0], hb)
+}
+
+// heartbeat builds the next report; fresh says whether its head is the one
+// the head getter just returned. A failing head getter still yields a
 // heartbeat, with the last good head; its error is logged once per outage.
-func (s *Service) heartbeat() Heartbeat {
+func (s *Service) heartbeat() (hb Heartbeat, fresh bool) {
 	h, err := s.head()
 	switch {
 	case err != nil && !s.headDown:
@@ -445,18 +542,20 @@ func (s *Service) heartbeat() Heartbeat {
 			s.headDown = false
 			s.log.Info("head available again", "height", h.Height)
 		}
-		s.lastHead = h
 	}
-	hb := Heartbeat{
-		Head:       s.lastHead.Head,
-		Height:     s.lastHead.Height,
+	if err != nil {
+		h = s.lastHead
+	}
+	hb = Heartbeat{
+		Head:       h.Head,
+		Height:     h.Height,
 		Nickname:   s.cfg.nickname,
 		GenesisCID: s.opts.genesis,
 	}
 	if s.opts.miner != nil {
 		hb.MinerAddress = s.opts.miner()
 	}
-	return hb
+	return hb, err == nil
 }
 
 func (s *Service) emitLog(r fsm.LogRecord) {

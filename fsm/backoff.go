@@ -72,3 +72,32 @@ func (p BackoffPolicy) Delay(n uint64, u float64) time.Duration {
 	}
 	return time.Duration(d)
 }
+
+// Rejoin is the wait before the first attempt after losing a stream that
+// had proven itself (it survived its first beat): uniform in [0, window)
+// with the draw u in [0, 1) when the policy has jitter, window/2 (the same
+// mean) without. The machine passes its BeatPeriod as window.
+//
+// Why one BeatPeriod: an aggregator suspects a node after a few missed
+// beats, and a reset of every connection (a restart of a proxy, a network
+// blip) must not turn a healthy fleet Suspect, which a whole
+// ReconnectPeriod (10 s) would. Spreading the attempts over the window keeps
+// a fleet that lost its streams at once from redialling in lockstep. Only
+// this first attempt is fast: if it fails, Delay applies from the first
+// failure on.
+func (p BackoffPolicy) Rejoin(window time.Duration, u float64) time.Duration {
+	if window <= 0 {
+		return 0
+	}
+	if p.Jitter <= 0 {
+		return window / 2
+	}
+	d := time.Duration(u * float64(window))
+	switch {
+	case d >= window:
+		return window - 1
+	case d < 0:
+		return 0
+	}
+	return d
+}

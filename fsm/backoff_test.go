@@ -65,3 +65,15 @@ func BenchmarkBackoffDelay(b *testing.B) {
 		_ = p.Delay(uint64(i%64), 0.5)
 	}
 }
+
+func TestBackoffRejoin(t *testing.T) {
+	p := BackoffPolicy{Base: 10 * time.Second, Jitter: 0.2}
+	w := 3 * time.Second
+	require.Equal(t, time.Duration(0), p.Rejoin(w, 0))
+	require.Equal(t, 1500*time.Millisecond, p.Rejoin(w, 0.5))
+	require.Equal(t, w-1, p.Rejoin(w, 1)) // never the whole window, even for u = 1
+	require.Equal(t, time.Duration(0), p.Rejoin(w, -1))
+	require.Equal(t, time.Duration(0), p.Rejoin(0, 0.5))
+	// Without jitter: the window's mean, as Delay is Base's.
+	require.Equal(t, 1500*time.Millisecond, BackoffPolicy{Base: time.Second}.Rejoin(w, 0.99))
+}

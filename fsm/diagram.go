@@ -12,8 +12,11 @@ func drawn(t Transition) bool { return t.From != Any }
 
 func edgeLabel(t Transition) string {
 	label := t.On.String()
-	if t.When == WriteBusy {
+	if t.When == WriteBusy || t.When == Unproven {
 		label += " (" + t.When.String() + ")"
+	}
+	if t.Do.Retry() == RetryRejoin {
+		label += " / rejoin"
 	}
 	return label
 }
@@ -94,16 +97,29 @@ func Markdown() string {
 	b.WriteString("Guards: *awaited* is the result or timer the machine waits for now (the\n")
 	b.WriteString("current attempt, an armed timer that is due); *stale* is anything else of\n")
 	b.WriteString("that kind (an abandoned attempt's result, a cancelled timer); *write busy*\n")
-	b.WriteString("is a beat that comes due while the previous write is still in flight. An\n")
-	b.WriteString("event with no row is returned as a `*fsm.RejectedError`, never a panic.\n\n")
-	b.WriteString("| # | from | event | guard | to | action | why |\n")
-	b.WriteString("|---|---|---|---|---|---|---|\n")
+	b.WriteString("is a beat that comes due while the previous write is still in flight;\n")
+	b.WriteString("*unproven* is an awaited event about a stream that has not yet survived its\n")
+	b.WriteString("first beat (proven: the beat after a successful write came due with the\n")
+	b.WriteString("stream still open). An event with no row is returned as a\n")
+	b.WriteString("`*fsm.RejectedError`, never a panic.\n\n")
+	b.WriteString("The *next attempt* column is the delay the row arms (`fsm.Action.Retry`):\n")
+	b.WriteString("after a failed attempt, or a stream that ended unproven (refused), the\n")
+	b.WriteString("backoff (`BackoffPolicy.Delay`: ReconnectPeriod, jittered); after losing a\n")
+	b.WriteString("proven stream, a *rejoin* within one BeatPeriod (`BackoffPolicy.Rejoin`:\n")
+	b.WriteString(`uniform in [0, BeatPeriod), BeatPeriod/2 without jitter), marked "/ rejoin"`)
+	b.WriteString("\nin the diagram. Only the rejoin is fast: when it fails, the backoff applies.\n\n")
+	b.WriteString("| # | from | event | guard | to | action | next attempt | why |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for i, t := range table {
 		to := t.To.String()
 		if t.To == Same {
 			to = "(same)"
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s |\n", i, t.From, t.On, t.When, to, t.Do, t.Why)
+		next := ""
+		if r := t.Do.Retry(); r != NoRetry {
+			next = r.String()
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", i, t.From, t.On, t.When, to, t.Do, next, t.Why)
 	}
 	b.WriteString("\n## Graphviz\n\n")
 	b.WriteString("```dot\n")

@@ -96,6 +96,8 @@ type Machine struct {
 	since     time.Time
 	attempt   uint64
 	writing   bool
+	proven    bool      // the current stream survived its first beat
+	openedAt  time.Time // when the current stream opened
 	deadlines [numTimers]time.Time
 	policy    logPolicy
 	rng       *rand.Rand
@@ -143,6 +145,9 @@ func (m *Machine) Step(now time.Time, ev Event) ([]Effect, error) {
 		due, m.deadlines[tm] = m.deadlines[tm], time.Time{}
 	}
 	m.perform(t.Do, now, due, ev)
+	if r := t.Do.Retry(); r != NoRetry {
+		m.arm(RetryTimer, now.Add(m.retryDelay(r)))
+	}
 	if to := t.To; to != Same && to != from {
 		m.state, m.since = to, now
 		m.emit(Effect{Kind: Transitioned, From: from, To: to})
@@ -159,13 +164,17 @@ func (m *Machine) classify(now time.Time, ev Event) Guard {
 		if m.state == Connecting && ev.Attempt == m.attempt {
 			return Awaited
 		}
-	case WriteSucceeded, WriteFailed:
+	case WriteSucceeded:
 		if m.state == Beating && m.writing && ev.Attempt == m.attempt {
 			return Awaited
 		}
+	case WriteFailed:
+		if m.state == Beating && m.writing && ev.Attempt == m.attempt {
+			return m.onStream()
+		}
 	case RemoteClosed, RemoteReset:
 		if m.state == Beating && ev.Attempt == m.attempt {
-			return Awaited
+			return m.onStream()
 		}
 	default:
 		if tm, ok := timerOf(ev.Kind); ok {
@@ -173,13 +182,33 @@ func (m *Machine) classify(now time.Time, ev Event) Guard {
 			if at.IsZero() || now.Before(at) {
 				return Stale
 			}
-			if tm == BeatTimer && m.writing {
+			switch {
+			case tm == BeatTimer && m.writing:
 				return WriteBusy
+			case tm == BeatTimer || tm == WriteTimer:
+				return m.onStream()
 			}
 			return Awaited
 		}
 	}
 	return Stale
+}
+
+// onStream is the guard of an awaited event about the current stream:
+// Unproven until the stream survived its first beat.
+//
+// The rule, for protocol v1, which has no acknowledgement: a stream is
+// proven when the beat after a successful write comes due and the stream is
+// still open, one BeatPeriod after the first heartbeat. An aggregator that
+// refuses a sender (too_many_nodes, not_allowed, line_too_long, a bad line)
+// resets the stream within a round trip of it opening or of the first line,
+// far less than a BeatPeriod; the end of an unproven stream therefore counts
+// as a failed connection attempt, not as a lost stream.
+func (m *Machine) onStream() Guard {
+	if m.proven {
+		return Awaited
+	}
+	return Unproven
 }
 
 // perform carries out a; due is the deadline of the timer whose firing ev
@@ -194,11 +223,17 @@ func (m *Machine) perform(a Action, now, due time.Time, ev Event) {
 		m.arm(DialTimer, now.Add(m.cfg.DialTimeout))
 	case BeginBeating:
 		m.disarm(DialTimer)
-		if ended, outage, failures := m.policy.connected(now); ended {
+		m.proven, m.openedAt = false, now
+		m.send(now, now)
+	case ConfirmStream:
+		m.proven = true
+		// The outage ended when this stream opened; it is reported now that
+		// the stream has shown it was not refused.
+		if ended, outage, failures := m.policy.connected(m.openedAt); ended {
 			m.log(LogRecord{Level: LevelInfo, Kind: LogConnected, Outage: outage.Round(time.Millisecond), Failures: failures})
 		}
 		m.lastErr = nil
-		m.send(now, now)
+		m.send(now, due)
 	case SendBeat:
 		m.send(now, due)
 	case SkipBeat:
@@ -227,6 +262,15 @@ func (m *Machine) perform(a Action, now, due time.Time, ev Event) {
 		} else {
 			m.loseStream(now, ResetStream, LogRecord{Level: LevelWarn, Kind: LogRemoteReset, Err: ev.Err})
 		}
+	case Refused:
+		cause := ev.Err
+		if ev.Kind == WriteTimedOut {
+			cause = ErrWriteTimeout
+		}
+		m.endStream(ResetStream)
+		m.connectFailed(now, refusedError{cause})
+	case ClosedUnproven:
+		m.loseStream(now, CloseStream, LogRecord{Level: LevelInfo, Kind: LogRemoteClosed, Err: ev.Err})
 	case ResetStale:
 		m.emit(Effect{Kind: ResetStream, Attempt: ev.Attempt})
 	case Shutdown:
@@ -242,7 +286,7 @@ func (m *Machine) perform(a Action, now, due time.Time, ev Event) {
 			}
 			m.emit(Effect{Kind: how, Attempt: m.attempt})
 		}
-		m.writing = false
+		m.writing, m.proven = false, false
 		for tm := range m.deadlines {
 			m.disarm(Timer(tm))
 		}
@@ -268,32 +312,42 @@ func (m *Machine) nextBeat(now, due time.Time) time.Time {
 	return next
 }
 
+// connectFailed counts a failed attempt and logs it by the policy; the
+// action's Retry arms the backoff.
 func (m *Machine) connectFailed(now time.Time, err error) {
 	m.lastErr = err
 	level, outage := m.policy.connectFailed(now)
 	m.log(LogRecord{Level: level, Kind: LogConnectFailed, Outage: outage.Round(time.Millisecond), Failures: m.policy.failures, Err: err})
-	m.arm(RetryTimer, now.Add(m.delay(m.policy.failures)))
 }
 
-// loseStream ends the current stream with how (ResetStream or CloseStream)
-// after rec, and arms the first retry.
+// loseStream ends the current, proven stream with how (ResetStream or
+// CloseStream) after rec; the action's Retry arms the rejoin.
 func (m *Machine) loseStream(now time.Time, how EffectKind, rec LogRecord) {
-	m.writing = false
 	m.lastErr = rec.Err
+	m.endStream(how)
+	m.log(rec)
+	m.policy.lost(now)
+}
+
+// endStream disarms the stream's timers and ends it with how.
+func (m *Machine) endStream(how EffectKind) {
+	m.writing, m.proven = false, false
 	m.disarm(BeatTimer)
 	m.disarm(WriteTimer)
 	m.emit(Effect{Kind: how, Attempt: m.attempt})
-	m.log(rec)
-	m.policy.lost(now)
-	m.arm(RetryTimer, now.Add(m.delay(1)))
 }
 
-func (m *Machine) delay(n uint64) time.Duration {
+// retryDelay is the wait r stands for: the rejoin after a lost stream, or
+// the backoff after the current failure count.
+func (m *Machine) retryDelay(r Retry) time.Duration {
 	var u float64
 	if m.cfg.Backoff.Jitter > 0 {
 		u = m.rng.Float64()
 	}
-	return m.cfg.Backoff.Delay(n, u)
+	if r == RetryRejoin {
+		return m.cfg.Backoff.Rejoin(m.cfg.BeatPeriod, u)
+	}
+	return m.cfg.Backoff.Delay(m.policy.failures, u)
 }
 
 func (m *Machine) arm(t Timer, at time.Time) {
@@ -329,6 +383,10 @@ func (m *Machine) Since() time.Time { return m.since }
 
 // Attempt is the number of the latest dial (0 before the first).
 func (m *Machine) Attempt() uint64 { return m.attempt }
+
+// Writing reports whether a heartbeat write is in flight on the current
+// stream (Beating only).
+func (m *Machine) Writing() bool { return m.state == Beating && m.writing }
 
 // Beats is the number of heartbeats written successfully.
 func (m *Machine) Beats() uint64 { return m.beats }

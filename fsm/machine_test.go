@@ -96,6 +96,21 @@ func reach(t *testing.T, s State) *Machine {
 	return m
 }
 
+// proven stands, in TestTransitions, for Beating on a proven stream.
+const proven = State(100)
+
+// reachProven drives a fresh machine into Beating on a stream that survived
+// its first beat: connected at t0, written, proven at 3 s, whose beat of 3 s
+// is in flight.
+func reachProven(t *testing.T) *Machine {
+	t.Helper()
+	m := reach(t, Beating)
+	step(t, m, t0, Event{Kind: WriteSucceeded, Attempt: 1})
+	step(t, m, sec(3), Event{Kind: BeatDue})
+	require.True(t, m.proven)
+	return m
+}
+
 var errRefused = errors.New("connection refused")
 
 func sec(n int) time.Time { return t0.Add(time.Duration(n) * time.Second) }
@@ -134,24 +149,43 @@ func TestTransitions(t *testing.T) {
 			{Kind: ResetStream, Attempt: 7}}},
 		{"dial timer not yet due", Connecting, sec(9), Event{Kind: DialTimedOut}, Connecting, nil},
 
-		{"beat every BeatPeriod", Beating, sec(3), Event{Kind: BeatDue}, Beating, nil}, // filled below (write busy)
+		{"first beat survived: the stream is proven", Beating, sec(3), Event{Kind: BeatDue}, Beating, nil}, // filled below
 		{"write done", Beating, sec(1), Event{Kind: WriteSucceeded, Attempt: 1}, Beating, []Effect{cancel(WriteTimer)}},
-		{"write fails: reset this stream only", Beating, sec(2), Event{Kind: WriteFailed, Attempt: 1, Err: errRefused}, Backoff, []Effect{
+		{"refused: reset before the first beat survived", Beating, sec(1), Event{Kind: RemoteReset, Attempt: 1, Err: errRefused}, Backoff, []Effect{
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},
-			logOf(LogRecord{Level: LevelWarn, Kind: LogWriteFailed, Attempt: 1, Err: errRefused}),
-			arm(RetryTimer, sec(12)), moved(Beating, Backoff)}},
-		{"write stalls past its deadline", Beating, sec(10), Event{Kind: WriteTimedOut}, Backoff, []Effect{
-			cancel(BeatTimer), {Kind: ResetStream, Attempt: 1},
-			logOf(LogRecord{Level: LevelWarn, Kind: LogWriteFailed, Attempt: 1, Err: ErrWriteTimeout}),
-			arm(RetryTimer, sec(20)), moved(Beating, Backoff)}},
-		{"remote closes in order", Beating, sec(2), Event{Kind: RemoteClosed, Attempt: 1}, Backoff, []Effect{
+			logOf(LogRecord{Level: LevelWarn, Kind: LogConnectFailed, Attempt: 1, Failures: 1, Err: refusedError{errRefused}}),
+			arm(RetryTimer, sec(11)), moved(Beating, Backoff)}},
+		{"closed in order before the first beat survived: no failure, no rejoin", Beating, sec(1), Event{Kind: RemoteClosed, Attempt: 1}, Backoff, []Effect{
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: CloseStream, Attempt: 1},
 			logOf(LogRecord{Level: LevelInfo, Kind: LogRemoteClosed, Attempt: 1}),
-			arm(RetryTimer, sec(12)), moved(Beating, Backoff)}},
-		{"remote resets", Beating, sec(2), Event{Kind: RemoteReset, Attempt: 1, Err: errRefused}, Backoff, []Effect{
+			arm(RetryTimer, sec(11)), moved(Beating, Backoff)}},
+		{"first write fails: a failed attempt", Beating, sec(1), Event{Kind: WriteFailed, Attempt: 1, Err: errRefused}, Backoff, []Effect{
+			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},
+			logOf(LogRecord{Level: LevelWarn, Kind: LogConnectFailed, Attempt: 1, Failures: 1, Err: refusedError{errRefused}}),
+			arm(RetryTimer, sec(11)), moved(Beating, Backoff)}},
+		{"first write stalls: a failed attempt", Beating, sec(10), Event{Kind: WriteTimedOut}, Backoff, []Effect{
+			cancel(BeatTimer), {Kind: ResetStream, Attempt: 1},
+			logOf(LogRecord{Level: LevelWarn, Kind: LogConnectFailed, Attempt: 1, Failures: 1, Err: refusedError{ErrWriteTimeout}}),
+			arm(RetryTimer, sec(20)), moved(Beating, Backoff)}},
+
+		// A proven stream (see reachProven): the beat of 3 s is in flight.
+		{"beat every BeatPeriod", proven, sec(6), Event{Kind: BeatDue}, Beating, nil}, // filled below
+		{"write fails: reset this stream only, rejoin", proven, sec(4), Event{Kind: WriteFailed, Attempt: 1, Err: errRefused}, Backoff, []Effect{
+			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},
+			logOf(LogRecord{Level: LevelWarn, Kind: LogWriteFailed, Attempt: 1, Err: errRefused}),
+			arm(RetryTimer, sec(4).Add(1500*time.Millisecond)), moved(Beating, Backoff)}},
+		{"write stalls past its deadline, rejoin", proven, sec(13), Event{Kind: WriteTimedOut}, Backoff, []Effect{
+			cancel(BeatTimer), {Kind: ResetStream, Attempt: 1},
+			logOf(LogRecord{Level: LevelWarn, Kind: LogWriteFailed, Attempt: 1, Err: ErrWriteTimeout}),
+			arm(RetryTimer, sec(14).Add(500*time.Millisecond)), moved(Beating, Backoff)}},
+		{"remote closes in order, rejoin", proven, sec(4), Event{Kind: RemoteClosed, Attempt: 1}, Backoff, []Effect{
+			cancel(BeatTimer), cancel(WriteTimer), {Kind: CloseStream, Attempt: 1},
+			logOf(LogRecord{Level: LevelInfo, Kind: LogRemoteClosed, Attempt: 1}),
+			arm(RetryTimer, sec(5).Add(500*time.Millisecond)), moved(Beating, Backoff)}},
+		{"remote resets, rejoin", proven, sec(4), Event{Kind: RemoteReset, Attempt: 1, Err: errRefused}, Backoff, []Effect{
 			cancel(BeatTimer), cancel(WriteTimer), {Kind: ResetStream, Attempt: 1},
 			logOf(LogRecord{Level: LevelWarn, Kind: LogRemoteReset, Attempt: 1, Err: errRefused}),
-			arm(RetryTimer, sec(12)), moved(Beating, Backoff)}},
+			arm(RetryTimer, sec(5).Add(500*time.Millisecond)), moved(Beating, Backoff)}},
 		{"stop while a write is in flight resets", Beating, sec(2), Event{Kind: Stop}, Stopped, []Effect{
 			{Kind: ResetStream, Attempt: 1}, cancel(BeatTimer), cancel(WriteTimer), moved(Beating, Stopped)}},
 		{"late write result of an old stream", Beating, sec(2), Event{Kind: WriteSucceeded, Attempt: 9}, Beating, nil},
@@ -174,11 +208,21 @@ func TestTransitions(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m := reach(t, tc.from)
-			if tc.name == "beat every BeatPeriod" {
+			var m *Machine
+			if tc.from == proven {
+				m, tc.from = reachProven(t), Beating
+			} else {
+				m = reach(t, tc.from)
+			}
+			switch tc.name {
+			case "first beat survived: the stream is proven":
 				// Clear the write first, so the beat is awaited, not busy.
+				// No INFO: there was no outage to end.
 				step(t, m, sec(1), Event{Kind: WriteSucceeded, Attempt: 1})
 				tc.effects = []Effect{{Kind: Send, Attempt: 1}, arm(WriteTimer, sec(13)), arm(BeatTimer, sec(6))}
+			case "beat every BeatPeriod":
+				step(t, m, sec(4), Event{Kind: WriteSucceeded, Attempt: 1})
+				tc.effects = []Effect{{Kind: Send, Attempt: 1}, arm(WriteTimer, sec(16)), arm(BeatTimer, sec(9))}
 			}
 			got := step(t, m, tc.now, tc.ev)
 			require.Equal(t, tc.want, m.State())
@@ -304,11 +348,50 @@ func TestAccessors(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, BeatTimer, tm)
 	require.Equal(t, sec(3), at)
+	require.True(t, m.Writing())
 	step(t, m, sec(1), Event{Kind: WriteSucceeded, Attempt: 1})
+	require.False(t, m.Writing())
 	require.Equal(t, uint64(1), m.Beats())
 	step(t, m, sec(2), Event{Kind: RemoteReset, Attempt: 1, Err: errRefused})
-	require.Equal(t, errRefused, m.LastError())
+	require.ErrorIs(t, m.LastError(), ErrRefused)
+	require.ErrorIs(t, m.LastError(), errRefused)
 	at, ok = m.Deadline(RetryTimer)
 	require.True(t, ok)
 	require.Equal(t, sec(12), at)
+}
+
+// TestRejoinIsUniformWithinOneBeatPeriod: with jitter, the rejoin after a
+// lost proven stream is drawn uniformly in [0, BeatPeriod) for every seed,
+// and spreads over the window.
+func TestRejoinIsUniformWithinOneBeatPeriod(t *testing.T) {
+	const seeds = 2000
+	var buckets [10]int
+	for seed := uint64(1); seed <= seeds; seed++ {
+		c := DefaultConfig()
+		c.Seed = seed
+		m := reachProvenWith(t, c)
+		step(t, m, sec(4), Event{Kind: RemoteReset, Attempt: 1, Err: errRefused})
+		at, ok := m.Deadline(RetryTimer)
+		require.True(t, ok)
+		d := at.Sub(sec(4))
+		require.GreaterOrEqual(t, d, time.Duration(0), "seed %d", seed)
+		require.Less(t, d, c.BeatPeriod, "seed %d", seed)
+		buckets[d*10/c.BeatPeriod]++
+	}
+	for i, n := range buckets {
+		// Expected 200 a bucket; 120 is more than 5 standard deviations off.
+		require.Greater(t, n, 120, "bucket %d of 10: %v", i, buckets)
+	}
+}
+
+// reachProvenWith is reachProven with the config c.
+func reachProvenWith(t *testing.T, c Config) *Machine {
+	t.Helper()
+	m := newMachine(t, c)
+	step(t, m, t0, Event{Kind: Start})
+	step(t, m, t0, Event{Kind: DialSucceeded, Attempt: 1})
+	step(t, m, t0, Event{Kind: WriteSucceeded, Attempt: 1})
+	step(t, m, sec(3), Event{Kind: BeatDue})
+	require.True(t, m.proven)
+	return m
 }

@@ -22,10 +22,15 @@ const (
 	Stale // stale
 	// WriteBusy: a beat came due while the previous write is still in flight.
 	WriteBusy // write busy
+	// Unproven: the awaited event concerns a stream that has not yet
+	// survived its first beat (see Machine: a stream is proven when the beat
+	// after a successful write comes due and the stream is still open). A
+	// stream that ends unproven was refused, not lost.
+	Unproven // unproven
 )
 
 // numGuards counts the guards (an int, so that stringer does not name it).
-const numGuards = int(WriteBusy) + 1
+const numGuards = int(Unproven) + 1
 
 // Action names what a transition does besides changing state. The effects
 // each action produces are listed in docs/state-machine.md.
@@ -37,8 +42,12 @@ const (
 	Nothing Action = iota // nothing
 	// OpenStream starts attempt n+1 and arms the dial deadline.
 	OpenStream // open stream
-	// BeginBeating logs a recovery, resets the failure count and sends the first heartbeat at once.
+	// BeginBeating sends the first heartbeat at once; the stream is on
+	// probation until ConfirmStream.
 	BeginBeating // begin beating
+	// ConfirmStream marks the stream proven (it survived its first beat),
+	// logs a recovery, resets the failure count, then as SendBeat.
+	ConfirmStream // confirm stream
 	// SendBeat writes a heartbeat and arms the write deadline and the next beat.
 	SendBeat // send beat
 	// SkipBeat logs that the previous write is still in flight and arms the next beat.
@@ -49,10 +58,19 @@ const (
 	ConnectFailed // connect failed
 	// AbandonDial cancels a dial that outlived its deadline, then as ConnectFailed.
 	AbandonDial // abandon dial
-	// DropStream resets the stream after a failed or timed-out write, logs WARN and arms the retry.
+	// DropStream resets the stream after a failed or timed-out write, logs WARN and arms the rejoin.
 	DropStream // drop stream
-	// RemoteEnded closes (orderly end) or resets (reset) the stream, logs it and arms the retry.
+	// RemoteEnded closes (orderly end) or resets (reset) the stream, logs it and arms the rejoin.
 	RemoteEnded // remote ended
+	// Refused ends a stream that did not survive its first beat and counts
+	// it as a failed connection attempt (the log policy, the backoff).
+	Refused // refused
+	// ClosedUnproven closes a stream the aggregator ended in order before
+	// it survived its first beat, logs it, and arms the backoff without
+	// counting a failure: an orderly end is the aggregator shutting down,
+	// not a refusal, and an aggregator that ends every new stream in order
+	// is not redialled at once.
+	ClosedUnproven // closed unproven
 	// ResetStale resets the stream a stale dial brought back.
 	ResetStale // reset stale stream
 	// Shutdown releases whatever the state holds: the dial, the stream, the timers.
@@ -61,6 +79,41 @@ const (
 
 // numActions counts the actions (an int, so that stringer does not name it).
 const numActions = int(Shutdown) + 1
+
+// Retry is the delay an action arms before the next connection attempt.
+type Retry uint8
+
+// The retry delays.
+const (
+	// NoRetry: the action arms no retry.
+	NoRetry Retry = iota // none
+	// RetryRejoin: the first attempt after losing a proven stream comes
+	// within one BeatPeriod (BackoffPolicy.Rejoin), so that a node that was
+	// beating reconnects before an aggregator suspects it.
+	RetryRejoin // within one BeatPeriod
+	// RetryBackoff: a failed attempt waits the backoff delay
+	// (BackoffPolicy.Delay: ReconnectPeriod, jittered).
+	RetryBackoff // ReconnectPeriod
+)
+
+// actionRetry says which delay each action arms: the backoff rule as data,
+// read by the machine and printed in docs/state-machine.md.
+var actionRetry = [numActions]Retry{
+	ConnectFailed:  RetryBackoff,
+	AbandonDial:    RetryBackoff,
+	Refused:        RetryBackoff,
+	ClosedUnproven: RetryBackoff,
+	DropStream:     RetryRejoin,
+	RemoteEnded:    RetryRejoin,
+}
+
+// Retry is the delay a arms before the next connection attempt.
+func (a Action) Retry() Retry {
+	if int(a) < numActions {
+		return actionRetry[a]
+	}
+	return NoRetry
+}
 
 // Transition is one row of the table: in state From (or Any), event On under
 // guard When moves the machine to To (or Same) and performs Do.
@@ -86,18 +139,23 @@ var table = []Transition{
 	{Disconnected, Start, Always, Connecting, OpenStream, "connect at once (the legacy waited one ReconnectPeriod)"},
 	{Disconnected, Stop, Always, Stopped, Shutdown, "stopped before it started"},
 
-	{Connecting, DialSucceeded, Awaited, Beating, BeginBeating, "first heartbeat at once (the legacy waited one BeatPeriod)"},
+	{Connecting, DialSucceeded, Awaited, Beating, BeginBeating, "first heartbeat at once (the legacy waited one BeatPeriod); the stream is unproven"},
 	{Connecting, DialFailed, Awaited, Backoff, ConnectFailed, "retry after the backoff delay"},
 	{Connecting, DialTimedOut, Awaited, Backoff, AbandonDial, "a dial that hangs counts as a failure"},
 	{Connecting, Stop, Always, Stopped, Shutdown, "cancel the dial"},
 
 	{Beating, BeatDue, Awaited, Beating, SendBeat, "one heartbeat every BeatPeriod"},
 	{Beating, BeatDue, WriteBusy, Beating, SkipBeat, "never queue writes behind a slow one"},
+	{Beating, BeatDue, Unproven, Beating, ConfirmStream, "the stream survived its first beat: connected, the outage ends"},
 	{Beating, WriteSucceeded, Awaited, Beating, CountBeat, "the heartbeat went out"},
-	{Beating, WriteFailed, Awaited, Backoff, DropStream, "reset this stream only (the legacy closed the connection)"},
-	{Beating, WriteTimedOut, Awaited, Backoff, DropStream, "a stalled write counts as a failed one"},
-	{Beating, RemoteClosed, Awaited, Backoff, RemoteEnded, "the aggregator ended the stream in order"},
-	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the stream was reset, by the aggregator or with its connection"},
+	{Beating, WriteFailed, Awaited, Backoff, DropStream, "reset this stream only (the legacy closed the connection); rejoin at once"},
+	{Beating, WriteTimedOut, Awaited, Backoff, DropStream, "a stalled write counts as a failed one; rejoin at once"},
+	{Beating, RemoteClosed, Awaited, Backoff, RemoteEnded, "the aggregator ended the stream in order; rejoin at once"},
+	{Beating, RemoteReset, Awaited, Backoff, RemoteEnded, "the stream was reset, by the aggregator or with its connection; rejoin before the aggregator suspects the node"},
+	{Beating, WriteFailed, Unproven, Backoff, Refused, "lost before its first beat survived: a failed attempt"},
+	{Beating, WriteTimedOut, Unproven, Backoff, Refused, "stalled before its first beat survived: a failed attempt"},
+	{Beating, RemoteClosed, Unproven, Backoff, ClosedUnproven, "ended in order before its first beat survived (the aggregator shuts down): no rejoin, no failure"},
+	{Beating, RemoteReset, Unproven, Backoff, Refused, "refused (too_many_nodes, not_allowed, line_too_long): a failed attempt, never a rejoin"},
 	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order (reset it if a write is in flight)"},
 
 	{Backoff, RetryDue, Awaited, Connecting, OpenStream, "next attempt"},

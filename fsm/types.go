@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-//go:generate go tool stringer -linecomment -type=State,EventKind,Timer,EffectKind,Guard,Action,Level
+//go:generate go tool stringer -linecomment -type=State,EventKind,Timer,EffectKind,Guard,Action,Retry,Level
 
 // State is where the connection lifecycle stands.
 type State uint8
@@ -221,3 +221,26 @@ var ErrDialTimeout = errors.New("dial timed out")
 
 // ErrWriteTimeout is the error of a write that outlived Config.WriteTimeout.
 var ErrWriteTimeout = errors.New("write timed out")
+
+// ErrRefused is matched by the error of a connection attempt whose stream
+// opened but ended before it survived its first beat: the aggregator
+// refused the sender (too_many_nodes, not_allowed, line_too_long) or the
+// stream failed at once. It wraps the stream's own error.
+var ErrRefused = errors.New("stream ended before its first heartbeat was acknowledged")
+
+// refusedError is ErrRefused with its cause.
+type refusedError struct{ cause error }
+
+func (e refusedError) Error() string {
+	if e.cause == nil {
+		return ErrRefused.Error()
+	}
+	return ErrRefused.Error() + ": " + e.cause.Error()
+}
+
+func (e refusedError) Unwrap() []error {
+	if e.cause == nil {
+		return []error{ErrRefused}
+	}
+	return []error{ErrRefused, e.cause}
+}

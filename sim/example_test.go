@@ -120,7 +120,7 @@ func Example_embedding() {
 	// +8.206776627s DEBUG "Heartbeat service failed to connect" attempt=2 outage=8.167s failures=2 error="connection refused"
 	// +8.206776627s Connecting -> Backoff
 	// +20.078428924s Backoff -> Connecting
-	// +20.158428924s INFO "Heartbeat service connected to aggregator" attempt=3 outage=20.118s failures=2
 	// +20.158428924s Connecting -> Beating
+	// +23.158428924s INFO "Heartbeat service connected to aggregator" attempt=3 outage=20.118s failures=2
 	// heartbeats sent: 9
 }

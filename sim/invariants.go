@@ -106,17 +106,24 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 			s.watch()
 		case fsm.Backoff:
 			n.failAt, n.pausedSinceFail = s.now, false
-			if ev.Kind == fsm.DialFailed || ev.Kind == fsm.DialTimedOut {
+			if ev.Kind == fsm.DialFailed || ev.Kind == fsm.DialTimedOut || logsKind(effs, fsm.LogConnectFailed) {
+				// A failed attempt, or a stream refused before its first
+				// beat survived (logged as a connect failure).
 				n.connFailures++
 				n.failN = n.connFailures
+			} else if ev.Kind == fsm.RemoteClosed && !n.proven {
+				// Ended in order before it was proven: the backoff, no
+				// failure counted.
+				n.failN = max(1, n.connFailures)
+				n.inOutage = true
 			} else {
-				// A lost stream: the first retry waits one base delay.
-				n.failN = 1
+				// A lost proven stream: the rejoin, within one BeatPeriod.
+				n.failN = 0
 				n.inOutage = true
 			}
 		}
 	}
-	connected := 0
+	connected, sent := 0, false
 	for i := range effs {
 		e := &effs[i]
 		switch e.Kind {
@@ -136,9 +143,17 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 			if e.Timer == fsm.RetryTimer {
 				s.checkRetryDelay(n, e.At)
 			}
+		case fsm.Send:
+			sent = true
 		}
 	}
-	recovered := from == fsm.Connecting && to == fsm.Beating
+	if to == fsm.Beating && from != fsm.Beating {
+		n.proven = false
+	}
+	// A stream is proven when the beat after its first write comes due with
+	// the stream still open (docs/state-machine.md): the recovery is logged
+	// then, not when the stream opens.
+	recovered := ev.Kind == fsm.BeatDue && from == fsm.Beating && to == fsm.Beating && sent && !n.proven
 	want := 0
 	if recovered && n.inOutage {
 		want = 1
@@ -148,6 +163,7 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 			connected, "connected", ev.Kind, from, to, want)
 	}
 	if recovered {
+		n.proven = true
 		n.inOutage, n.outFailures, n.loudAt, n.connFailures = false, 0, 0, 0
 	}
 	if k := n.openStreams(); k > 1 {
@@ -208,9 +224,23 @@ func (s *sim) checkLog(n *node, r fsm.LogRecord) {
 	}
 }
 
-// retryBounds is the policy's range for the retry after the n-th failure.
+// retryBounds is the policy's range for the retry after the n-th failure;
+// n = 0 is the rejoin after a lost proven stream.
 func (s *sim) retryBounds(n uint64) (lo, hi time.Duration) {
+	if n == 0 {
+		return s.c.policy.Rejoin(s.c.sender.BeatPeriod, 0), s.c.policy.Rejoin(s.c.sender.BeatPeriod, 1)
+	}
 	return s.c.policy.Delay(n, 0), s.c.policy.Delay(n, 1)
+}
+
+// logsKind reports whether effs log a line of kind k.
+func logsKind(effs []fsm.Effect, k fsm.LogKind) bool {
+	for i := range effs {
+		if effs[i].Kind == fsm.Log && effs[i].Log.Kind == k {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *sim) checkRetryDelay(n *node, at time.Time) {

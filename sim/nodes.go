@@ -78,7 +78,8 @@ type nodeCold struct {
 	lastError       int64
 	connFailures    uint64 // consecutive connect failures (the backoff's n)
 	failAt          int64  // when the machine last entered Backoff
-	failN           uint64 // the backoff's n for that failure
+	failN           uint64 // the backoff's n for that failure; 0: the rejoin after a lost proven stream
+	proven          bool   // the stream survived its first beat (the fsm's documented rule)
 	pausedSinceFail bool
 	beatingSince    int64
 	active          uint16 // faults on this node's path right now
@@ -206,11 +207,12 @@ func (s *sim) step(n *node, ev fsm.Event) {
 	if h := s.c.hooks; h != nil && h.afterStep != nil {
 		effs = h.afterStep(int(n.idx), s.nowT, effs)
 	}
-	notable := false
+	notable, sent := false, false
 	for i := range effs {
 		e := &effs[i]
 		switch e.Kind {
 		case fsm.Send:
+			sent = true
 			s.send(n, e.Attempt)
 		case fsm.ArmTimer:
 			n.dl[e.Timer] = e.At.UnixNano()
@@ -231,6 +233,10 @@ func (s *sim) step(n *node, ev fsm.Event) {
 		default:
 			notable = true
 		}
+	}
+	if !notable && sent && ev.Kind == fsm.BeatDue && !n.proven {
+		// A quiet proof (no outage to report): the checker's view follows.
+		n.proven = true
 	}
 	if notable {
 		s.checkStep(n, ev, from, effs)

@@ -73,6 +73,8 @@ func runConformance(t *testing.T, newEnv envFactory) {
 		{"ServerResetEndsWaitRemoteAndWrite", testServerReset},
 		{"LocalReset", testLocalReset},
 		{"LocalClose", testLocalClose},
+		{"HalfCloseThenServerClose", testHalfClose},
+		{"HalfCloseThenReset", testHalfCloseThenReset},
 		{"AggregatorGoneMidStream", testAggregatorGone},
 		{"ResetAndCloseAreIdempotent", testIdempotent},
 		{"ResetUnblocksWrite", testResetUnblocksWrite},
@@ -268,6 +270,43 @@ func testLocalClose(t *testing.T, newEnv envFactory) {
 	require.ErrorIs(t, err, io.EOF)
 	require.Equal(t, want, got)
 	require.NoError(t, ss.Close())
+}
+
+// testHalfClose is the clean stop: the sender half-closes, the server reads
+// everything then EOF and closes in turn, and the sender sees that EOF.
+func testHalfClose(t *testing.T, newEnv envFactory) {
+	e := newEnv(t, 0)
+	s, ss := dial(t, e)
+	want := lines(t, 2)
+	writeLines(t, s, want)
+
+	require.NoError(t, s.CloseWrite())
+	require.NoError(t, s.CloseWrite(), "idempotent")
+	_, err := s.Write(lines(t, 1))
+	require.Error(t, err, "no write after CloseWrite")
+	got, err := readEnd(t, ss)
+	require.ErrorIs(t, err, io.EOF)
+	require.Equal(t, want, got)
+
+	// The sender's read side is still open: it sees the server's end.
+	require.NoError(t, ss.Close())
+	require.Equal(t, io.EOF, waitRemote(t, s))
+	require.NoError(t, s.Close())
+	require.NoError(t, s.CloseWrite(), "nil after Close")
+}
+
+// testHalfCloseThenReset: a server that never answers the half-close; the
+// sender gives up with Reset, which ends WaitRemote.
+func testHalfCloseThenReset(t *testing.T, newEnv envFactory) {
+	e := newEnv(t, 0)
+	s, ss := dial(t, e)
+	writeLines(t, s, lines(t, 1))
+	require.NoError(t, s.CloseWrite())
+	waited := result(s.WaitRemote)
+	readN(t, ss, len(lines(t, 1)))
+	require.NoError(t, s.Reset())
+	require.ErrorIs(t, await(t, "WaitRemote", waited, func() {}), transport.ErrReset)
+	_ = ss.Reset()
 }
 
 func testAggregatorGone(t *testing.T, newEnv envFactory) {

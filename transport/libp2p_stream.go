@@ -168,6 +168,18 @@ func (ls *libp2pStream) Close() error {
 	return nil
 }
 
+// CloseWrite implements Stream. The read loop keeps running, so WaitRemote
+// reports the aggregator's own end: io.EOF once it closes in turn.
+func (ls *libp2pStream) CloseWrite() error {
+	if ls.localEnd() != endNone {
+		return nil
+	}
+	if err := ls.s.CloseWrite(); err != nil {
+		return fmt.Errorf("close heartbeat stream to %s for writing: %w", ls.remote, err)
+	}
+	return nil
+}
+
 // setEnd records a local end unless one was recorded before; it reports
 // whether this call recorded it.
 func (ls *libp2pStream) setEnd(e localEnd) bool {

@@ -24,7 +24,8 @@ type pipe struct {
 
 	buf []byte // written by the sender, not yet read; at most n.window bytes
 
-	senderClosed bool // the sender closed in order: the server reads EOF after buf
+	senderClosed bool // the sender closed for writing: the server reads EOF after buf
+	senderDone   bool // the sender closed in both directions (Close)
 	serverClosed bool // the server closed: the sender's WaitRemote gets io.EOF
 	reset        bool // either side reset the stream
 	senderErr    error
@@ -211,15 +212,30 @@ func (s *memStream) WaitRemote() error {
 }
 
 // Reset implements Stream. After a local Close it does nothing, as on a
-// libp2p stream that is closed in both directions.
+// libp2p stream that is closed in both directions; after CloseWrite alone it
+// aborts the stream.
 func (s *memStream) Reset() error {
+	p := s.p
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	if p.senderDone || p.reset {
+		return nil
+	}
+	p.resetLocked(true)
+	return nil
+}
+
+// CloseWrite implements Stream: the receiver reads what was written, then
+// EOF; WaitRemote returns io.EOF once the receiver closes its end.
+func (s *memStream) CloseWrite() error {
 	p := s.p
 	p.n.mu.Lock()
 	defer p.n.mu.Unlock()
 	if p.senderDoneLocked() {
 		return nil
 	}
-	p.resetLocked(true)
+	p.senderClosed = true
+	p.wakeLocked()
 	return nil
 }
 
@@ -228,10 +244,10 @@ func (s *memStream) Close() error {
 	p := s.p
 	p.n.mu.Lock()
 	defer p.n.mu.Unlock()
-	if p.senderDoneLocked() {
+	if p.senderDone || p.reset {
 		return nil
 	}
-	p.senderClosed = true
+	p.senderClosed, p.senderDone = true, true
 	p.endLocked(nil)
 	p.wakeLocked()
 	return nil

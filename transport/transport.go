@@ -32,9 +32,16 @@ type Stream interface {
 	// matches network.ErrReset).
 	Write(p []byte) (int, error)
 	// WaitRemote blocks until the stream ends: it returns io.EOF when the
-	// remote closed it in order, an error matching network.ErrReset when
-	// either side reset it, and nil after a local Close.
+	// remote closed it in order (also after a local CloseWrite), an error
+	// matching network.ErrReset when either side reset it, and nil after a
+	// local Close.
 	WaitRemote() error
+	// CloseWrite half-closes the stream: the remote reads what was written,
+	// then EOF; later writes fail. The stream stays open for reading, so
+	// WaitRemote reports the remote's own end (io.EOF once it closes in
+	// turn). Follow it with Close or Reset. Idempotent; nil after Close or
+	// Reset.
+	CloseWrite() error
 	// Reset aborts the stream in both directions. Use it on any error.
 	Reset() error
 	// Close ends the stream in order. Use it only on an orderly end.

@@ -14,10 +14,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/internal/keyfile"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -227,4 +229,18 @@ func TestAggregateDownRetentionFlag(t *testing.T) {
 	code, out, _ := run(t, "aggregate", "-h")
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "-down-retention")
+}
+
+// `heartbeat beat` whose target is its own peer id (the one its --key gives)
+// is a usage error: exit 2, and the message names the field.
+func TestBeatToSelfExits2(t *testing.T) {
+	path := t.TempDir() + "/node.key"
+	key, err := keyfile.LoadOrCreate(path)
+	require.NoError(t, err)
+	id, err := peer.IDFromPrivateKey(key)
+	require.NoError(t, err)
+	code, _, errs := run(t, "beat", "--key", path, "--target", "/ip4/127.0.0.1/tcp/4001/p2p/"+id.String())
+	require.Equal(t, 2, code, errs)
+	require.Contains(t, errs, "beatTarget")
+	require.Contains(t, errs, "own peer id")
 }

@@ -1,0 +1,84 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p"
+	"github.com/stretchr/testify/require"
+
+	"github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+)
+
+// beatLines is an hclog output that signals each heartbeat the aggregator
+// logged (WithBeatLog): it logs one after the tracker counted it.
+type beatLines chan struct{}
+
+func (b beatLines) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimSpace(string(p)), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["@message"] == "heartbeat" {
+			b <- struct{}{}
+		}
+	}
+	return len(p), nil
+}
+
+// `heartbeat beat` stopped by its context (SIGINT/SIGTERM) right after its
+// first heartbeat ends in order every time, although it closes its libp2p
+// host at once on return (issue 9, case 3): the aggregator counts every
+// stream closed by EOF, none reset, and sees every node Left.
+func TestBeatStopsArriveAsOrderlyEnds(t *testing.T) {
+	stops := 40
+	if testing.Short() {
+		stops = 10
+	}
+	beats := make(beatLines, stops)
+	cfg := aggregator.Config{}
+	opts, err := aggregator.HostOptions(cfg, nil)
+	require.NoError(t, err)
+	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
+	require.NoError(t, err)
+	defer h.Close()
+	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
+	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true))
+	require.NoError(t, err)
+	defer agg.Close()
+	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+
+	for range stops {
+		ctx, cancel := context.WithCancel(context.Background())
+		code := make(chan int, 1)
+		go func() {
+			code <- Main(ctx, []string{"beat", "--target", target, "--beat-period", "1h", "--log-level", "error"}, io.Discard, io.Discard)
+		}()
+		select {
+		case <-beats:
+		case <-time.After(30 * time.Second):
+			cancel()
+			t.Fatal("the aggregator logged no heartbeat")
+		}
+		cancel()
+		require.Equal(t, 0, <-code)
+	}
+	mfs, err := agg.Registry().Gather()
+	require.NoError(t, err)
+	closed := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() == "heartbeat_streams_closed_total" {
+			for _, m := range mf.GetMetric() {
+				closed[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	require.Equal(t, float64(stops), closed[metrics.ClosedEOF], "%v", closed)
+	require.Zero(t, closed[metrics.ClosedReset], "%v", closed)
+	require.Equal(t, stops, agg.Tracker().Summary().ByState[tracker.Left])
+}
