@@ -15,6 +15,13 @@ import (
 // registered, and peers match protocol ids byte for byte.
 const ProtocolID = "fil/heartbeat/1.0.0"
 
+// ProtocolIDV2 is the libp2p protocol id of heartbeat protocol v2
+// (package wire2: length-prefixed CBOR frames, acknowledged beats). It has
+// the leading slash of libp2p's convention; v1 keeps its exact slash-less id
+// above. A sender offers both in one NewStream call, v2 first, and
+// multistream-select picks.
+const ProtocolIDV2 = "/fil/heartbeat/2.0.0"
+
 // MaxLineBytes is the longest heartbeat line, without its '\n', that a
 // receiver accepts by default (the aggregator's DefaultMaxLineBytes): a
 // sender must not write a longer one, or every stream it opens is reset
