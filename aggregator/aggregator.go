@@ -33,6 +33,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +50,7 @@ import (
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // Errors that end a stream, besides the decoder's (*wire.DecodeError) and
@@ -149,6 +151,9 @@ type Aggregator struct {
 	hooks   *hooks
 	rejects *rateLog
 	bufs    sync.Pool // *[]byte line buffers of MaxLineBytes+1
+	v2bufs  sync.Pool // *v2Buffers
+	pace    *pacer
+	version string // in Welcome
 
 	mu      sync.Mutex
 	closed  bool
@@ -188,6 +193,17 @@ func (ls *liveStream) drain(deadline time.Time) {
 	ls.draining = true
 	_ = ls.s.CloseWrite()
 	_ = ls.s.SetReadDeadline(deadline)
+}
+
+// SetDeadline arms the v2 loop's deadline (the next frame's read and the
+// Ack's write), unless Close has set the drain deadline.
+func (ls *liveStream) SetDeadline(t time.Time) error {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.draining {
+		return nil
+	}
+	return ls.s.SetDeadline(t)
 }
 
 func (ls *liveStream) isDraining() bool {
@@ -247,6 +263,9 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	}
 	size := cfg.MaxLineBytes + 1
 	a.bufs.New = func() any { b := make([]byte, size); return &b }
+	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
+	a.pace = newPacer(cfg.AcceptRate, cfg.AcceptBurst, cfg.PacingWindow)
+	a.version, _ = metrics.BuildVersion()
 	if a.gater != nil {
 		f := func(id peer.ID) { a.reject(id, metrics.ReasonNotAllowed, ErrNotAllowed) }
 		a.gater.onRefuse.Store(&f)
@@ -257,9 +276,16 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	timer := clockwork.NewTimer(a.clock)
 	first := a.clock.Now().Add(cfg.SweepInterval)
 	timer.ResetAt(first)
-	h.SetStreamHandler(wire.ProtocolID, a.handleStream)
+	for _, p := range cfg.Protocols {
+		switch p {
+		case ProtocolV1:
+			h.SetStreamHandler(wire.ProtocolID, a.handleStream)
+		case ProtocolV2:
+			h.SetStreamHandler(wire2.ProtocolID, a.handleStreamV2)
+		}
+	}
 	go a.sweep(timer, first)
-	a.log.Info("aggregator started", "protocol", wire.ProtocolID, "peer_id", h.ID().String(),
+	a.log.Info("aggregator started", "protocols", strings.Join(cfg.Protocols, ","), "peer_id", h.ID().String(),
 		"max_nodes", cfg.MaxNodes, "max_line_bytes", cfg.MaxLineBytes, "idle_timeout", cfg.IdleTimeout.String())
 	return a, nil
 }
@@ -306,6 +332,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 func (a *Aggregator) Close() error {
 	a.closeOnce.Do(func() {
 		a.h.RemoveStreamHandler(wire.ProtocolID)
+		a.h.RemoveStreamHandler(wire2.ProtocolID)
 		if a.gater != nil {
 			a.gater.onRefuse.Store(nil)
 		}
@@ -566,11 +593,12 @@ func isTimeout(err error) bool {
 
 // reject counts a rejection and logs it, rate-limited per peer. A
 // superseded stream is routine (a sender reconnecting before the old
-// stream died) and logs at INFO; the rest are faults and log at WARN.
+// stream died), and so is a paced one (GoAway past the accept rate): both
+// log at INFO; the rest are faults and log at WARN.
 func (a *Aggregator) reject(id peer.ID, reason string, err error) {
 	a.obs.Rejected(reason)
 	level := hclog.Warn
-	if reason == metrics.ReasonSuperseded {
+	if reason == metrics.ReasonSuperseded || reason == metrics.ReasonPaced {
 		level = hclog.Info
 	}
 	if ok, suppressed := a.rejects.allow(id, a.clock.Now()); ok {

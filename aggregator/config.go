@@ -6,6 +6,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // Defaults applied by New (and HostOptions) to zero Config fields.
@@ -29,7 +30,18 @@ const (
 	// DefaultCloseTimeout is how long Close waits for senders to answer its
 	// half-close: our sender answers within a round trip.
 	DefaultCloseTimeout = time.Second
+	// DefaultAcceptRate paces new v2 streams: past 200 a second (after a
+	// burst of as many), a new v2 stream gets GoAway.
+	// An aggregator restart with 10,000 v2 senders is then absorbed in
+	// about 50 s instead of one ReconnectPeriod.
+	DefaultAcceptRate = 200
+	// DefaultPacingWindow is the window GoAway's retry-after is drawn from,
+	// uniformly.
+	DefaultPacingWindow = time.Minute
 )
+
+// DefaultProtocols are the protocols an aggregator serves by default.
+var DefaultProtocols = []string{ProtocolV1, ProtocolV2}
 
 // Limits on Config values that would make the aggregator useless or unsafe.
 const (
@@ -95,6 +107,19 @@ type Config struct {
 	// (the senders read EOF), for the senders to close their side before it
 	// closes the streams anyway (a legacy sender never reads). Default 1 s.
 	CloseTimeout time.Duration
+	// Protocols lists the protocols served: "v1" (fil/heartbeat/1.0.0,
+	// JSON lines) and "v2" (/fil/heartbeat/2.0.0, CBOR frames with acks).
+	// Default both.
+	Protocols []string
+	// AcceptRate is how many new v2 streams a second the aggregator
+	// accepts (after a burst of AcceptBurst, default the rate); past it a new v2 stream gets
+	// GoAway with a retry-after drawn uniformly from [0, PacingWindow) and
+	// is counted as "paced". Defaults 200/s, burst 200, window one minute;
+	// a negative AcceptRate turns pacing off. v1 streams are never paced
+	// (a v1 sender cannot be told when to come back).
+	AcceptRate   float64
+	AcceptBurst  int
+	PacingWindow time.Duration
 }
 
 // withDefaults fills zero fields and validates, naming the bad field. The
@@ -140,6 +165,35 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = DefaultCloseTimeout
+	}
+	if len(c.Protocols) == 0 {
+		c.Protocols = DefaultProtocols
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Protocols {
+		if p != ProtocolV1 && p != ProtocolV2 || seen[p] {
+			return c, fmt.Errorf("aggregator: Config.Protocols (%q) must list %q and/or %q, each once", c.Protocols, ProtocolV1, ProtocolV2)
+		}
+		seen[p] = true
+	}
+	c.Protocols = append([]string(nil), c.Protocols...)
+	switch {
+	case c.AcceptRate == 0:
+		c.AcceptRate = DefaultAcceptRate
+	case c.AcceptRate < 0:
+		c.AcceptRate = -1
+	}
+	if c.AcceptBurst < 0 {
+		return c, fmt.Errorf("aggregator: Config.AcceptBurst (%d) must not be negative", c.AcceptBurst)
+	}
+	if c.AcceptBurst == 0 {
+		c.AcceptBurst = max(1, int(c.AcceptRate))
+	}
+	if c.PacingWindow < 0 || c.PacingWindow > wire2.MaxRetryAfter {
+		return c, fmt.Errorf("aggregator: Config.PacingWindow (%v) must be between 0 and %v", c.PacingWindow, wire2.MaxRetryAfter)
+	}
+	if c.PacingWindow == 0 {
+		c.PacingWindow = DefaultPacingWindow
 	}
 	return c, nil
 }

@@ -1,5 +1,7 @@
 package aggregator
 
+import "time"
+
 // observer is what the aggregator reports besides the tracker's own state
 // (which aggregator/metrics collects from the tracker at scrape time). It
 // is kept small so that the stream handling does not depend on how the
@@ -16,4 +18,6 @@ type observer interface {
 	// Truncated counts one node-supplied string cut to MaxLabelBytes; field
 	// is one of metrics.Fields().
 	Truncated(field string)
+	// BeatV2 observes a v2 Beat's reported RTT (0: none) and estimated skew.
+	BeatV2(rtt, skew time.Duration)
 }

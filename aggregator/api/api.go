@@ -30,6 +30,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -89,6 +90,23 @@ type Node struct {
 	// DuplicateIdentity is true while the node's streams keep superseding
 	// each other: two senders share its key.
 	DuplicateIdentity bool `json:"duplicate_identity"`
+	// Protocol is the heartbeat protocol of the node's last heartbeat: 1
+	// (fil/heartbeat/1.0.0) or 2 (/fil/heartbeat/2.0.0); 0 before the
+	// first.
+	Protocol uint8 `json:"protocol"`
+	// The rest is reported by protocol v2 nodes only (zero for v1).
+	// RTTSeconds is the round trip the node measured last (Beat written to
+	// Ack read); SkewSeconds its clock minus the aggregator's, estimated
+	// from its last Beat.
+	RTTSeconds  float64 `json:"rtt_seconds"`
+	SkewSeconds float64 `json:"skew_seconds"`
+	// Restarts counts the node's new boot ids; BootID is the current one
+	// (32 hex digits) and BootTime when it was first seen ("" for v1).
+	Restarts uint64 `json:"restarts"`
+	BootID   string `json:"boot_id"`
+	BootTime string `json:"boot_time"`
+	// LostBeats counts beats missing from the node's seq numbers.
+	LostBeats uint64 `json:"lost_beats"`
 }
 
 // Summary is the body of /api/summary.
@@ -387,22 +405,30 @@ func cursorAfter(id peer.ID) string { return base64.RawURLEncoding.EncodeToStrin
 
 func toNode(n *tracker.Node, now time.Time, j *Node) {
 	*j = Node{
-		PeerID:          n.Peer.String(),
-		Nickname:        n.Nickname,
-		Head:            n.Head,
-		Height:          n.Height,
-		MinerAddress:    wire.MinerAddressOf(n.MinerAddress),
-		MinerAddressRaw: n.MinerAddress,
-		Genesis:         n.Genesis,
-		State:           n.State.String(),
-		Since:           n.Since.UTC().Format(timeFormat),
-		FirstSeen:       n.FirstSeen.UTC().Format(timeFormat),
-		Beats:           n.Beats,
-		Streams:         n.Streams,
-		Stream:          n.Stream.String(),
-
+		PeerID:            n.Peer.String(),
+		Nickname:          n.Nickname,
+		Head:              n.Head,
+		Height:            n.Height,
+		MinerAddress:      wire.MinerAddressOf(n.MinerAddress),
+		MinerAddressRaw:   n.MinerAddress,
+		Genesis:           n.Genesis,
+		State:             n.State.String(),
+		Since:             n.Since.UTC().Format(timeFormat),
+		FirstSeen:         n.FirstSeen.UTC().Format(timeFormat),
+		Beats:             n.Beats,
+		Streams:           n.Streams,
+		Stream:            n.Stream.String(),
 		PeriodSeconds:     n.Period.Seconds(),
 		DuplicateIdentity: n.DuplicateIdentity,
+		Protocol:          n.Protocol,
+		RTTSeconds:        n.RTT.Seconds(),
+		SkewSeconds:       n.Skew.Seconds(),
+		Restarts:          n.Restarts,
+		LostBeats:         n.LostBeats,
+	}
+	if !n.BootTime.IsZero() {
+		j.BootID = hex.EncodeToString(n.BootID[:])
+		j.BootTime = n.BootTime.UTC().Format(timeFormat)
 	}
 	if !n.LastSeen.IsZero() {
 		j.LastSeen = n.LastSeen.UTC().Format(timeFormat)

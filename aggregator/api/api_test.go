@@ -117,7 +117,7 @@ func TestNodes(t *testing.T) {
 		Genesis: "bafy2bzacegenesis", State: "up",
 		Since:     "2026-01-02T03:05:03.5Z", // Joining at the stream, Up at the beat
 		FirstSeen: "2026-01-02T03:04:05Z", LastSeen: "2026-01-02T03:05:03.5Z", SilenceSeconds: 1.5,
-		Beats: 1, Streams: 1, Stream: "open", PeriodSeconds: 3,
+		Beats: 1, Streams: 1, Stream: "open", PeriodSeconds: 3, Protocol: 1,
 	}, byNick["alice"])
 	// Every spelling of the zero address is "no address", the raw text kept.
 	for nick, raw := range map[string]string{"bob": "<empty>", "carol": "empty", "dave": ""} {
@@ -126,7 +126,7 @@ func TestNodes(t *testing.T) {
 	}
 	require.Contains(t, body, `"miner_address_raw":"<empty>"`, "not HTML-escaped")
 	require.True(t, strings.HasPrefix(body, "{\"next\":\"\",\n\"nodes\":[\n{\"peer_id\":"), body)
-	require.True(t, strings.HasSuffix(body, "\"stream\":\"open\",\"period_seconds\":3,\"duplicate_identity\":false}\n]}\n"), body)
+	require.True(t, strings.HasSuffix(body, "\"lost_beats\":0}\n]}\n"), body)
 	require.Equal(t, 5+3, strings.Count(body, "\n"), "one node per line")
 	require.False(t, byNick["alice"].DuplicateIdentity)
 	require.True(t, byNick["bob"].DuplicateIdentity)

@@ -8,6 +8,12 @@
 //	heartbeat_streams_closed_total{how} accepted streams that ended: eof, reset, error
 //	heartbeat_labels_truncated_total{field} node-supplied strings cut to the label cap (Fields)
 //
+// Histograms over every protocol v2 Beat, all nodes together (no per-node
+// labels: a peer can never create series):
+//
+//	heartbeat_v2_rtt_seconds           round trip the sender reported (Beats with one)
+//	heartbeat_v2_clock_skew_seconds    sender clock minus aggregator clock, estimated
+//
 // Values computed from tracker.Summary at scrape time, by a custom
 // collector (one O(n) pass per scrape, nothing to keep in sync):
 //
@@ -30,11 +36,13 @@ package metrics
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // The values of the reason label of heartbeat_rejected_total. The first
@@ -69,6 +77,25 @@ const (
 	ReasonDuplicateIdentity = "duplicate_identity"
 	// ReasonOther: anything else, including a reason not in this list.
 	ReasonOther = "other"
+
+	// Protocol v2: the frame decoder's reasons (wire2.Reason), spelled the
+	// same, then the session's.
+	ReasonMalformedFrame = string(wire2.ReasonMalformed)
+	ReasonFrameTooLong   = string(wire2.ReasonFrameTooLong)
+	ReasonUnknownMessage = string(wire2.ReasonUnknownType)
+	ReasonBadField       = string(wire2.ReasonBadField)
+	// ReasonBeatBeforeHello: a v2 stream whose first frame is not a Hello.
+	ReasonBeatBeforeHello = "beat_before_hello"
+	// ReasonSecondHello: a second Hello on one stream.
+	ReasonSecondHello = "second_hello"
+	// ReasonSeqBackwards: a Beat whose seq is not above the previous one
+	// on its stream.
+	ReasonSeqBackwards = "seq_backwards"
+	// ReasonUnexpectedMessage: an aggregator-to-sender message (Welcome,
+	// Ack, GoAway) sent by a sender.
+	ReasonUnexpectedMessage = "unexpected_message"
+	// ReasonPaced: a new v2 stream past the accept rate, sent GoAway.
+	ReasonPaced = "paced"
 )
 
 // Reasons lists every value of the reason label, in a fixed order.
@@ -77,6 +104,9 @@ func Reasons() []string {
 		ReasonNotJSON, ReasonBadType, ReasonInvalidUTF8, ReasonLineTooLong,
 		ReasonIdleTimeout, ReasonTooManyNodes, ReasonNotAllowed,
 		ReasonSuperseded, ReasonResourceLimit, ReasonDuplicateIdentity, ReasonOther,
+		ReasonMalformedFrame, ReasonFrameTooLong, ReasonUnknownMessage, ReasonBadField,
+		ReasonBeatBeforeHello, ReasonSecondHello, ReasonSeqBackwards,
+		ReasonUnexpectedMessage, ReasonPaced,
 	}
 }
 
@@ -115,6 +145,8 @@ type Metrics struct {
 	opened   prometheus.Counter
 	closed   map[string]prometheus.Counter // one child per Closes value
 	trunc    map[string]prometheus.Counter // one child per Fields value
+	rtt      prometheus.Histogram
+	skew     prometheus.Histogram
 }
 
 // New registers the aggregator's metrics on reg and a collector that reads
@@ -143,7 +175,19 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		Name: "heartbeat_labels_truncated_total",
 		Help: "Node-supplied strings (nickname, head, miner_address, genesis) longer than the label cap, cut before they were stored.",
 	}, []string{"field"})
+	rtt := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "heartbeat_v2_rtt_seconds",
+		Help:    "Round-trip times protocol v2 senders reported in their Beats (Beat written to Ack read), all nodes together.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15), // 0.5 ms to ~8 s
+	})
+	skew := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "heartbeat_v2_clock_skew_seconds",
+		Help:    "Estimated clock skew of protocol v2 senders (sender clock minus aggregator clock, from each Beat's time and RTT), all nodes together.",
+		Buckets: []float64{-60, -10, -2, -0.5, -0.1, -0.02, -0.005, 0, 0.005, 0.02, 0.1, 0.5, 2, 10, 60},
+	})
 	m := &Metrics{
+		rtt:      rtt,
+		skew:     skew,
 		rejected: make(map[string]prometheus.Counter),
 		opened:   opened,
 		closed:   make(map[string]prometheus.Counter),
@@ -168,6 +212,8 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		{"heartbeat_streams_opened_total", opened},
 		{"heartbeat_streams_closed_total", closed},
 		{"heartbeat_labels_truncated_total", trunc},
+		{"heartbeat_v2_rtt_seconds", rtt},
+		{"heartbeat_v2_clock_skew_seconds", skew},
 		{"the tracker collector (heartbeat_nodes...)", newTrackerCollector(t)},
 	}
 	for _, c := range cs {
@@ -186,6 +232,15 @@ func (m *Metrics) Rejected(reason string) {
 		c = m.rejected[ReasonOther]
 	}
 	c.Inc()
+}
+
+// BeatV2 observes one v2 Beat's reported RTT (when it has one: rtt > 0)
+// and estimated skew.
+func (m *Metrics) BeatV2(rtt, skew time.Duration) {
+	if rtt > 0 {
+		m.rtt.Observe(rtt.Seconds())
+	}
+	m.skew.Observe(skew.Seconds())
 }
 
 // StreamOpened counts one accepted heartbeat stream.

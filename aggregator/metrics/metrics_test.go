@@ -134,17 +134,26 @@ func TestCounters(t *testing.T) {
 	const want = `
 # HELP heartbeat_rejected_total Heartbeat streams ended or refused by the aggregator, by reason.
 # TYPE heartbeat_rejected_total counter
+heartbeat_rejected_total{reason="bad_field"} 0
 heartbeat_rejected_total{reason="bad_type"} 1
+heartbeat_rejected_total{reason="beat_before_hello"} 0
 heartbeat_rejected_total{reason="duplicate_identity"} 0
+heartbeat_rejected_total{reason="frame_too_long"} 0
 heartbeat_rejected_total{reason="idle_timeout"} 0
 heartbeat_rejected_total{reason="invalid_utf8"} 0
 heartbeat_rejected_total{reason="line_too_long"} 0
+heartbeat_rejected_total{reason="malformed_frame"} 0
 heartbeat_rejected_total{reason="not_allowed"} 0
 heartbeat_rejected_total{reason="not_json"} 1
 heartbeat_rejected_total{reason="other"} 1
+heartbeat_rejected_total{reason="paced"} 0
 heartbeat_rejected_total{reason="resource_limit"} 0
+heartbeat_rejected_total{reason="second_hello"} 0
+heartbeat_rejected_total{reason="seq_backwards"} 0
 heartbeat_rejected_total{reason="superseded"} 0
 heartbeat_rejected_total{reason="too_many_nodes"} 2
+heartbeat_rejected_total{reason="unexpected_message"} 0
+heartbeat_rejected_total{reason="unknown_message"} 0
 # HELP heartbeat_streams_closed_total Accepted heartbeat streams that ended, by how: eof (clean), reset (by the sender or the network), error (by the aggregator).
 # TYPE heartbeat_streams_closed_total counter
 heartbeat_streams_closed_total{how="eof"} 1

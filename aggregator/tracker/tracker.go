@@ -326,6 +326,17 @@ type node struct {
 	nSamples, iSample uint8
 	samples           [periodSamples]uint32 // intervals in ms, a ring
 
+	// Protocol v2: the declared period replaces learning; boot, seq, RTT
+	// and skew as the node reported them.
+	protocol  uint8
+	declared  bool
+	boot      [16]byte
+	bootAt    int64
+	restarts  uint32
+	lastSeq   uint64
+	lost      uint64
+	rtt, skew int64
+
 	// Duplicate identity: supersedes counted in a fixed window.
 	dupCount uint16
 	dup      bool
@@ -595,6 +606,10 @@ func (n *node) downAt() int64 {
 // (the previous beat was on the same stream, and earlier) and updates the
 // period and thresholds. It reports whether they changed.
 func (t *Tracker) learnLocked(n *node, at int64) bool {
+	if n.declared {
+		n.beatStreams = n.streams
+		return false
+	}
 	if n.beats == 0 || n.beatStreams != n.streams || at <= n.lastSeen {
 		n.beatStreams = n.streams
 		return false
@@ -633,6 +648,72 @@ func (t *Tracker) learnLocked(n *node, at int64) bool {
 // keeps that string alive. Head and genesis are interned (copied once per
 // distinct value). A steady node costs no allocation.
 func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, bool, error) {
+	return t.beat(id, hb, nil, now)
+}
+
+// BeatInfo is what a protocol v2 Beat adds to a heartbeat.
+type BeatInfo struct {
+	// Seq is the Beat's sequence number within the node's boot: a gap
+	// after the previous one counts as lost beats.
+	Seq uint64
+	// RTT is the round trip the sender measured last (0: none yet).
+	RTT time.Duration
+	// Skew is the sender's clock minus the aggregator's: sender time +
+	// RTT/2 − receive time.
+	Skew time.Duration
+}
+
+// BeatV2 is Beat for a protocol v2 Beat: it also records seq (counting the
+// beats missing since the previous seq of the same boot as lost), RTT and
+// skew. The caller checks that seq grows on a stream; a seq at or below
+// the node's last one (from an older stream of the same boot) counts
+// nothing. Call Hello first on each stream.
+func (t *Tracker) BeatV2(id peer.ID, hb *wire.Heartbeat, info BeatInfo, now time.Time) (Change, bool, error) {
+	return t.beat(id, hb, &info, now)
+}
+
+// HelloInfo is what a protocol v2 Hello tells the tracker.
+type HelloInfo struct {
+	// BootID identifies the sender's run; a new one is a restart.
+	BootID [16]byte
+	// Period is the declared beat period: the detector uses it as the
+	// node's period instead of learning one (clamped to [1 ms, 24 h]).
+	Period time.Duration
+}
+
+// Hello records a v2 Hello from id, which must have an open stream
+// (StreamOpened). It reports whether the boot id differs from the node's
+// previous one (a restart: counted, and BootTime restarts). The declared
+// period replaces the learned one until the node beats on v1 again.
+func (t *Tracker) Hello(id peer.ID, h HelloInfo, now time.Time) (restart bool, err error) {
+	if id == "" {
+		return false, errNoPeer
+	}
+	at := t.rel(now)
+	s, n, err := t.acquire(id, at)
+	if err != nil {
+		return false, err
+	}
+	defer s.mu.Unlock()
+	if n.boot != h.BootID {
+		restart = n.boot != [16]byte{}
+		if restart {
+			n.restarts++
+		}
+		n.boot, n.bootAt, n.lastSeq = h.BootID, at, 0
+	}
+	n.protocol = 2
+	n.declared = true
+	p := min(max(int64(h.Period), int64(time.Millisecond)), int64(maxPeriodLimit))
+	if p != n.period {
+		n.period = p
+		n.suspectNs, n.downNs = t.thresholds(p)
+		s.next = min(s.next, n.suspectAt())
+	}
+	return restart, nil
+}
+
+func (t *Tracker) beat(id peer.ID, hb *wire.Heartbeat, info *BeatInfo, now time.Time) (Change, bool, error) {
 	if id == "" {
 		return Change{}, false, errNoPeer
 	}
@@ -658,6 +739,19 @@ func (t *Tracker) Beat(id peer.ID, hb *wire.Heartbeat, now time.Time) (Change, b
 	}
 	t.setGenesis(n, hb)
 	n.height = hb.Height
+	if info != nil {
+		n.protocol = 2
+		if info.Seq > n.lastSeq {
+			if n.lastSeq != 0 {
+				n.lost += info.Seq - n.lastSeq - 1
+			}
+			n.lastSeq = info.Seq
+		}
+		n.rtt, n.skew = int64(info.RTT), int64(info.Skew)
+	} else {
+		n.protocol = 1
+		n.declared = false // back to learning: v1 declares nothing
+	}
 	t.learnLocked(n, at)
 	// Concurrent streams may present their nows out of order: last seen
 	// never moves back.
@@ -1059,6 +1153,16 @@ func (t *Tracker) snapshot(n *node) Node {
 		Stream:            n.stream,
 		Period:            time.Duration(n.period),
 		DuplicateIdentity: n.dup,
+		Protocol:          n.protocol,
+		DeclaredPeriod:    n.declared,
+		BootID:            n.boot,
+		Restarts:          uint64(n.restarts),
+		LostBeats:         n.lost,
+		RTT:               time.Duration(n.rtt),
+		Skew:              time.Duration(n.skew),
+	}
+	if n.boot != [16]byte{} {
+		out.BootTime = t.abs(n.bootAt)
 	}
 	if n.beats > 0 {
 		out.LastSeen = t.abs(n.lastSeen)

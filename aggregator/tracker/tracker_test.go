@@ -302,7 +302,7 @@ func TestIdentityIsThePeerID(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, Node{
 		Peer: alice, Nickname: "alice", Head: "good", Height: 10, MinerAddress: "t01000",
-		FirstSeen: t0, LastSeen: t0, Since: t0.Add(29 * time.Second), Beats: 1, State: Down, Period: 3 * time.Second,
+		FirstSeen: t0, LastSeen: t0, Since: t0.Add(29 * time.Second), Beats: 1, State: Down, Period: 3 * time.Second, Protocol: 1,
 	}, a)
 	m, _ := tr.Node(mallory)
 	require.Equal(t, uint64(29), m.Beats)
@@ -324,7 +324,7 @@ func TestNodeFields(t *testing.T) {
 	require.Equal(t, Node{
 		Peer: id, Nickname: "Bob", Head: "{ a b }", Height: 444, MinerAddress: "t01234",
 		Genesis: gen.String(), FirstSeen: t0, LastSeen: t0.Add(time.Second), Since: t0.Add(time.Second),
-		Beats: 2, Streams: 1, State: Up, Stream: StreamOpen, Period: 3 * time.Second,
+		Beats: 2, Streams: 1, State: Up, Stream: StreamOpen, Period: 3 * time.Second, Protocol: 1,
 	}, n)
 
 	// Every label follows the latest heartbeat, genesis included.

@@ -128,6 +128,25 @@ type Node struct {
 	// Config.DuplicateWindow): two senders share its key. It clears after a
 	// whole DuplicateWindow without a supersede.
 	DuplicateIdentity bool
+
+	// Protocol is the heartbeat protocol version of the node's last
+	// heartbeat: 1 or 2 (0 before the first).
+	Protocol uint8
+	// DeclaredPeriod is true when Period is the one the node declared in
+	// its v2 Hello (used as is) rather than learned.
+	DeclaredPeriod bool
+	// The rest is known for v2 nodes only. BootID is the node's current
+	// boot id (zero for v1); BootTime is when the tracker first saw it.
+	BootID   [16]byte
+	BootTime time.Time
+	// Restarts counts Hellos with a boot id other than the previous one.
+	Restarts uint64
+	// LostBeats counts the beats missing from gaps in Seq within a boot.
+	LostBeats uint64
+	// RTT is the round trip the node reported in its last Beat (0: none);
+	// Skew is the node's clock minus the aggregator's, estimated from that
+	// Beat (see BeatInfo).
+	RTT, Skew time.Duration
 }
 
 // Summary is the aggregate view computed in one O(n) pass over all nodes.

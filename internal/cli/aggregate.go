@@ -118,7 +118,8 @@ func (r *runningAggregator) stop() error {
 
 func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
-		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--beat-log] [--log-level L] [--log-json]")
+		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--protocols v1,v2] [--accept-rate R]\n"+
+		"       [--pacing-window D] [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
@@ -128,6 +129,10 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	period := fs.Duration("expected-period", heartbeat.DefaultBeatPeriod, "the senders' usual beat period; each node's own period is learned, and silence over 2x it is Suspect, over 5x Down")
 	retention := fs.Duration("down-retention", aggregator.DefaultDownRetention, "when --max-nodes is reached, a new node may take the slot of the node Down the longest once Down longer than this")
 	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
+	var protocols listFlag
+	fs.Var(&protocols, "protocols", "protocols served, comma-separated: v1 (fil/heartbeat/1.0.0), v2 (/fil/heartbeat/2.0.0) (default v1,v2)")
+	acceptRate := fs.Float64("accept-rate", aggregator.DefaultAcceptRate, "new v2 streams accepted per second; past it they get GoAway (0: no pacing)")
+	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is drawn uniformly from [0, this)")
 	var allow listFlag
 	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
 	var lf logFlags
@@ -149,6 +154,20 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *maxNodes <= 0 {
 		return usageError("--max-nodes %d: want at least 1", *maxNodes)
 	}
+	for _, p := range protocols {
+		if p != aggregator.ProtocolV1 && p != aggregator.ProtocolV2 {
+			return usageError("--protocols %q: want v1, v2 or v1,v2", protocols.String())
+		}
+	}
+	if *acceptRate < 0 {
+		return usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", *acceptRate)
+	}
+	if *acceptRate == 0 {
+		*acceptRate = -1 // Config: negative turns pacing off, 0 takes the default
+	}
+	if err := positive("pacing-window", *pacingWindow); err != nil {
+		return err
+	}
 	if *maxLine <= 0 {
 		return usageError("--max-line-bytes %d: want a positive size", *maxLine)
 	}
@@ -166,7 +185,8 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	return lf.failed(log, "aggregator", serveAggregator(ctx, stdout, log, *keyPath, aggregatorSetup{
 		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
-		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention},
+		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention,
+			Protocols: protocols, AcceptRate: *acceptRate, PacingWindow: *pacingWindow},
 	}))
 }
 
