@@ -1,6 +1,7 @@
 package aggregator
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // benchStreams is the number of concurrent in-memory streams: many more
@@ -172,5 +174,81 @@ func BenchmarkIngest2018(b *testing.B) {
 	}
 	if total != uint64(b.N) {
 		b.Fatalf("counted %d beats, want %d", total, b.N)
+	}
+}
+
+// v2Stream is one node's v2 stream for the benchmark: its frames (Hello,
+// then n Beats with the heads of beatBlock) pre-encoded, so that only the
+// aggregator's work is measured; the Acks go to a counting writer.
+type v2Stream struct {
+	io.Reader
+	acks int
+}
+
+func (s *v2Stream) Write(p []byte) (int, error) { s.acks++; return len(p), nil }
+
+func v2Frames(tb testing.TB, node, n int) []byte {
+	tb.Helper()
+	var enc wire2.Encoder
+	out, err := enc.Append(nil, &wire2.Hello{BootID: wire2.BootID{byte(node), byte(node >> 8), 1},
+		BeatPeriod: 3 * time.Second, Nickname: "node-" + strconv.Itoa(node), MinerAddress: "f0" + strconv.Itoa(1000+node)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for i := range n {
+		epoch := 3_000_000 + (i%linesPerBlock)/10
+		out, err = enc.Append(out, &wire2.Beat{Seq: uint64(i + 1), Time: 1_700_000_000_000_000_000 + int64(i)*3e9,
+			Head:   "{ bafy2bzaceb" + strconv.Itoa(epoch) + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa }",
+			Height: uint64(epoch), RTT: time.Millisecond})
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return out
+}
+
+// BenchmarkIngestV2 is BenchmarkIngest for protocol v2: per beat one frame
+// read and decoded, the tracker updated and one Ack encoded and written.
+// Run both in one command for the ratio (docs/benchmarks.md).
+func BenchmarkIngestV2(b *testing.B) {
+	a, err := New(newHost(b), Config{MaxNodes: benchStreams})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer a.Close()
+	ids := make([]peer.ID, benchStreams)
+	streams := make([]*v2Stream, benchStreams)
+	for i := range ids {
+		ids[i] = randomPeer(b)
+		n := b.N / benchStreams
+		if i < b.N%benchStreams {
+			n++
+		}
+		streams[i] = &v2Stream{Reader: bytes.NewReader(v2Frames(b, i, n))}
+	}
+	errs := make(chan error, benchStreams)
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range streams {
+		wg.Go(func() {
+			if err := a.ServeFrames(ids[i], streams[i]); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "beats/s")
+	acks := 0
+	for _, s := range streams {
+		acks += s.acks
+	}
+	if got := a.Tracker().Summary().Beats; got != uint64(b.N) || acks != b.N+benchStreams {
+		b.Fatalf("tracker counted %d beats, %d frames written; want %d and %d (Acks and Welcomes)", got, acks, b.N, b.N+benchStreams)
 	}
 }

@@ -53,6 +53,7 @@ type v2Buffers struct {
 	enc   wire2.Encoder
 	f     wire2.Frame
 	hb    wire.Heartbeat
+	ack   wire2.Ack // here, not on the stack: it escapes through Append
 }
 
 // pacer admits new v2 streams at Config.AcceptRate and spreads the ones
@@ -307,8 +308,8 @@ func (a *Aggregator) frameLoop(id peer.ID, rw io.ReadWriter, ls *liveStream, b *
 				a.logBeat(id, hb, now)
 			}
 			// Ack.Time must be after 1970: a mock clock may sit at 0.
-			ack := wire2.Ack{Seq: bt.Seq, Time: max(now.UnixNano(), 1)}
-			if err := a.write(rw, b, &ack); err != nil {
+			b.ack = wire2.Ack{Seq: bt.Seq, Time: max(now.UnixNano(), 1)}
+			if err := a.write(rw, b, &b.ack); err != nil {
 				return err
 			}
 			if a.hooks != nil && a.hooks.beat != nil {
