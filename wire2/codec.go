@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"time"
 	"unicode/utf8"
 
@@ -54,8 +55,15 @@ type Encoder struct {
 // allocates. The error is a *Error with ReasonBadField for an invalid
 // message.
 func (e *Encoder) Append(dst []byte, m Message) ([]byte, error) {
+	return e.append(dst, m, true)
+}
+
+func (e *Encoder) append(dst []byte, m Message, fast bool) ([]byte, error) {
 	if err := Validate(m); err != nil {
 		return dst, err
+	}
+	if a, ok := m.(*Ack); ok && fast {
+		return appendAckFast(dst, a), nil
 	}
 	e.buf.Reset()
 	e.buf.WriteByte(0x82) // array(2)
@@ -155,7 +163,9 @@ func (id *BootID) UnmarshalCBOR(b []byte) error {
 // payload that is not [type, {body}] with the right CBOR types,
 // ReasonUnknownType for a well-formed frame of another type,
 // ReasonBadField for a missing or out-of-bounds field.
-func (f *Frame) Decode(p []byte) error {
+func (f *Frame) Decode(p []byte) error { return f.decode(p, true) }
+
+func (f *Frame) decode(p []byte, fast bool) error {
 	if len(p) < 2 || p[0] != 0x82 {
 		return &Error{Reason: ReasonMalformed, Detail: "payload is not a 2-item array"}
 	}
@@ -180,6 +190,10 @@ func (f *Frame) Decode(p []byte) error {
 		f.Hello = Hello{}
 		err = decMode.Unmarshal(body, &f.Hello)
 	case TypeBeat:
+		if fast && f.decodeBeatFast(body) {
+			f.Type = t
+			return validateBeat(&f.Beat)
+		}
 		w := &f.beat
 		w.Seq, w.Time, w.Height, w.RTT, w.Head.set = 0, 0, 0, 0, false
 		if err = decMode.Unmarshal(body, w); err == nil {
@@ -328,4 +342,140 @@ func validateLabel(name, v string) error {
 		return badField(name + " longer than " + itoa(MaxLabelBytes) + " bytes")
 	}
 	return nil
+}
+
+// The hot messages have a hand-written fast path, as v1's line decoder
+// does: an aggregator decodes a Beat and encodes an Ack for every beat.
+// fxamacker/cbor stays the reference: the fast paths handle only the
+// canonical shapes and defer everything else to it, and the tests
+// (TestFastPathsMatchLibrary, FuzzDecodeFrame) require identical results.
+
+// appendAckFast appends a (validated) Ack frame in Core Deterministic
+// Encoding, byte for byte what encMode writes.
+func appendAckFast(dst []byte, a *Ack) []byte {
+	n := 3 + 1 + uintLen(a.Seq) + 1 + uintLen(uint64(a.Time))
+	dst = binary.AppendUvarint(dst, uint64(n))
+	dst = append(dst, 0x82, byte(TypeAck), 0xa2, 0x01)
+	dst = appendUint(dst, a.Seq)
+	dst = append(dst, 0x02)
+	return appendUint(dst, uint64(a.Time))
+}
+
+// uintLen is the length of v as a CBOR unsigned integer, head included.
+func uintLen(v uint64) int {
+	switch {
+	case v < 24:
+		return 1
+	case v <= 0xff:
+		return 2
+	case v <= 0xffff:
+		return 3
+	case v <= 0xffffffff:
+		return 5
+	}
+	return 9
+}
+
+// appendUint appends v as a CBOR unsigned integer in its shortest form.
+func appendUint(dst []byte, v uint64) []byte {
+	switch {
+	case v < 24:
+		return append(dst, byte(v))
+	case v <= 0xff:
+		return append(dst, 0x18, byte(v))
+	case v <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(dst, 0x19), uint16(v))
+	case v <= 0xffffffff:
+		return binary.BigEndian.AppendUint32(append(dst, 0x1a), uint32(v))
+	}
+	return binary.BigEndian.AppendUint64(append(dst, 0x1b), v)
+}
+
+// readUint reads a CBOR unsigned integer (major type 0) in its shortest
+// form at b[i:]; ok is false for anything else (the library decides).
+func readUint(b []byte, i int) (v uint64, next int, ok bool) { return readArg(b, i, 0) }
+
+// readArg reads the head of a data item of the given major type whose
+// argument is in its shortest form, at b[i:].
+func readArg(b []byte, i int, major byte) (v uint64, next int, ok bool) {
+	if i >= len(b) || b[i]>>5 != major {
+		return 0, 0, false
+	}
+	switch ai := b[i] & 0x1f; {
+	case ai < 24:
+		return uint64(ai), i + 1, true
+	case ai == 24 && i+2 <= len(b) && b[i+1] >= 24:
+		return uint64(b[i+1]), i + 2, true
+	case ai == 25 && i+3 <= len(b):
+		v = uint64(binary.BigEndian.Uint16(b[i+1:]))
+		return v, i + 3, v > 0xff
+	case ai == 26 && i+5 <= len(b):
+		v = uint64(binary.BigEndian.Uint32(b[i+1:]))
+		return v, i + 5, v > 0xffff
+	case ai == 27 && i+9 <= len(b):
+		v = binary.BigEndian.Uint64(b[i+1:])
+		return v, i + 9, v > 0xffffffff
+	}
+	return 0, 0, false
+}
+
+// decodeBeatFast decodes a Beat body in the shapes our senders write: a
+// map of at most five pairs with keys 1–5, each once, unsigned integers in
+// shortest form, Head a short definite text string. It reports false, with
+// f unchanged, for anything else.
+func (f *Frame) decodeBeatFast(b []byte) bool {
+	if len(b) == 0 || b[0] < 0xa0 || b[0] > 0xa5 {
+		return false
+	}
+	pairs := int(b[0] - 0xa0)
+	var (
+		seq, tm, height, rtt uint64
+		head                 []byte
+		seen                 uint8
+		i                    = 1
+		ok                   bool
+	)
+	for range pairs {
+		if i >= len(b) {
+			return false
+		}
+		k := b[i]
+		if k < 1 || k > 5 || seen&(1<<k) != 0 {
+			return false
+		}
+		seen |= 1 << k
+		i++
+		switch k {
+		case 1:
+			seq, i, ok = readUint(b, i)
+		case 2:
+			tm, i, ok = readUint(b, i)
+			ok = ok && tm <= math.MaxInt64
+		case 3:
+			var n uint64
+			n, i, ok = readArg(b, i, 3)
+			if !ok || n > uint64(len(b)-i) {
+				return false
+			}
+			head = b[i : i+int(n)]
+			i += int(n)
+			ok = utf8.Valid(head)
+		case 4:
+			height, i, ok = readUint(b, i)
+		case 5:
+			rtt, i, ok = readUint(b, i)
+			ok = ok && rtt <= math.MaxInt64
+		}
+		if !ok {
+			return false
+		}
+	}
+	if i != len(b) {
+		return false
+	}
+	if string(head) != f.beat.Head.s {
+		f.beat.Head.s = string(head)
+	}
+	f.Beat = Beat{Seq: seq, Time: int64(tm), Head: f.beat.Head.s, Height: height, RTT: time.Duration(rtt)}
+	return true
 }

@@ -36,7 +36,17 @@ func FuzzDecodeFrame(f *testing.F) {
 				return
 			}
 			if err == nil {
+				// The fast paths must agree with the library on every
+				// input: same error reason, same message.
+				var lib wire2.Frame
+				errLib := lib.DecodeLibrary(p)
 				err = fr.Decode(p)
+				if reasonOf(err) != reasonOf(errLib) {
+					t.Fatalf("fast path: %v; library: %v", err, errLib)
+				}
+				if err == nil && fmt.Sprintf("%+v", decoded(&fr)) != fmt.Sprintf("%+v", decoded(&lib)) {
+					t.Fatalf("fast path %+v, library %+v", decoded(&fr), decoded(&lib))
+				}
 			}
 			if err != nil {
 				var we *wire2.Error
@@ -49,6 +59,9 @@ func FuzzDecodeFrame(f *testing.F) {
 			b, err := enc.Append(nil, m)
 			if err != nil {
 				t.Fatalf("decoded %+v does not encode: %v", m, err)
+			}
+			if lb, err := enc.AppendLibrary(nil, m); err != nil || !bytes.Equal(lb, b) {
+				t.Fatalf("fast encoding %x, library %x (%v)", b, lb, err)
 			}
 			p2, _, err := wire2.SplitFrame(b, wire2.MaxFrameBytes)
 			if err != nil {
@@ -100,4 +113,15 @@ func TestFuzzCorpus(t *testing.T) {
 			t.Errorf("seed %s missing or stale (go test ./wire2 -run TestFuzzCorpus -update): %v", path, err)
 		}
 	}
+}
+
+func reasonOf(err error) wire2.Reason {
+	var we *wire2.Error
+	if errors.As(err, &we) {
+		return we.Reason
+	}
+	if err != nil {
+		return "other"
+	}
+	return ""
 }

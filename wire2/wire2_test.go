@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
+	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat/wire2"
 )
@@ -286,4 +287,32 @@ func TestHeadReuse(t *testing.T) {
 	}
 	allocs := testing.AllocsPerRun(100, func() { decode(wire2.Beat{Seq: 4, Time: 1, Head: "{ bafy }"}) })
 	_ = allocs // encoding nil-dst allocates; the benchmarks measure the hot path
+}
+
+// TestFastPathsMatchLibrary: the hand-written Beat decoder and Ack encoder
+// give what fxamacker/cbor gives, over many values of every width
+// (FuzzDecodeFrame checks arbitrary inputs).
+func TestFastPathsMatchLibrary(t *testing.T) {
+	var enc wire2.Encoder
+	var fast, lib wire2.Frame
+	vals := []uint64{1, 23, 24, 255, 256, 65535, 65536, 1<<32 - 1, 1 << 32, 1<<63 - 1}
+	for _, v := range vals {
+		ack := wire2.Ack{Seq: v, Time: int64(v)}
+		a, err := enc.Append(nil, &ack)
+		require.NoError(t, err)
+		b, err := enc.AppendLibrary(nil, &ack)
+		require.NoError(t, err)
+		require.Equal(t, b, a, "Ack %+v", ack)
+		for _, head := range []string{"", "h", strings.Repeat("x", 23), strings.Repeat("y", 24), strings.Repeat("z", 300), "é"} {
+			beat := wire2.Beat{Seq: v, Time: int64(v), Head: head, Height: v, RTT: time.Duration(v % uint64(wire2.MaxRTT))}
+			fr, err := enc.AppendLibrary(nil, &beat)
+			require.NoError(t, err)
+			p, _, err := wire2.SplitFrame(fr, wire2.MaxFrameBytes)
+			require.NoError(t, err)
+			require.NoError(t, fast.Decode(p))
+			require.NoError(t, lib.DecodeLibrary(p))
+			require.Equal(t, lib.Beat, fast.Beat)
+			require.Equal(t, beat, fast.Beat)
+		}
+	}
 }
