@@ -172,6 +172,9 @@ type liveStream struct {
 
 	mu       sync.Mutex
 	draining bool // Close half-closed the stream and set the drain deadline
+
+	v2  bool       // a /fil/heartbeat/2.0.0 stream: Close sends GoAway
+	wmu sync.Mutex // serialises v2 writes: the handler's and Close's GoAway
 }
 
 // SetReadDeadline arms the idle deadline for the line reader, unless Close
@@ -186,13 +189,31 @@ func (ls *liveStream) SetReadDeadline(t time.Time) error {
 }
 
 // drain half-closes the stream (the sender reads EOF: an orderly end) and
-// gives the sender until deadline to close its side.
-func (ls *liveStream) drain(deadline time.Time) {
+// gives the sender until deadline to close its side. A v2 stream first
+// gets goAway (a GoAway frame: when to come back), unless an Ack is being
+// written at that moment: then the sender reads only the EOF.
+func (ls *liveStream) drain(deadline time.Time, goAway []byte) {
 	ls.mu.Lock()
-	defer ls.mu.Unlock()
 	ls.draining = true
-	_ = ls.s.CloseWrite()
 	_ = ls.s.SetReadDeadline(deadline)
+	ls.mu.Unlock()
+	if goAway != nil && ls.wmu.TryLock() {
+		_ = ls.s.SetWriteDeadline(deadline)
+		_, _ = ls.s.Write(goAway)
+		ls.wmu.Unlock()
+	}
+	_ = ls.s.CloseWrite()
+}
+
+// Write writes one v2 frame, unless Close is draining the stream (the
+// frame would land after the GoAway).
+func (ls *liveStream) Write(p []byte) (int, error) {
+	ls.wmu.Lock()
+	defer ls.wmu.Unlock()
+	if ls.isDraining() {
+		return 0, ErrClosed
+	}
+	return ls.s.Write(p)
 }
 
 // SetDeadline arms the v2 loop's deadline (the next frame's read and the
@@ -320,7 +341,9 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	}
 }
 
-// Close removes the stream handler and ends every live stream in order: it
+// Close removes the stream handlers and ends every live stream in order: it
+// sends each v2 stream GoAway (retry after a delay drawn from
+// [0, PacingWindow), so that the senders do not all return at once),
 // half-closes each one (CloseWrite: the sender reads EOF, not a reset),
 // waits up to Config.CloseTimeout for the senders to close their side (a
 // legacy sender never does), then closes the streams (Close, never Reset),
@@ -346,8 +369,14 @@ func (a *Aggregator) Close() error {
 		close(a.done)
 		// Wall clock: the deadline lives inside the transport.
 		deadline := time.Now().Add(a.cfg.CloseTimeout)
+		var enc wire2.Encoder
 		for _, ls := range live {
-			ls.drain(deadline)
+			var goAway []byte
+			if ls.v2 {
+				// Spread the senders' return over the pacing window.
+				goAway, _ = enc.Append(nil, &wire2.GoAway{RetryAfter: a.pace.retryAfter(), Reason: "shutdown"})
+			}
+			ls.drain(deadline, goAway)
 		}
 		a.wg.Wait()
 		<-a.sweepDone

@@ -123,7 +123,7 @@ func (a *Aggregator) handleStreamV2(s network.Stream) {
 		a.reject(id, metrics.ReasonPaced, ErrPaced)
 		return
 	}
-	ls := &liveStream{s: s}
+	ls := &liveStream{s: s, v2: true}
 	if !a.register(id, ls) {
 		s.Close()
 		return
@@ -188,7 +188,11 @@ func (a *Aggregator) serveV2(id peer.ID, rw io.ReadWriter, ls *liveStream) (err 
 	a.obs.StreamOpened()
 
 	b := a.v2bufs.Get().(*v2Buffers)
-	err = a.frameLoop(id, rw, ls, b)
+	var w io.Writer = rw
+	if ls != nil {
+		w = ls // serialised with Close's GoAway
+	}
+	err = a.frameLoop(id, rw, w, ls, b)
 	a.v2bufs.Put(b)
 
 	how := metrics.ClosedEOF
@@ -217,7 +221,7 @@ func (a *Aggregator) serveV2(id peer.ID, rw io.ReadWriter, ls *liveStream) (err 
 // frameLoop is the v2 hot path: per Beat one frame read, one decode, one
 // tracker update and one Ack written, without allocating for a steady
 // sender.
-func (a *Aggregator) frameLoop(id peer.ID, rw io.ReadWriter, ls *liveStream, b *v2Buffers) error {
+func (a *Aggregator) frameLoop(id peer.ID, rw io.ReadWriter, w io.Writer, ls *liveStream, b *v2Buffers) error {
 	var dl deadliner
 	if ls != nil {
 		dl = ls
@@ -273,7 +277,7 @@ func (a *Aggregator) frameLoop(id peer.ID, rw io.ReadWriter, ls *liveStream, b *
 			if restart {
 				a.log.Info("node restarted", "peer_id", id.String(), "nickname", hb.Nickname)
 			}
-			if err := a.write(rw, b, &wire2.Welcome{Impl: Impl, Version: a.version}); err != nil {
+			if err := a.write(w, b, &wire2.Welcome{Impl: Impl, Version: a.version}); err != nil {
 				return err
 			}
 		case wire2.TypeBeat:
@@ -309,7 +313,7 @@ func (a *Aggregator) frameLoop(id peer.ID, rw io.ReadWriter, ls *liveStream, b *
 			}
 			// Ack.Time must be after 1970: a mock clock may sit at 0.
 			b.ack = wire2.Ack{Seq: bt.Seq, Time: max(now.UnixNano(), 1)}
-			if err := a.write(rw, b, &b.ack); err != nil {
+			if err := a.write(w, b, &b.ack); err != nil {
 				return err
 			}
 			if a.hooks != nil && a.hooks.beat != nil {

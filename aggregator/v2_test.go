@@ -238,3 +238,50 @@ func TestProtocolsConfig(t *testing.T) {
 	_, err = New(e.h, Config{Protocols: []string{"v3"}})
 	require.ErrorContains(t, err, "Config.Protocols")
 }
+
+// An aggregator restart under a v2 sender: Close sends GoAway (reason
+// "shutdown", retry-after inside the pacing window) then EOF, an orderly
+// end; the node keeps its state in the old tracker (a shutdown is not a
+// node leaving); the sender, back on the new aggregator with the same boot
+// id, is welcomed and acked, with no restart and no loss counted.
+func TestV2AggregatorRestart(t *testing.T) {
+	checkLeaks(t)
+	cfg := Config{PacingWindow: 5 * time.Second}
+	e := newEnv(t, cfg, nil)
+	s := newSender(t)
+	c := s.openV2(t, e)
+	c.send(t, hello(1, time.Second))
+	c.recv(t, wire2.TypeWelcome)
+	for seq := uint64(1); seq <= 2; seq++ {
+		c.send(t, beatAt(seq, time.Millisecond))
+		c.recv(t, wire2.TypeAck)
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- e.a.Close() }()
+	g := c.recv(t, wire2.TypeGoAway).GoAway
+	require.Equal(t, "shutdown", g.Reason)
+	require.Less(t, g.RetryAfter, 5*time.Second)
+	_, err := c.r.Next()
+	require.ErrorIs(t, err, io.EOF, "GoAway, then an orderly end")
+	require.NoError(t, c.st.CloseWrite())
+	require.NoError(t, <-closed)
+	n, _ := e.a.Tracker().Node(s.id())
+	require.Equal(t, tracker.Up, n.State, "a shutdown is not the node leaving")
+
+	rec := newRecorder()
+	a2, err := New(e.h, cfg, withHooks(rec.hooks()))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, a2.Close()) })
+	c = s.openV2(t, e)
+	c.send(t, hello(1, time.Second))
+	c.recv(t, wire2.TypeWelcome)
+	c.send(t, beatAt(3, time.Millisecond))
+	require.Equal(t, uint64(3), c.recv(t, wire2.TypeAck).Ack.Seq)
+	n, ok := a2.Tracker().Node(s.id())
+	require.True(t, ok)
+	require.Equal(t, tracker.Up, n.State)
+	require.Equal(t, uint64(0), n.Restarts)
+	require.Equal(t, uint64(0), n.LostBeats)
+	require.Equal(t, uint8(2), n.Protocol)
+}
