@@ -1,5 +1,7 @@
-// Package aggregator is the receiving side of the heartbeat protocol
-// (fil/heartbeat/1.0.0): a libp2p stream handler that reads heartbeat lines
+// Package aggregator is the receiving side of the heartbeat protocol,
+// v1 (fil/heartbeat/1.0.0) and v2 (/fil/heartbeat/2.0.0, v2.go: CBOR frames
+// via package wire2, acknowledged beats, reconnect pacing with GoAway).
+// For v1 it is a libp2p stream handler that reads heartbeat lines
 // with a bounded reader, decodes them with wire.DecodeLine, records them in
 // a tracker.Tracker keyed by the authenticated peer id, detects silence on
 // an injectable clock, and exposes Prometheus metrics.

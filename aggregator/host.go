@@ -289,6 +289,8 @@ func ResourceLimits(maxNodes, maxLineBytes int) rcmgr.ConcreteLimitConfig {
 	if maxLineBytes <= 0 {
 		maxLineBytes = DefaultMaxLineBytes
 	}
+	// A stream reserves its v1 line buffer or its v2 frame buffers.
+	perStream := max(maxLineBytes+1, v2Reserve)
 	scaling := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&scaling)
 	defaults := scaling.AutoScale()
@@ -323,14 +325,14 @@ func ResourceLimits(maxNodes, maxLineBytes int) rcmgr.ConcreteLimitConfig {
 		StreamsInbound:  streamsIn,
 		StreamsOutbound: 1024,
 		FD:              conns + 256,
-		Memory:          int64(conns) * (2*yamuxStreamWindow + int64(maxLineBytes)),
+		Memory:          int64(conns) * (2*yamuxStreamWindow + int64(perStream)),
 	}
 	oursScope := rcmgr.BaseLimit{
 		Streams:        ours,
 		StreamsInbound: ours,
-		Memory:         int64(ours) * int64(maxLineBytes),
+		Memory:         int64(ours) * int64(perStream),
 	}
-	oursPeer := rcmgr.BaseLimit{Streams: 4, StreamsInbound: 4, Memory: 4 * int64(maxLineBytes)}
+	oursPeer := rcmgr.BaseLimit{Streams: 4, StreamsInbound: 4, Memory: 4 * int64(perStream)}
 	identifyScope := rcmgr.BaseLimit{
 		Streams: 2 * conns, StreamsInbound: conns, StreamsOutbound: conns,
 	}

@@ -119,8 +119,9 @@ func (a *Aggregator) handleStreamV2(s network.Stream) {
 	}
 	defer s.Scope().ReleaseMemory(v2Reserve)
 	if !a.pace.admit(a.clock.Now()) {
-		a.goAway(s, "busy")
+		// Counted before the sender can see the GoAway.
 		a.reject(id, metrics.ReasonPaced, ErrPaced)
+		a.goAway(s, "busy")
 		return
 	}
 	ls := &liveStream{s: s, v2: true}
@@ -130,7 +131,8 @@ func (a *Aggregator) handleStreamV2(s network.Stream) {
 	}
 	err := a.serveV2(id, s, ls)
 	a.unregister(id, ls)
-	if err != nil && !errors.Is(err, ErrClosed) {
+	// A full tracker's refusal went out as GoAway and an orderly close.
+	if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, tracker.ErrFull) {
 		s.Reset()
 		return
 	}

@@ -285,3 +285,24 @@ func TestV2AggregatorRestart(t *testing.T) {
 	require.Equal(t, uint64(0), n.LostBeats)
 	require.Equal(t, uint8(2), n.Protocol)
 }
+
+// A full tracker refuses a new v2 peer with GoAway("too_many_nodes") and an
+// orderly close, counted as too_many_nodes.
+func TestV2TooManyNodes(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, Config{MaxNodes: 1, PacingWindow: time.Second}, nil)
+	s1, s2 := newSender(t), newSender(t)
+	c1 := s1.openV2(t, e)
+	c1.send(t, hello(1, time.Second))
+	c1.recv(t, wire2.TypeWelcome)
+	c1.send(t, beatAt(1, 0))
+	c1.recv(t, wire2.TypeAck)
+
+	c2 := s2.openV2(t, e)
+	g := c2.recv(t, wire2.TypeGoAway).GoAway
+	require.Equal(t, metrics.ReasonTooManyNodes, g.Reason)
+	require.Less(t, g.RetryAfter, time.Second)
+	_, err := c2.r.Next()
+	require.ErrorIs(t, err, io.EOF)
+	require.Equal(t, float64(1), rejected(t, e, metrics.ReasonTooManyNodes))
+}
