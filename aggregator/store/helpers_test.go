@@ -146,5 +146,3 @@ func apply(t testing.TB, b Backend, batch Batch) {
 	t.Helper()
 	require.NoError(t, b.Apply(context.Background(), batch))
 }
-
-func itoa64(n int64) string { return fmt.Sprint(n) }

@@ -150,28 +150,6 @@ func (b *sqlBackend) intern(ctx context.Context, tx *sql.Tx, ps map[peer.ID]int6
 	return fresh, nil
 }
 
-// lookup returns the peers.id of p without creating it; ok is false if p
-// was never stored.
-func (b *sqlBackend) lookup(ctx context.Context, p peer.ID) (int64, bool, error) {
-	b.mu.Lock()
-	id, ok := b.ids[p]
-	b.mu.Unlock()
-	if ok {
-		return id, true, nil
-	}
-	err := b.db.QueryRowContext(ctx, b.d.bind(`SELECT id FROM peers WHERE peer = ?`), p.String()).Scan(&id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, err
-	}
-	b.mu.Lock()
-	b.ids[p] = id
-	b.mu.Unlock()
-	return id, true, nil
-}
-
 // Apply implements Backend.
 func (b *sqlBackend) Apply(ctx context.Context, batch Batch) error {
 	if batch.Len() == 0 {
