@@ -365,14 +365,6 @@ func seconds(ns ...int) []time.Duration {
 	return out
 }
 
-// secs is seconds with fractions, for the rejoin's half periods.
-func secs(fs ...float64) []time.Duration {
-	out := make([]time.Duration, len(fs))
-	for i, f := range fs {
-		out[i] = time.Duration(f * float64(time.Second))
-	}
-	return out
-}
 
 func every(from, to, step int) []time.Duration {
 	var out []time.Duration
