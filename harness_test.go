@@ -365,7 +365,6 @@ func seconds(ns ...int) []time.Duration {
 	return out
 }
 
-
 func every(from, to, step int) []time.Duration {
 	var out []time.Duration
 	for s := from; s <= to; s += step {
