@@ -22,6 +22,7 @@ import (
 	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/internal/keyfile"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // aggregatorSetup is what it takes to start an aggregator process.
@@ -167,6 +168,9 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	if err := positive("pacing-window", *pacingWindow); err != nil {
 		return err
+	}
+	if *pacingWindow > wire2.MaxRetryAfter {
+		return usageError("--pacing-window %v: at most %v (a sender waits no longer)", *pacingWindow, wire2.MaxRetryAfter)
 	}
 	if *maxLine <= 0 {
 		return usageError("--max-line-bytes %d: want a positive size", *maxLine)
