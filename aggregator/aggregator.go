@@ -299,16 +299,19 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	timer := clockwork.NewTimer(a.clock)
 	first := a.clock.Now().Add(cfg.SweepInterval)
 	timer.ResetAt(first)
+	var ids []string
 	for _, p := range cfg.Protocols {
 		switch p {
 		case ProtocolV1:
 			h.SetStreamHandler(wire.ProtocolID, a.handleStream)
+			ids = append(ids, wire.ProtocolID)
 		case ProtocolV2:
 			h.SetStreamHandler(wire2.ProtocolID, a.handleStreamV2)
+			ids = append(ids, wire2.ProtocolID)
 		}
 	}
 	go a.sweep(timer, first)
-	a.log.Info("aggregator started", "protocols", strings.Join(cfg.Protocols, ","), "peer_id", h.ID().String(),
+	a.log.Info("aggregator started", "protocols", strings.Join(ids, " "), "peer_id", h.ID().String(),
 		"max_nodes", cfg.MaxNodes, "max_line_bytes", cfg.MaxLineBytes, "idle_timeout", cfg.IdleTimeout.String())
 	return a, nil
 }
