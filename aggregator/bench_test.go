@@ -115,7 +115,7 @@ func benchIngest(b *testing.B, serve func(id peer.ID, r io.Reader) error) {
 }
 
 // BenchmarkIngest is ours: bounded line reader, wire.DecodeLine's fast
-// path, the sharded tracker, one timestamp per chunk.
+// path, the tracker, one timestamp per chunk.
 func BenchmarkIngest(b *testing.B) {
 	a, err := New(newHost(b), Config{MaxNodes: benchStreams})
 	if err != nil {

@@ -406,7 +406,7 @@ func TestNoLockoutByDownNodes(t *testing.T) {
 }
 
 // Whatever the operations, after a Sweep no node is left past a deadline
-// the sweep should have acted on: the shard deadline bound (shards skipped
+// the sweep should have acted on: the deadline bound (the scan skipped
 // while no deadline passed) never hides a transition, with learned
 // periods, allowances, disruption, duplicate flags and recent Downs.
 func TestSweepLeavesNoDeadlinePassed(t *testing.T) {
@@ -448,41 +448,37 @@ func TestSweepLeavesNoDeadlinePassed(t *testing.T) {
 				if disrupted {
 					seen["disrupted"]++
 				}
-				for i := range tr.shards {
-					s := &tr.shards[i]
-					s.mu.Lock()
-					for _, n := range s.nodes {
-						if n.dup {
-							seen["dup"]++
-						}
-						if n.recent {
-							seen["recent"]++
-						}
-						switch {
-						case n.state == Up && at > n.suspectAt():
-							t.Fatalf("seed %d step %d: Up node past its Suspect deadline after a sweep", seed, step)
-						case (n.state == Up || n.state == Suspect) && at > n.downAt() && !disrupted:
-							t.Fatalf("seed %d step %d: %v node past its Down deadline after a sweep, not disrupted", seed, step, n.state)
-						case n.dup && at > n.dupUntil:
-							t.Fatalf("seed %d step %d: duplicate flag past its window", seed, step)
-						case n.recent && n.state != Down:
-							t.Fatalf("seed %d step %d: recent set on a %v node", seed, step, n.state)
-						}
+				tr.mu.Lock()
+				for _, n := range tr.nodes {
+					if n.dup {
+						seen["dup"]++
 					}
-					s.mu.Unlock()
+					if n.recent {
+						seen["recent"]++
+					}
+					switch {
+					case n.state == Up && at > n.suspectAt():
+						t.Fatalf("seed %d step %d: Up node past its Suspect deadline after a sweep", seed, step)
+					case (n.state == Up || n.state == Suspect) && at > n.downAt() && !disrupted:
+						t.Fatalf("seed %d step %d: %v node past its Down deadline after a sweep, not disrupted", seed, step, n.state)
+					case n.dup && at > n.dupUntil:
+						t.Fatalf("seed %d step %d: duplicate flag past its window", seed, step)
+					case n.recent && n.state != Down:
+						t.Fatalf("seed %d step %d: recent set on a %v node", seed, step, n.state)
+					}
 				}
 				var recent int64
-				for i := range tr.shards {
-					for _, n := range tr.shards[i].nodes {
-						if n.recent {
-							recent++
-						}
+				for _, n := range tr.nodes {
+					if n.recent {
+						recent++
 					}
 				}
-				require.Equal(t, recent, tr.recent.Load(), "seed %d step %d", seed, step)
+				require.Equal(t, recent, tr.recent, "seed %d step %d", seed, step)
+				inState := tr.inState
+				tr.mu.Unlock()
 				sum := tr.Summary()
 				for _, st := range States() {
-					require.Equal(t, int64(sum.ByState[st]), tr.inState[st].Load(), "seed %d step %d: %v count", seed, step, st)
+					require.Equal(t, int64(sum.ByState[st]), inState[st], "seed %d step %d: %v count", seed, step, st)
 				}
 			}
 		}

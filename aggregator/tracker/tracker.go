@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -226,17 +225,6 @@ const maxPeriodLimit = 24 * time.Hour
 // median of: enough that one late beat or one burst read does not move it.
 const periodSamples = 8
 
-// numShards is a power of two well above the core count, so that streams
-// beating concurrently rarely meet on one mutex.
-const (
-	shardBits = 6
-	numShards = 1 << shardBits
-)
-
-// evictAttempts bounds the retries when concurrent admissions race for the
-// slot an eviction freed; past it the newcomer gets ErrFull.
-const evictAttempts = 4
-
 // Interned empty values, so that a node's handles are never the zero Handle
 // (whose Value panics).
 var (
@@ -250,9 +238,8 @@ var (
 type Tracker struct {
 	cfg       Config
 	start     time.Time
-	startSec  int64  // start.Unix()
-	startNsec int    // start.Nanosecond()
-	mix       uint64 // random per tracker: see shardFor
+	startSec  int64 // start.Unix()
+	startNsec int   // start.Nanosecond()
 
 	// Thresholds in nanoseconds, the unit of the stored times, and the
 	// factors that scale a node's period into its own thresholds.
@@ -262,42 +249,34 @@ type Tracker struct {
 	// Thresholds of a node with no measured interval (period MaxPeriod).
 	priorSuspectNs, priorDownNs int64
 
-	count   atomic.Int64            // tracked nodes, bounded by cfg.MaxNodes
-	inState [numStates]atomic.Int64 // nodes per state: Summary-free counts for Sweep and eviction
-	recent  atomic.Int64            // Down nodes with node.recent set
+	// disruptedAt is ns since start when disrupted mode was entered,
+	// notDisrupted otherwise. Only Sweep writes it (under mu); Disrupted
+	// reads it without the lock.
+	disruptedAt atomic.Int64
 
-	// Disrupted mode. sweepMu serialises Sweep, which alone changes the
-	// mode; disruptedAt is read by Summary without it.
-	sweepMu     sync.Mutex
-	cands       []downCand   // Sweep's scratch: nodes past their Down threshold
-	disruptedAt atomic.Int64 // ns since start when entered; notDisrupted otherwise
-	holdExpired bool         // left by MaxHold: no new episode before the silence clears
-
-	sumMu  sync.Mutex // serialises Summary, which reuses groups
-	groups map[group]int
-
-	shards [numShards]shard
-}
-
-type shard struct {
+	// mu guards everything below: one mutex over one map. 64 mutex shards
+	// saved under 5% of the aggregator's CPU per heartbeat end to end
+	// (docs/benchmarks.md), so they were deleted.
 	mu    sync.Mutex
 	nodes map[peer.ID]*node
 	// next is a lower bound on the earliest instant (ns since start) at
-	// which a node of this shard may change state by silence. Beat keeps it
-	// a lower bound cheaply (a beat only moves a deadline later, except for
-	// a node that comes Up, which lowers next); Sweep skips the shard while
-	// now <= next and recomputes it exactly when it scans.
-	next  int64
-	beats uint64
-	// 128 bytes a shard: wherever the array starts, the hot fields of two
-	// shards never share a cache line, so cores beating into different
-	// shards do not steal each other's lines.
-	_ [96]byte
+	// which a node may change state by silence. Beat keeps it a lower bound
+	// cheaply (a beat only moves a deadline later, except for a node that
+	// comes Up, which lowers next); Sweep skips the scan while now <= next
+	// and recomputes it exactly when it scans.
+	next        int64
+	beats       uint64
+	inState     [numStates]int64 // nodes per state: Summary-free counts for Sweep and eviction
+	recent      int64            // Down nodes with node.recent set
+	holdExpired bool             // left by MaxHold: no new episode before the silence clears
+	cands       []downCand       // Sweep's scratch: nodes past their Down threshold
+	groups      map[group]int    // Summary's scratch
 }
 
-// node is one record (224 bytes, 96 of them for silence detection and duplicate identity). Times are nanoseconds since the tracker's
-// start (see rel: a monotonic reading in now is honoured), 8 bytes each
-// instead of a time.Time's 24.
+// node is one record (304 bytes, 176 of them for silence detection,
+// duplicate identity and protocol v2). Times are nanoseconds since the
+// tracker's start (see rel: a monotonic reading in now is honoured), 8
+// bytes each instead of a time.Time's 24.
 type node struct {
 	// What Beat reads and writes comes first, to share cache lines.
 	nickname   string
@@ -372,7 +351,6 @@ func New(cfg Config, start time.Time) (*Tracker, error) {
 		start:       start,
 		startSec:    start.Unix(),
 		startNsec:   start.Nanosecond(),
-		mix:         rand.Uint64(),
 		graceNs:     int64(cfg.StartupGrace),
 		allowNs:     int64(cfg.ReconnectAllowance),
 		minNs:       int64(cfg.MinPeriod),
@@ -381,14 +359,12 @@ func New(cfg Config, start time.Time) (*Tracker, error) {
 		dupWindowNs: int64(cfg.DuplicateWindow),
 		suspectF:    float64(cfg.SuspectAfter) / float64(cfg.ExpectedPeriod),
 		downF:       float64(cfg.DownAfter) / float64(cfg.ExpectedPeriod),
+		nodes:       make(map[peer.ID]*node),
+		next:        math.MaxInt64,
 		groups:      make(map[group]int),
 	}
 	t.priorSuspectNs, t.priorDownNs = t.thresholds(t.maxNs)
 	t.disruptedAt.Store(notDisrupted)
-	for i := range t.shards {
-		t.shards[i].nodes = make(map[peer.ID]*node)
-		t.shards[i].next = math.MaxInt64
-	}
 	return t, nil
 }
 
@@ -397,7 +373,11 @@ func New(cfg Config, start time.Time) (*Tracker, error) {
 func (t *Tracker) Config() Config { return t.cfg }
 
 // Len returns the number of tracked nodes.
-func (t *Tracker) Len() int { return int(t.count.Load()) }
+func (t *Tracker) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.nodes)
+}
 
 // rel converts now to nanoseconds since start. With monotonic readings on
 // both (a real clock), time.Time.Sub uses them and is cheap. Without (virtual
@@ -413,27 +393,6 @@ func (t *Tracker) rel(now time.Time) int64 {
 
 func (t *Tracker) abs(ns int64) time.Time { return t.start.Add(time.Duration(ns)) }
 
-// shardFor picks id's shard from its last 8 bytes, mixed with the tracker's
-// random seed: a peer id ends in a public key or a digest, so those bytes
-// are already uniform, and this costs a few loads instead of a hash of the
-// whole id. The seed keeps a peer that grinds keys from aiming at one
-// shard (which would only cost contention, never correctness).
-func (t *Tracker) shardFor(id peer.ID) *shard {
-	var x uint64
-	if len(id) >= 8 {
-		b := id[len(id)-8:] // one 8-byte load: the compiler merges these
-		x = uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
-			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
-	} else {
-		for i := range len(id) {
-			x = x<<8 | uint64(id[i])
-		}
-	}
-	x ^= t.mix
-	x *= 0x9e3779b97f4a7c15 // Fibonacci hashing: the top bits mix all of x
-	return &t.shards[x>>(64-shardBits)]
-}
-
 // thresholds scales a period into Suspect and Down thresholds. Down stays
 // strictly after Suspect whatever the rounding.
 func (t *Tracker) thresholds(period int64) (suspect, down int64) {
@@ -442,103 +401,61 @@ func (t *Tracker) thresholds(period int64) (suspect, down int64) {
 	return suspect, down
 }
 
-// acquire returns id's shard, locked, and its node, admitting a new node
-// when there is room (evicting a Left node, or one Down past the
-// retention, if needed). On error no lock is held.
-func (t *Tracker) acquire(id peer.ID, at int64) (*shard, *node, error) {
-	s := t.shardFor(id)
-	for attempt := 0; ; attempt++ {
-		s.mu.Lock()
-		if n := s.nodes[id]; n != nil {
-			return s, n, nil
-		}
-		if t.reserve() {
-			n := &node{
-				peer:       id,
-				head:       emptyString,
-				genesis:    emptyString,
-				genesisCID: emptyCID,
-				firstSeen:  at,
-				since:      at,
-				period:     t.maxNs,
-				suspectNs:  t.priorSuspectNs,
-				downNs:     t.priorDownNs,
-				allowUntil: math.MinInt64,
-			}
-			s.nodes[id] = n
-			t.inState[Joining].Add(1)
-			return s, n, nil
-		}
-		// Evicting locks other shards: never with s held.
-		s.mu.Unlock()
-		if attempt == evictAttempts || !t.evict(at) {
-			return nil, nil, ErrFull
-		}
+// acquireLocked returns id's node, admitting a new node when there is
+// room (evicting a Left node, or one Down past the retention, if needed).
+// t.mu must be held.
+func (t *Tracker) acquireLocked(id peer.ID, at int64) (*node, error) {
+	if n := t.nodes[id]; n != nil {
+		return n, nil
 	}
+	if len(t.nodes) >= t.cfg.MaxNodes && !t.evictLocked(at) {
+		return nil, ErrFull
+	}
+	n := &node{
+		peer:       id,
+		head:       emptyString,
+		genesis:    emptyString,
+		genesisCID: emptyCID,
+		firstSeen:  at,
+		since:      at,
+		period:     t.maxNs,
+		suspectNs:  t.priorSuspectNs,
+		downNs:     t.priorDownNs,
+		allowUntil: math.MinInt64,
+	}
+	t.nodes[id] = n
+	t.inState[Joining]++
+	return n, nil
 }
 
-// reserve takes a slot for a new node if one is free. A compare-and-swap
-// loop rather than add-then-undo, so the count never exceeds MaxNodes even
-// for an instant (Len reads it).
-func (t *Tracker) reserve() bool {
-	for {
-		c := t.count.Load()
-		if c >= int64(t.cfg.MaxNodes) {
-			return false
-		}
-		if t.count.CompareAndSwap(c, c+1) {
-			return true
+// evictLocked forgets one node to make room at time at: the Left node
+// (with no open stream) that left first, or else the node Down the
+// longest, once Down strictly longer than DownRetention (with no open
+// stream). Ties go to the smallest peer id, so the choice does not depend
+// on map order. It reports whether it freed a slot. t.mu must be held.
+func (t *Tracker) evictLocked(at int64) bool {
+	if t.inState[Left] == 0 && t.inState[Down] == 0 {
+		return false
+	}
+	var (
+		best  *node
+		since int64
+		rank  = 2 // 0: Left, 1: Down past retention, 2: none
+	)
+	for id, n := range t.nodes {
+		r := t.evictRank(n, at)
+		if r < rank || r == rank && r < 2 && (n.since < since || n.since == since && id < best.peer) {
+			best, since, rank = n, n.since, r
 		}
 	}
-}
-
-// evict forgets one node to make room at time at: the Left node (with no
-// open stream) that left first, or else the node Down the longest, once
-// Down strictly longer than DownRetention (with no open stream). Ties go to
-// the smallest peer id, so the choice does not depend on shard layout or
-// map order. It reports whether it freed a slot.
-func (t *Tracker) evict(at int64) bool {
-	for range evictAttempts {
-		if t.inState[Left].Load() == 0 && t.inState[Down].Load() == 0 {
-			return false
-		}
-		var (
-			best  peer.ID
-			since int64
-			rank  = 2 // 0: Left, 1: Down past retention, 2: none
-		)
-		for i := range t.shards {
-			s := &t.shards[i]
-			s.mu.Lock()
-			for id, n := range s.nodes {
-				r := t.evictRank(n, at)
-				if r < rank || r == rank && r < 2 && (n.since < since || n.since == since && id < best) {
-					best, since, rank = id, n.since, r
-				}
-			}
-			s.mu.Unlock()
-		}
-		if rank == 2 {
-			return false
-		}
-		// The candidate may have beaten or left again since the scan.
-		s := t.shardFor(best)
-		s.mu.Lock()
-		n := s.nodes[best]
-		ok := n != nil && t.evictRank(n, at) == rank && n.since == since
-		if ok {
-			if to, row := step(n.state, Evicted); row && to == Gone {
-				t.removeLocked(s, n)
-			} else {
-				ok = false
-			}
-		}
-		s.mu.Unlock()
-		if ok {
-			return true
-		}
+	if rank == 2 {
+		return false
 	}
-	return false
+	if to, row := step(best.state, Evicted); !row || to != Gone {
+		return false
+	}
+	t.removeLocked(best)
+	return true
 }
 
 // evictRank orders eviction candidates: 0 a Left node, 1 a node Down
@@ -556,10 +473,9 @@ func (t *Tracker) evictRank(n *node, at int64) int {
 	return 2
 }
 
-func (t *Tracker) removeLocked(s *shard, n *node) {
-	delete(s.nodes, n.peer)
-	t.count.Add(-1)
-	t.inState[n.state].Add(-1)
+func (t *Tracker) removeLocked(n *node) {
+	delete(t.nodes, n.peer)
+	t.inState[n.state]--
 	t.clearRecentLocked(n)
 }
 
@@ -567,7 +483,7 @@ func (t *Tracker) removeLocked(s *shard, n *node) {
 func (t *Tracker) clearRecentLocked(n *node) {
 	if n.recent {
 		n.recent = false
-		t.recent.Add(-1)
+		t.recent--
 	}
 }
 
@@ -580,12 +496,12 @@ func (t *Tracker) transitionLocked(n *node, on Event, at int64) (Change, bool) {
 	if !ok || to == from || to == Gone {
 		return Change{}, false
 	}
-	t.inState[from].Add(-1)
-	t.inState[to].Add(1)
+	t.inState[from]--
+	t.inState[to]++
 	t.clearRecentLocked(n)
 	if to == Down {
 		n.recent, n.recentUntil = true, at+n.downNs
-		t.recent.Add(1)
+		t.recent++
 	}
 	n.state = to
 	n.since = at
@@ -690,11 +606,12 @@ func (t *Tracker) Hello(id peer.ID, h HelloInfo, now time.Time) (restart bool, e
 		return false, errNoPeer
 	}
 	at := t.rel(now)
-	s, n, err := t.acquire(id, at)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, err := t.acquireLocked(id, at)
 	if err != nil {
 		return false, err
 	}
-	defer s.mu.Unlock()
 	if n.boot != h.BootID {
 		restart = n.boot != [16]byte{}
 		if restart {
@@ -708,7 +625,7 @@ func (t *Tracker) Hello(id peer.ID, h HelloInfo, now time.Time) (restart bool, e
 	if p != n.period {
 		n.period = p
 		n.suspectNs, n.downNs = t.thresholds(p)
-		s.next = min(s.next, n.suspectAt())
+		t.next = min(t.next, n.suspectAt())
 	}
 	return restart, nil
 }
@@ -721,8 +638,10 @@ func (t *Tracker) beat(id peer.ID, hb *wire.Heartbeat, info *BeatInfo, now time.
 		return Change{}, false, errNoHeartbeat
 	}
 	at := t.rel(now)
-	s, n, err := t.acquire(id, at)
+	t.mu.Lock()
+	n, err := t.acquireLocked(id, at)
 	if err != nil {
+		t.mu.Unlock()
 		return Change{}, false, err
 	}
 	// Keeping the caller's own strings (not copies) makes the next compare
@@ -757,13 +676,13 @@ func (t *Tracker) beat(id peer.ID, hb *wire.Heartbeat, info *BeatInfo, now time.
 	// never moves back.
 	n.lastSeen = max(n.lastSeen, at)
 	n.beats++
-	s.beats++
+	t.beats++
 	n.allowUntil = math.MinInt64 // it is back: the allowance is spent
 	ch, changed := t.transitionLocked(n, Heartbeat, at)
 	// A node that comes Up, whose period shrank or whose allowance ended
-	// may have an earlier deadline: keep shard.next a lower bound.
-	s.next = min(s.next, n.suspectAt())
-	s.mu.Unlock()
+	// may have an earlier deadline: keep t.next a lower bound.
+	t.next = min(t.next, n.suspectAt())
+	t.mu.Unlock()
 	return ch, changed, nil
 }
 
@@ -793,14 +712,15 @@ func (t *Tracker) StreamOpened(id peer.ID, now time.Time) error {
 	if id == "" {
 		return errNoPeer
 	}
-	s, n, err := t.acquire(id, t.rel(now))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n, err := t.acquireLocked(id, t.rel(now))
 	if err != nil {
 		return err
 	}
 	n.streams++
 	n.open++
 	n.stream = StreamOpen
-	s.mu.Unlock()
 	return nil
 }
 
@@ -815,10 +735,9 @@ func (t *Tracker) StreamOpened(id peer.ID, now time.Time) error {
 //
 // An unknown id (e.g. one refused with ErrFull) is ignored.
 func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change, bool) {
-	s := t.shardFor(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.nodes[id]
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
 	if n == nil {
 		return Change{}, false
 	}
@@ -833,7 +752,7 @@ func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change,
 		on = StreamLost
 	}
 	if to, ok := step(n.state, on); ok && to == Gone { // never beat: never a node
-		t.removeLocked(s, n)
+		t.removeLocked(n)
 		return Change{}, false
 	}
 	at := t.rel(now)
@@ -841,7 +760,7 @@ func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change,
 		n.stream = StreamReset
 		// The sender is expected back within its reconnect delay: no
 		// Suspect before that, then silence detection as usual. Deadlines
-		// only move later, so shard.next stays a lower bound.
+		// only move later, so t.next stays a lower bound.
 		n.allowUntil = max(n.allowUntil, at+t.allowNs+n.period)
 	} else {
 		n.stream = StreamClosed
@@ -854,17 +773,16 @@ func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change,
 // (they are what alerts watch), so an operator who retires a node calls
 // Forget. A later heartbeat or stream from id starts a new record.
 func (t *Tracker) Forget(id peer.ID) bool {
-	s := t.shardFor(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.nodes[id]
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
 	if n == nil {
 		return false
 	}
 	if to, ok := step(n.state, Forgotten); !ok || to != Gone {
 		return false // every state has a Forget row: cannot happen
 	}
-	t.removeLocked(s, n)
+	t.removeLocked(n)
 	return true
 }
 
@@ -880,27 +798,22 @@ func (t *Tracker) Forget(id peer.ID) bool {
 // of the transitions is the sweep period.
 //
 // Sweep also decides the disrupted mode (see the package documentation);
-// Disrupted reports it. Sweep skips every shard in which no deadline has
-// passed, so sweeping often is cheap. Calls are serialised.
+// Disrupted reports it. Sweep skips the scan while no deadline has
+// passed, so sweeping often is cheap.
 func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 	at := t.rel(now)
 	if at < t.graceNs {
 		return dst
 	}
-	t.sweepMu.Lock()
-	defer t.sweepMu.Unlock()
-	// One pass over the due shards applies Suspect and collects the nodes
-	// past their Down threshold; whether they go Down depends on the
-	// disruption guard, which needs the count of all of them first.
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	// One pass over the nodes applies Suspect and collects the nodes past
+	// their Down threshold; whether they go Down depends on the disruption
+	// guard, which needs the count of all of them first.
 	first := len(dst)
 	t.cands = t.cands[:0]
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		if at > s.next {
-			dst = t.sweepLocked(s, at, dst)
-		}
-		s.mu.Unlock()
+	if at > t.next {
+		dst = t.sweepLocked(at, dst)
 	}
 	var upPastDown int64
 	for _, c := range t.cands {
@@ -934,9 +847,9 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 // recovered reports an exit because most nodes beat again: the nodes still
 // silent then get the reconnect allowance from now (allowRecoveryLocked).
 func (t *Tracker) decideDisruption(at, upPastDown int64) (noDown, recovered bool) {
-	recent := t.recent.Load()
-	live := t.inState[Up].Load() + t.inState[Suspect].Load() + recent
-	silent := min(t.inState[Suspect].Load()+upPastDown+recent, live)
+	recent := t.recent
+	live := t.inState[Up] + t.inState[Suspect] + recent
+	silent := min(t.inState[Suspect]+upPastDown+recent, live)
 	f := t.cfg.DisruptionFraction
 	tooMany := live >= int64(t.cfg.DisruptionMinNodes) && float64(silent) > f*float64(live)
 	if !tooMany {
@@ -965,18 +878,13 @@ func (t *Tracker) decideDisruption(at, upPastDown int64) (noDown, recovered bool
 // allowRecoveryLocked gives every Up or Suspect node still silent at the
 // end of a disruption the reconnect allowance from at: its sender lost its
 // connection in the disruption and comes back after a ReconnectPeriod, as
-// after a reset. Deadlines only move later: shard.next stays a lower bound.
-// It visits every node, once per disruption. t.sweepMu must be held.
+// after a reset. Deadlines only move later: t.next stays a lower bound.
+// It visits every node, once per disruption. t.mu must be held.
 func (t *Tracker) allowRecoveryLocked(at int64) {
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for _, n := range s.nodes {
-			if (n.state == Up || n.state == Suspect) && at > n.suspectAt() {
-				n.allowUntil = max(n.allowUntil, at+t.allowNs+n.period)
-			}
+	for _, n := range t.nodes {
+		if (n.state == Up || n.state == Suspect) && at > n.suspectAt() {
+			n.allowUntil = max(n.allowUntil, at+t.allowNs+n.period)
 		}
-		s.mu.Unlock()
 	}
 }
 
@@ -991,9 +899,9 @@ func (t *Tracker) Disrupted() (bool, time.Time) {
 	return true, t.abs(since)
 }
 
-func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
+func (t *Tracker) sweepLocked(at int64, dst []Change) []Change {
 	next := int64(math.MaxInt64)
-	for _, n := range s.nodes {
+	for _, n := range t.nodes {
 		if n.dup {
 			if at > n.dupUntil {
 				n.dup = false
@@ -1007,7 +915,7 @@ func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
 			sus, down := n.suspectAt(), n.downAt()
 			switch {
 			case at > down: // decided after the pass: see downLocked
-				t.cands = append(t.cands, downCand{s: s, n: n, id: n.peer, up: n.state == Up})
+				t.cands = append(t.cands, downCand{n: n, up: n.state == Up})
 				deadline = at
 			case at > sus:
 				if ch, ok := t.transitionLocked(n, Silence, at); ok {
@@ -1031,44 +939,36 @@ func (t *Tracker) sweepLocked(s *shard, at int64, dst []Change) []Change {
 		}
 		next = min(next, deadline)
 	}
-	s.next = next
+	t.next = next
 	return dst
 }
 
 // downCand is a node the sweep found past its Down threshold.
 type downCand struct {
-	s  *shard
 	n  *node
-	id peer.ID
 	up bool // it was Up (not yet Suspect) when found
 }
 
 // downLocked applies the Down threshold to c once the disruption guard has
 // decided: Down (one Up -> Down change for a node that was Up), or, while
 // Down is held, Suspect and another look at the next sweep. The node may
-// have beaten, left or been forgotten since the pass, or got an allowance
-// at a recovery: it is judged again. t.sweepMu must be held.
+// have got an allowance at a recovery since the pass: it is judged again.
+// t.mu must be held.
 func (t *Tracker) downLocked(c downCand, at int64, noDown bool, dst []Change) []Change {
-	s := c.s
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.nodes[c.id]
-	if n != c.n || n.state != Up && n.state != Suspect {
-		return dst
-	}
+	n := c.n
 	switch {
 	case at > n.downAt() && !noDown:
 		if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
 			dst = append(dst, ch)
-			s.next = min(s.next, n.recentUntil)
+			t.next = min(t.next, n.recentUntil)
 		}
 	case at > n.suspectAt():
 		if ch, ok := t.transitionLocked(n, Silence, at); ok {
 			dst = append(dst, ch)
 		}
-		s.next = min(s.next, max(n.downAt(), at)) // held: look again next sweep
+		t.next = min(t.next, max(n.downAt(), at)) // held: look again next sweep
 	default:
-		s.next = min(s.next, n.suspectAt())
+		t.next = min(t.next, n.suspectAt())
 	}
 	return dst
 }
@@ -1080,10 +980,9 @@ func (t *Tracker) downLocked(c downCand, at int64, noDown bool, dst []Change) []
 // returns true once per window, on the supersede that crosses the
 // threshold, for the caller to count and log; an unknown id is ignored.
 func (t *Tracker) Superseded(id peer.ID, now time.Time) bool {
-	s := t.shardFor(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := s.nodes[id]
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.nodes[id]
 	if n == nil {
 		return false
 	}
@@ -1102,38 +1001,32 @@ func (t *Tracker) Superseded(id peer.ID, now time.Time) bool {
 	}
 	n.dup = true
 	n.dupUntil = at + t.dupWindowNs
-	s.next = min(s.next, n.dupUntil)
+	t.next = min(t.next, n.dupUntil)
 	return true
 }
 
 // Node returns a snapshot of id's record.
 func (t *Tracker) Node(id peer.ID) (Node, bool) {
-	s := t.shardFor(id)
-	s.mu.Lock()
-	n := s.nodes[id]
+	t.mu.Lock()
+	n := t.nodes[id]
 	var out Node
 	if n != nil {
 		out = t.snapshot(n)
 	}
-	s.mu.Unlock()
+	t.mu.Unlock()
 	return out, n != nil
 }
 
 // Nodes appends a snapshot of every node to dst, sorted by peer id, and
-// returns the extended slice. Shards are read one after the other: every
-// node appears exactly once, each record is consistent, but records from
-// different shards may straddle a concurrent Beat.
+// returns the extended slice: one consistent view of every node.
 func (t *Tracker) Nodes(dst []Node) []Node {
 	first := len(dst)
-	dst = slices.Grow(dst, t.Len())
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		for _, n := range s.nodes {
-			dst = append(dst, t.snapshot(n))
-		}
-		s.mu.Unlock()
+	t.mu.Lock()
+	dst = slices.Grow(dst, len(t.nodes))
+	for _, n := range t.nodes {
+		dst = append(dst, t.snapshot(n))
 	}
+	t.mu.Unlock()
 	slices.SortFunc(dst[first:], func(a, b Node) int { return cmp.Compare(a.Peer, b.Peer) })
 	return dst
 }
@@ -1173,32 +1066,26 @@ func (t *Tracker) snapshot(n *node) Node {
 
 // Summary counts the nodes by state and computes consensus in one O(n) pass
 // (one map increment per Up node, no allocation once the group map has
-// grown), so a Prometheus collector can call it on every scrape. Shards are
-// read one after the other, as in Nodes. Consensus rules: see the package
-// documentation.
+// grown), so a Prometheus collector can call it on every scrape. Consensus
+// rules: see the package documentation.
 func (t *Tracker) Summary() Summary {
-	t.sumMu.Lock()
-	defer t.sumMu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	groups := t.groups
 	clear(groups)
 	var sum Summary
-	for i := range t.shards {
-		s := &t.shards[i]
-		s.mu.Lock()
-		sum.Beats += s.beats
-		for _, n := range s.nodes {
-			sum.ByState[n.state]++
-			if n.open > 0 {
-				sum.Connected++
-			}
-			if n.dup {
-				sum.DuplicateIdentity++
-			}
-			if n.state == Up {
-				groups[group{n.head, n.height}]++
-			}
+	sum.Beats = t.beats
+	for _, n := range t.nodes {
+		sum.ByState[n.state]++
+		if n.open > 0 {
+			sum.Connected++
 		}
-		s.mu.Unlock()
+		if n.dup {
+			sum.DuplicateIdentity++
+		}
+		if n.state == Up {
+			groups[group{n.head, n.height}]++
+		}
 	}
 	for _, c := range sum.ByState {
 		sum.Nodes += c
