@@ -26,11 +26,14 @@
 //	heartbeat_max_nodes                 the tracker's MaxNodes, to alert before refusals start
 //	heartbeat_aggregator_disrupted      1 while the tracker is in disrupted mode (most nodes silent at once: no node goes Down), else 0
 //	heartbeat_nodes_duplicate_identity  nodes flagged as sharing one key with another sender
+//	heartbeat_node_up{peer_id}          per node: 1 Up, 0 Suspect or Down; no series for Joining or Left
 //
-// Every label value comes from a fixed set of constants: a reason the
+// Every other label value comes from a fixed set of constants: a reason the
 // handler passes that is not one of Reasons is counted as "other", so a bug
-// or a peer can never create new series. Nicknames, heads and peer ids are
-// never labels.
+// or a peer can never create new series. heartbeat_node_up's peer_id is
+// the authenticated peer id, one series per tracked node: at most the
+// tracker's MaxNodes, and a node evicted or forgotten has none. Nicknames
+// and heads are never labels.
 package metrics
 
 import (
@@ -280,7 +283,7 @@ type trackerCollector struct {
 	t                                                *tracker.Tracker
 	maxNodes                                         float64
 	received, connected, nodes, inCons, inDisp, high *prometheus.Desc
-	max, disrupted, dup                              *prometheus.Desc
+	max, disrupted, dup, nodeUp                      *prometheus.Desc
 }
 
 func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
@@ -305,11 +308,13 @@ func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
 			"1 while the aggregator is in disrupted mode: more than the disruption fraction of its live nodes fell silent at once, which points at the aggregator's own network, so no node is marked Down; else 0.", nil, nil),
 		dup: prometheus.NewDesc("heartbeat_nodes_duplicate_identity",
 			"Nodes whose streams keep superseding each other: two senders share one key.", nil, nil),
+		nodeUp: prometheus.NewDesc("heartbeat_node_up",
+			"1 while the node is Up, 0 while Suspect or Down; no series for a Joining or Left node. One series per tracked node (at most heartbeat_max_nodes).", []string{"peer_id"}, nil),
 	}
 }
 
 func (c *trackerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max, c.disrupted, c.dup} {
+	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max, c.disrupted, c.dup, c.nodeUp} {
 		ch <- d
 	}
 }
@@ -331,4 +336,17 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.disrupted, prometheus.GaugeValue, disrupted)
 	ch <- prometheus.MustNewConstMetric(c.dup, prometheus.GaugeValue, float64(s.DuplicateIdentity))
+	for _, n := range c.t.AppendStates(nil) {
+		var up float64
+		switch n.State {
+		case tracker.Up:
+			up = 1
+		case tracker.Suspect, tracker.Down:
+		default:
+			// Joining never beat, and Left left on purpose: neither is a
+			// node to page for.
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.nodeUp, prometheus.GaugeValue, up, n.Peer.String())
+	}
 }

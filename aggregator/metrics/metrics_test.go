@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -214,4 +216,70 @@ func TestCountersDoNotAllocate(t *testing.T) {
 		m.StreamClosedHow(ClosedReset)
 	})
 	require.Zero(t, allocs)
+}
+
+// requireNodeUp compares heartbeat_node_up on reg with want, peer by peer:
+// no other series, and peer_id its only label.
+func requireNodeUp(t *testing.T, reg prometheus.Gatherer, want map[peer.ID]float64) {
+	t.Helper()
+	var lines []string
+	for id, v := range want {
+		lines = append(lines, fmt.Sprintf("heartbeat_node_up{peer_id=%q} %v", id.String(), v))
+	}
+	slices.Sort(lines) // the exposition's order: by label value
+	text := ""
+	if len(lines) > 0 {
+		text = "# HELP heartbeat_node_up 1 while the node is Up, 0 while Suspect or Down; no series for a Joining or Left node. One series per tracked node (at most heartbeat_max_nodes).\n" +
+			"# TYPE heartbeat_node_up gauge\n" + strings.Join(lines, "\n") + "\n"
+	}
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(text), "heartbeat_node_up"))
+}
+
+// heartbeat_node_up has one series per Up, Suspect or Down node, labelled
+// by peer id alone (never the nickname); a Joining or Left node has none,
+// and a node evicted or forgotten loses its series, so there are never
+// more than MaxNodes.
+func TestNodeUp(t *testing.T) {
+	tr, err := tracker.New(tracker.Config{ExpectedPeriod: 3 * time.Second, StartupGrace: -1, MaxNodes: 4,
+		// A fixed 3s period, no allowance: Suspect after 6s, Down after
+		// 15s; too few nodes for a disruption to hold Down.
+		MinPeriod: 3 * time.Second, MaxPeriod: 3 * time.Second, ReconnectAllowance: -1, DisruptionMinNodes: 100}, t0)
+	require.NoError(t, err)
+	reg := prometheus.NewPedanticRegistry()
+	_, err = New(reg, tr)
+	require.NoError(t, err)
+	requireNodeUp(t, reg, nil)
+
+	for i := byte(1); i <= 4; i++ {
+		require.NoError(t, tr.StreamOpened(pid(i), t0))
+	}
+	beat(t, tr, pid(1), "a", 10, t0)
+	beat(t, tr, pid(2), "a", 10, t0)
+	beat(t, tr, pid(4), "a", 10, t0)
+	tr.StreamEnded(pid(4), true, t0.Add(time.Second)) // Left: no series
+	// pid(3) is Joining (a stream, no heartbeat): no series.
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 1, pid(2): 1})
+
+	beat(t, tr, pid(1), "a", 10, t0.Add(8*time.Second))
+	tr.Sweep(t0.Add(10*time.Second), nil)
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 1, pid(2): 0}) // pid(2) Suspect
+
+	beat(t, tr, pid(1), "a", 10, t0.Add(19*time.Second))
+	tr.Sweep(t0.Add(20*time.Second), nil)
+	n, ok := tr.Node(pid(2))
+	require.True(t, ok)
+	require.Equal(t, tracker.Down, n.State)
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 1, pid(2): 0})
+
+	// The tracker is full: a newcomer evicts the Left node, and the
+	// series stay within MaxNodes.
+	beat(t, tr, pid(5), "a", 10, t0.Add(20*time.Second))
+	_, ok = tr.Node(pid(4))
+	require.False(t, ok, "evicted")
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 1, pid(2): 0, pid(5): 1})
+
+	// A Down node comes back; a forgotten one disappears.
+	beat(t, tr, pid(2), "a", 10, t0.Add(21*time.Second))
+	require.True(t, tr.Forget(pid(1)))
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(2): 1, pid(5): 1})
 }

@@ -1031,6 +1031,26 @@ func (t *Tracker) Nodes(dst []Node) []Node {
 	return dst
 }
 
+// PeerState is one node's peer id and state, as AppendStates lists them.
+type PeerState struct {
+	Peer  peer.ID
+	State State
+}
+
+// AppendStates appends every node's peer id and state to dst, in no
+// particular order, and returns the extended slice: the per-node series of
+// a metrics collector without the cost of a full snapshot (Nodes). It
+// appends at most Config.MaxNodes entries.
+func (t *Tracker) AppendStates(dst []PeerState) []PeerState {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	dst = slices.Grow(dst, len(t.nodes))
+	for id, n := range t.nodes {
+		dst = append(dst, PeerState{Peer: id, State: n.state})
+	}
+	return dst
+}
+
 func (t *Tracker) snapshot(n *node) Node {
 	out := Node{
 		Peer:              n.peer,
