@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-reuseport"
 	"github.com/stretchr/testify/require"
 )
 
@@ -233,8 +235,11 @@ func TestExitCodes(t *testing.T) {
 	require.Positive(t, codes[2])
 
 	bin := buildBinary(t)
-	// A port in use, for the PORT placeholder.
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port in use, for the PORT placeholder, held with SO_REUSEPORT as
+	// go-libp2p's TCP transport holds it by default: an aggregator that
+	// set SO_REUSEPORT too would share it with this listener, so the row
+	// "second aggregator on the same port" fails only if it does not.
+	taken, err := reuseport.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer taken.Close()
 	port := strconv.Itoa(taken.Addr().(*net.TCPAddr).Port)
@@ -245,16 +250,21 @@ func TestExitCodes(t *testing.T) {
 			args[i] = strings.ReplaceAll(a, "PORT", port)
 		}
 		name := strings.Join(append([]string{"heartbeat"}, args...), " ")
+		wantStderr := strings.ReplaceAll(r.stderr, "PORT", port)
 		if r.sigterm {
 			p := start(t, bin, args...)
 			waitLine(t, p.stdout, "aggregator /ip4/127.0.0.1/tcp/")
 			p.stop(t)
 			continue
 		}
-		cmd := exec.Command(bin, args...)
+		// A command that should have failed but serves (a port shared
+		// after all) is killed rather than hang the test.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, bin, args...)
 		var stdout, stderr strings.Builder
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
+		cancel()
 		code := 0
 		var exit *exec.ExitError
 		if errors.As(err, &exit) {
@@ -263,7 +273,7 @@ func TestExitCodes(t *testing.T) {
 			require.NoError(t, err, name)
 		}
 		require.Equal(t, r.code, code, "%s\nstdout: %s\nstderr: %s", name, stdout.String(), stderr.String())
-		require.Contains(t, stderr.String(), r.stderr, name)
+		require.Contains(t, stderr.String(), wantStderr, name)
 		if r.code != 0 {
 			require.NotContains(t, stderr.String(), "aggregator started", "%s: checked before the start", name)
 		}
@@ -271,6 +281,9 @@ func TestExitCodes(t *testing.T) {
 		case 0:
 			require.NotEmpty(t, stdout.String(), "%s: help and version go to stdout", name)
 			require.Empty(t, stderr.String(), name)
+		case 1:
+			require.NotContains(t, stderr.String(), "source=", "%s: no framework log lines", name)
+			require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "%s: one clean error line: %s", name, stderr.String())
 		case 2:
 			require.Empty(t, stdout.String(), "%s: misuse goes to stderr", name)
 			require.NotContains(t, stderr.String(), "source=", "%s: no framework log lines", name)

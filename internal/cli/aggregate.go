@@ -52,10 +52,18 @@ func (r *runningAggregator) dialable() string {
 
 func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	gater := aggregator.Gater(s.allow)
-	hostOpts, err := aggregator.HostOptions(s.cfg, gater, aggregator.WithLogger(s.log))
-	if err != nil {
+	// One registry for the aggregator and go-libp2p (libp2p_rcmgr_*, which
+	// an alert reads); aggregator.New adds the Go and process collectors
+	// and heartbeat_build_info (metrics.RegisterProcess): one owner.
+	reg := prometheus.NewRegistry()
+	hostAggOpts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithRegistry(reg)}
+	// An invalid configuration is misuse (exit 2), told apart from a
+	// runtime failure of NewHost below (exit 1). HostOptions only checks
+	// and describes: it builds nothing.
+	if _, err := aggregator.HostOptions(s.cfg, gater, hostAggOpts...); err != nil {
 		return nil, usageError("%v", err)
 	}
+	var err error
 	// The HTTP port first: a port in use fails the start before the
 	// aggregator logs that it started.
 	var ln net.Listener
@@ -69,19 +77,19 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 			ln.Close()
 		}
 	}
-	h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(s.key), libp2p.ListenAddrStrings(s.listen)}, hostOpts...)...)
+	// aggregator.NewHost, not libp2p.New: it listens itself, without
+	// SO_REUSEPORT, so a second aggregator on the port fails with an error
+	// that matches syscall.EADDRINUSE, and go-libp2p logs nothing of it.
+	h, err := aggregator.NewHost(s.cfg, gater, hostAggOpts, libp2p.Identity(s.key), libp2p.ListenAddrStrings(s.listen))
 	if err != nil {
 		closeLn()
-		return nil, fmt.Errorf("libp2p host on %s: %w", s.listen, err)
+		return nil, err // names the address: "aggregator host: listen on …"
 	}
 	if len(h.Addrs()) == 0 {
 		closeLn()
 		h.Close()
 		return nil, fmt.Errorf("libp2p host on %s: no listen address", s.listen)
 	}
-	// aggregator.New adds the Go and process collectors and
-	// heartbeat_build_info (metrics.RegisterProcess): one owner.
-	reg := prometheus.NewRegistry()
 	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog), aggregator.WithRegistry(reg)}
 	if gater != nil {
 		opts = append(opts, aggregator.WithGater(gater))
