@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
@@ -15,7 +16,7 @@ import (
 // tracker: a crash loses every record.
 func (s *sim) aggStart() {
 	ag := &s.agg
-	tr, err := tracker.New(s.c.tracker, s.nowT)
+	tr, err := tracker.New(s.c.trackerIn, s.nowT)
 	if err != nil { // validated in resolve: cannot happen
 		s.violate(nil, RuleRejected, "tracker.New: %v", err)
 		return
@@ -55,7 +56,10 @@ func (s *sim) onUp(ev event) {
 	a := &s.agg.st[ev.node]
 	switch ev.sub {
 	case msgData:
-		if !a.open || a.sgen != ev.gen {
+		if a.imp && ev.gen <= a.sgen {
+			return // a stream the impostor's superseded
+		}
+		if !a.open || a.sgen != ev.gen || a.imp {
 			if ev.gen <= a.sgen || ev.gen <= a.dead {
 				return // a stream that already ended here
 			}
@@ -72,11 +76,11 @@ func (s *sim) onUp(ev event) {
 		}
 		s.aggRead(n, a, ev.arg)
 	case msgReset:
-		if a.open && a.sgen == ev.gen {
+		if a.open && a.sgen == ev.gen && !a.imp {
 			s.aggEnd(n, a, false)
 		}
 	case msgClose:
-		if a.open && a.sgen == ev.gen {
+		if a.open && a.sgen == ev.gen && !a.imp {
 			if s.agg.stall > 0 {
 				a.closing = true // read the EOF after the backlog, on resume
 				return
@@ -84,7 +88,7 @@ func (s *sim) onUp(ev event) {
 			s.aggEnd(n, a, true)
 		}
 	case msgConnDead:
-		if a.open && a.sgen <= ev.arg {
+		if a.open && a.sgen <= ev.arg && !a.imp {
 			s.aggEnd(n, a, false)
 		}
 		a.dead = max(a.dead, ev.arg)
@@ -95,9 +99,14 @@ func (s *sim) onUp(ev event) {
 // the same peer supersedes (resets) the older one.
 func (s *sim) aggOpen(n *node, a *astream, sgen uint32) bool {
 	if a.open {
-		old := a.sgen
+		old, imp := a.sgen, a.imp
 		s.aggEnd(n, a, false)
-		s.downSend(n, msgReset, old, 0)
+		if imp {
+			s.impostorLost(n)
+		} else {
+			s.downSend(n, msgReset, old, 0)
+		}
+		s.superseded(n)
 	}
 	*a = astream{id: a.id, sgen: sgen, dead: a.dead, idleSeq: a.idleSeq + 1, open: true, lastRead: s.now}
 	if err := s.agg.tr.StreamOpened(n.id, s.nowT); err != nil {
@@ -215,9 +224,13 @@ func (s *sim) aggResetAll() {
 	}
 	for i := range s.agg.st {
 		if a := &s.agg.st[i]; a.open {
-			sgen := a.sgen
+			sgen, imp := a.sgen, a.imp
 			s.aggEnd(&s.nodes[i], a, false)
-			s.downSend(&s.nodes[i], msgReset, sgen, 0)
+			if imp {
+				s.impostorLost(&s.nodes[i])
+			} else {
+				s.downSend(&s.nodes[i], msgReset, sgen, 0)
+			}
 		}
 	}
 }
@@ -235,6 +248,7 @@ func (s *sim) onSweep() {
 		// The tracker's disruption guard, traced once at each end.
 		if on, _ := s.agg.tr.Disrupted(); on != was {
 			if on {
+				s.disruptions++
 				s.tr.begin(s.now, "agg").str(" disrupted").end()
 			} else {
 				s.tr.begin(s.now, "agg").str(" disruption-over").end()
@@ -247,6 +261,10 @@ func (s *sim) onSweep() {
 // onChange traces a tracker change, keeps the Up count, and checks that no
 // node turns Suspect or Down while it beats normally.
 func (s *sim) onChange(ch tracker.Change) {
+	if isThrowaway(ch.Peer) {
+		s.tr.begin(s.now, "agg").str(" ").str(string(ch.Peer)).str(" ").str(ch.From.String()).str(">").str(ch.To.String()).end()
+		return
+	}
 	if ch.From == tracker.Up {
 		s.up--
 	}
@@ -256,8 +274,70 @@ func (s *sim) onChange(ch tracker.Change) {
 	}
 	n := &s.nodes[nodeIndex(ch.Peer)]
 	s.tr.begin(s.now, "agg").str(" ").str(string(n.id)).str(" ").str(ch.From.String()).str(">").str(ch.To.String()).end()
+	s.verdict(n, ch)
+	if s.c.newcomer && int(n.idx) == len(s.nodes)-1 && ch.To == tracker.Up && s.newcomerUp == 0 {
+		s.newcomerUp = s.now
+	}
 	if (ch.To == tracker.Suspect || ch.To == tracker.Down) && s.beatsNormally(n) {
 		s.violate(n, RuleDownWhileBeating, "the tracker turned it %s although it has been Beating since +%s with no fault on its path",
 			ch.To, time.Duration(n.beatingSince-s.start))
 	}
+}
+
+// verdict counts a tracker change to Suspect or Down, as false when the
+// node was healthy (see Report.FalseSuspects), and measures the detection
+// of a crash: the time from the crash to the node's Down.
+func (s *sim) verdict(n *node, ch tracker.Change) {
+	if ch.To != tracker.Suspect && ch.To != tracker.Down {
+		return
+	}
+	healthy := s.healthy(n)
+	if ch.To == tracker.Suspect {
+		s.suspects++
+		if healthy {
+			s.falseSuspect++
+		}
+		return
+	}
+	s.downs++
+	if healthy {
+		s.falseDown++
+	}
+	if n.m == nil && n.crashAt != 0 {
+		d := time.Duration(s.now - n.crashAt)
+		n.crashAt = 0
+		s.detections = append(s.detections, d)
+		if nd, ok := s.agg.tr.Node(n.id); ok {
+			if b := s.c.detectionBound(nd.Period); d > b {
+				if s.lateDetections == 0 {
+					s.lateDetail = fmt.Sprintf("%s Down %s after its crash, bound %s (period %s)", n.id, d, b, nd.Period)
+				}
+				s.lateDetections++
+			}
+		}
+	}
+}
+
+// healthy reports whether n is alive and reachable and has been for a
+// while: its process runs and is not frozen, no fault is in force on its
+// path or on the aggregator, and none ended within the liveness bound. A
+// reset storm leaves every node healthy.
+func (s *sim) healthy(n *node) bool {
+	recent := s.now - int64(s.c.liveness)
+	return n.m != nil && !n.paused && n.active == 0 && n.blackholed == 0 && n.crashed == 0 &&
+		s.globalActive == 0 && n.quiet <= recent && s.silenceQuiet <= recent
+}
+
+// detectionBound is the longest the tracker may take to mark Down a node
+// of the given learned period that crashed: the crash resets its stream,
+// so the reconnect allowance (plus one period) shifts both thresholds;
+// then Down comes DownAfter-SuspectAfter of its period later, at the next
+// sweep, plus the slowest delivery of its last beat or of the reset.
+func (c *config) detectionBound(period time.Duration) time.Duration {
+	tc := &c.tracker
+	scale := func(d time.Duration) time.Duration {
+		return time.Duration(float64(d) * float64(period) / float64(tc.ExpectedPeriod))
+	}
+	sus, down := scale(tc.SuspectAfter), scale(tc.DownAfter)
+	return c.net.MaxLatency + c.net.Jitter + max(down, tc.ReconnectAllowance+period+down-sus) + c.net.SweepEvery
 }

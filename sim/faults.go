@@ -32,6 +32,7 @@ func (s *sim) onFault(ev event) {
 		}
 		s.globalActive--
 		s.globalQuiet = max(s.globalQuiet, s.now)
+		s.silenceQuiet = max(s.silenceQuiet, s.now)
 		s.agg.down--
 		if s.agg.down == 0 {
 			s.aggStart()
@@ -48,6 +49,7 @@ func (s *sim) onFault(ev event) {
 		}
 		s.globalActive--
 		s.globalQuiet = max(s.globalQuiet, s.now)
+		s.silenceQuiet = max(s.silenceQuiet, s.now)
 		s.agg.stall--
 		if s.agg.stall == 0 {
 			s.aggResume()
@@ -67,6 +69,7 @@ func (s *sim) onFault(ev event) {
 			} else {
 				s.globalActive--
 				s.globalQuiet = max(s.globalQuiet, s.now+int64(a.Extra))
+				s.silenceQuiet = max(s.silenceQuiet, s.now+int64(a.Extra))
 			}
 		}
 		s.forNodes(a, func(n *node) {
@@ -124,6 +127,19 @@ func (s *sim) onFault(ev event) {
 				s.pausedN--
 			}
 		})
+	case Impostor:
+		s.forNodes(a, func(n *node) {
+			s.disturb(n, begin, 0)
+			if begin {
+				s.impostorBegin(n)
+			} else {
+				s.impostorEnd(n)
+			}
+		})
+	case SybilFill:
+		if begin {
+			s.sybilFill()
+		}
 	case DialBlackhole:
 		s.forNodes(a, func(n *node) {
 			if begin {

@@ -34,6 +34,10 @@ const (
 	// RuleDownWhileBeating: the tracker turned a node Suspect or Down while
 	// it was beating normally (Beating for a while, no fault on its path).
 	RuleDownWhileBeating = "down-while-beating"
+	// RuleScenario: the scenario's own expectation failed at the end of the
+	// run (reset-storm: no false Suspect; node-crash: every crash detected
+	// within its bound; ...).
+	RuleScenario = "scenario-expectation"
 )
 
 // InvariantError is the error Run returns when an invariant breaks. Its
@@ -224,11 +228,13 @@ func (s *sim) checkLog(n *node, r fsm.LogRecord) {
 	}
 }
 
-// retryBounds is the policy's range for the retry after the n-th failure;
-// n = 0 is the rejoin after a lost proven stream.
-func (s *sim) retryBounds(n uint64) (lo, hi time.Duration) {
+// retryBounds is the policy's range for node's retry after the n-th
+// failure; n = 0 is the rejoin after a lost proven stream, within one of
+// the node's own BeatPeriod.
+func (s *sim) retryBounds(node *node, n uint64) (lo, hi time.Duration) {
 	if n == 0 {
-		return s.c.policy.Rejoin(s.c.sender.BeatPeriod, 0), s.c.policy.Rejoin(s.c.sender.BeatPeriod, 1)
+		p := s.c.periodFor(node.idx)
+		return s.c.policy.Rejoin(p, 0), s.c.policy.Rejoin(p, 1)
 	}
 	return s.c.policy.Delay(n, 0), s.c.policy.Delay(n, 1)
 }
@@ -245,7 +251,7 @@ func logsKind(effs []fsm.Effect, k fsm.LogKind) bool {
 
 func (s *sim) checkRetryDelay(n *node, at time.Time) {
 	d := time.Duration(at.UnixNano() - s.now)
-	if lo, hi := s.retryBounds(n.failN); d < lo || d > hi {
+	if lo, hi := s.retryBounds(n, n.failN); d < lo || d > hi {
 		s.violate(n, RuleBackoff, "retry armed %s after failure #%d, outside [%s, %s]", d, n.failN, lo, hi)
 	}
 }
@@ -255,7 +261,7 @@ func (s *sim) checkRetryDelay(n *node, at time.Time) {
 // early.
 func (s *sim) checkRetryGap(n *node) {
 	gap := time.Duration(s.now - n.failAt)
-	if lo, hi := s.retryBounds(n.failN); gap < lo || (gap > hi && !n.pausedSinceFail) {
+	if lo, hi := s.retryBounds(n, n.failN); gap < lo || (gap > hi && !n.pausedSinceFail) {
 		s.violate(n, RuleBackoff, "dialled %s after failure #%d, outside [%s, %s]", gap, n.failN, lo, hi)
 	}
 }
@@ -267,7 +273,7 @@ func (s *sim) beatsNormally(n *node) bool {
 	if n.m == nil || n.m.State() != fsm.Beating {
 		return false
 	}
-	since := s.now - int64(s.c.normalSpan)
+	since := s.now - int64(s.c.spanFor(n.idx))
 	if n.beatingSince > since || s.agg.started > since {
 		return false
 	}

@@ -32,6 +32,7 @@ const (
 	evSweep            // the aggregator's silence detection
 	evSample           // record the counts over time
 	evLiveness         // the liveness check after the last fault healed
+	evImpostor         // an impostor's step (sub: impOpen or impBeat; gen: its generation)
 )
 
 // event is one entry of the virtual clock (queue): 16 bytes, no pointers,
@@ -58,8 +59,9 @@ type astream struct {
 	consumed uint32 // bytes read since the last window update
 	open     bool
 	closing  bool // an orderly end arrived while stalled
+	imp      bool // the open stream is an impostor's (see Impostor)
 	lastRead int64
-	_        [16]byte // 64 bytes: one cache line per node
+	_        [15]byte // 64 bytes: one cache line per node
 }
 
 type aggregator struct {
@@ -156,6 +158,9 @@ func newSim(c *config) (*sim, error) {
 		if c.StartWithin > 0 {
 			at = time.Duration(s.rng.Int64N(int64(c.StartWithin)))
 		}
+		if c.newcomer && i == len(s.nodes)-1 {
+			at = warmUp + newcomerAfter
+		}
 		s.q.push(int64(at), event{node: n.idx, kind: evStart})
 	}
 	s.agg.st = make([]astream, c.Nodes)
@@ -246,12 +251,20 @@ func (s *sim) loop() {
 		case evFault:
 			s.events++
 			s.onFault(ev)
+		case evImpostor:
+			s.events++
+			s.onImpostor(ev)
 		case evLiveness:
 			s.events++
 			s.checkLiveness("after the last fault healed")
 		case evEnd:
 			s.sample()
 			s.checkLiveness("at the end of the run")
+			if sc, ok := findScenario(s.c.Scenario); ok && sc.check != nil && s.err == nil {
+				if msg := sc.check(s); msg != "" {
+					s.violate(nil, RuleScenario, "%s", msg)
+				}
+			}
 			return
 		}
 	}

@@ -3,6 +3,7 @@ package sim
 import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/fsm"
 )
 
@@ -86,6 +87,13 @@ type nodeCold struct {
 	quiet           int64  // when the last one's effects ended
 
 	logs [4]uint64 // lines per fsm.Level-1
+
+	crashAt int64 // when the process last crashed; 0 once detected or restarted
+
+	// A second sender with this node's key (Impostor).
+	impostors           uint16
+	impGen, impStream   uint32
+	impSince, flaggedAt int64 // when it began; when the tracker flagged the duplicate
 }
 
 // paused reports whether n's process is frozen now; if so, it moves ev to
@@ -128,7 +136,7 @@ func (s *sim) onNode(n *node, ev event) {
 }
 
 func (s *sim) startNode(n *node) {
-	cfg := s.c.sender
+	cfg := s.c.senderFor(n.idx)
 	cfg.Seed = nodeSeed(s.c.Seed, n.idx, n.inc)
 	m, err := fsm.New(cfg)
 	if err != nil { // validated in resolve: cannot happen
@@ -304,6 +312,13 @@ func (s *sim) crash(n *node) {
 	n.wake = 0
 	n.tgen++
 	n.pendingWrite = 0
+	n.crashAt = 0
+	if s.agg.up {
+		if nd, ok := s.agg.tr.Node(n.id); ok && (nd.State == tracker.Up || nd.State == tracker.Suspect) {
+			n.crashAt = s.now // a crash the tracker should detect
+			s.crashes++
+		}
+	}
 	s.tr.begin(s.now, string(n.id)).str(" crash").end()
 }
 
@@ -314,6 +329,7 @@ func (s *sim) restart(n *node) {
 		return
 	}
 	s.crashedN--
+	n.crashAt = 0
 	n.inc++
 	n.inOutage, n.outFailures, n.loudAt, n.lastError = false, 0, 0, 0
 	n.connFailures, n.failAt, n.failN, n.pausedSinceFail = 0, 0, 0, false

@@ -139,6 +139,7 @@ type config struct {
 	Params
 	sender     fsm.Config
 	tracker    tracker.Config // defaults applied
+	trackerIn  tracker.Config // as given (plus the simulator's defaults), for tracker.New
 	net        Network
 	start      time.Time
 	sample     time.Duration
@@ -146,6 +147,35 @@ type config struct {
 	policy     fsm.BackoffPolicy // what the checker believes
 	liveness   time.Duration     // bound for the liveness phase
 	normalSpan time.Duration     // see beatsNormally
+	// slowPeriod, when set, is the BeatPeriod of every odd-indexed node
+	// (scenario mixed-periods: alert senders beside default ones).
+	slowPeriod time.Duration
+	// newcomer, when set, starts the last node just after the warm-up
+	// (scenario sybil-fill: an honest sender arriving after a flood).
+	newcomer bool
+}
+
+// senderFor is node idx's machine configuration.
+func (c *config) senderFor(idx int32) fsm.Config {
+	cfg := c.sender
+	if c.slowPeriod > 0 && idx%2 == 1 {
+		cfg.BeatPeriod = c.slowPeriod
+	}
+	return cfg
+}
+
+// periodFor is node idx's BeatPeriod.
+func (c *config) periodFor(idx int32) time.Duration { return c.senderFor(idx).BeatPeriod }
+
+// spanFor is how long node idx must have beaten normally for the tracker
+// to see it Up: one Suspect threshold of its own period (the tracker scales
+// SuspectAfter by each node's learned period) plus the slowest delivery.
+func (c *config) spanFor(idx int32) time.Duration {
+	p := c.periodFor(idx)
+	if p == c.tracker.ExpectedPeriod {
+		return c.normalSpan
+	}
+	return time.Duration(float64(c.tracker.SuspectAfter)*float64(p)/float64(c.tracker.ExpectedPeriod)) + c.net.MaxLatency + c.net.Jitter
 }
 
 func fieldErr(field, format string, args ...any) error {
@@ -186,7 +216,18 @@ func (p Params) resolve() (*config, error) {
 	if c.tracker.MaxNodes == 0 {
 		c.tracker.MaxNodes = max(p.Nodes, tracker.DefaultMaxNodes)
 	}
-	probe, err := tracker.New(c.tracker, DefaultStart)
+	// The scenario may set tracker fields (sybil-fill: MaxNodes,
+	// DownRetention) before the defaults are applied.
+	sc, scOK := findScenario(p.Scenario)
+	if scOK && sc.prepare != nil {
+		sc.prepare(c)
+	}
+	// trackerIn is what the aggregator is built with; c.tracker, with every
+	// default applied, is what the checks read. They differ: a negative
+	// ReconnectAllowance or StartupGrace ("none") reads back as 0, which
+	// tracker.New would take for "the default".
+	c.trackerIn = c.tracker
+	probe, err := tracker.New(c.trackerIn, DefaultStart)
 	if err != nil {
 		return nil, fmt.Errorf("sim: Params.Tracker: %w", err)
 	}
@@ -293,7 +334,7 @@ func livenessBound(c *config) time.Duration {
 	if b := c.sender.Backoff; b.Growth > 1 {
 		retry = b.Delay(1<<20, 1) // saturated at Max (+jitter)
 	}
-	return detect + retry + 6*maxLat + c.sender.BeatPeriod + c.net.SweepEvery + 5*time.Second
+	return detect + retry + 6*maxLat + max(c.sender.BeatPeriod, c.slowPeriod) + c.net.SweepEvery + 5*time.Second
 }
 
 // roundUp rounds d up to a round sampling period.

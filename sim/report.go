@@ -30,6 +30,20 @@ type stats struct {
 	samples             []Sample
 	recoveries          []Recovery
 	pending             []int // recoveries still waiting for a figure
+
+	// The tracker's verdicts: see Report.Suspects and the fields after it.
+	suspects, downs         uint64
+	falseSuspect, falseDown uint64
+	disruptions             int
+	detections              []time.Duration
+	crashes, lateDetections int
+	lateDetail              string
+	silenceQuiet            int64 // when the last aggregator-wide silence fault healed
+
+	dupWatch   []int32 // nodes that had an impostor
+	throwaways int     // SybilFill identities so far
+	fillAt     int64   // the last SybilFill
+	newcomerUp int64   // when the newcomer (sybil-fill) was first Up
 }
 
 func (st *stats) init(c *config) {
@@ -123,6 +137,29 @@ type Report struct {
 	BeatsSent, BeatsReceived uint64
 	// Dials counts connection attempts.
 	Dials uint64
+	// Suspects and Downs count the tracker's transitions to Suspect and to
+	// Down over the run. FalseSuspects and FalseDowns count those of a node
+	// that was healthy at that moment: its process running and not frozen,
+	// no fault in force on its path or on the aggregator, and none that
+	// ended within the liveness bound (every Suspect after a reset storm
+	// counts; one during a partition does not).
+	Suspects, Downs, FalseSuspects, FalseDowns uint64
+	// Disruptions counts the tracker's disruption episodes (entries into
+	// its disrupted mode).
+	Disruptions int
+	// Crashes counts the nodes that crashed while the tracker had them Up
+	// or Suspect; Detections holds, sorted, the time from each crash to the
+	// tracker's Down for it, and DetectionP50 and DetectionP99 its nearest-
+	// rank percentiles (0 when none); DetectionMax the slowest.
+	Crashes                                  int
+	Detections                               []time.Duration
+	DetectionP50, DetectionP99, DetectionMax time.Duration
+	// DuplicateFlagged is, over the nodes that had an Impostor, the
+	// longest time from the impostor's start to the tracker's
+	// DuplicateIdentity flag (-1 if one was never flagged; 0 without
+	// impostors). NewcomerAdmitted is, in scenario sybil-fill, the time
+	// from the flood to the newcomer's first Up (-1 if never).
+	DuplicateFlagged, NewcomerAdmitted time.Duration
 	// Events counts the events processed: every machine Step, every
 	// message delivered to the aggregator, every sweep, read deadline,
 	// keepalive verdict, fault and sample. HeapPops counts the virtual
@@ -221,6 +258,28 @@ func (s *sim) report(wall time.Duration) *Report {
 		BeatsSent: s.sent, BeatsReceived: s.received, Dials: s.dials,
 		Events: s.events, HeapPops: s.pops, Steps: s.steps,
 		TraceLines: s.tr.lines, TraceHash: s.tr.hash, Wall: wall,
+		Suspects: s.suspects, Downs: s.downs, FalseSuspects: s.falseSuspect, FalseDowns: s.falseDown,
+		Disruptions: s.disruptions, Crashes: s.crashes, Detections: slices.Clone(s.detections),
+	}
+	for _, i := range s.dupWatch {
+		n := &s.nodes[i]
+		if n.flaggedAt == 0 {
+			r.DuplicateFlagged = -1
+			break
+		}
+		r.DuplicateFlagged = max(r.DuplicateFlagged, time.Duration(n.flaggedAt-n.impSince))
+	}
+	if c.newcomer {
+		r.NewcomerAdmitted = -1
+		if s.newcomerUp != 0 {
+			r.NewcomerAdmitted = time.Duration(s.newcomerUp - s.fillAt)
+		}
+	}
+	slices.Sort(r.Detections)
+	if k := len(r.Detections); k > 0 {
+		r.DetectionP50 = r.Detections[max((50*k+99)/100, 1)-1]
+		r.DetectionP99 = r.Detections[max((99*k+99)/100, 1)-1]
+		r.DetectionMax = r.Detections[k-1]
 	}
 	for l := range r.Logs {
 		ls := &r.Logs[l]
@@ -312,6 +371,18 @@ func (r *Report) WriteText(w io.Writer) error {
 	p("\nsender log lines by level (per node: min / mean / max):\n")
 	for l, ls := range r.Logs {
 		p("  %-5s %10d lines   %d / %.2f / %d   (%d nodes logged any)\n", fsm.Level(l+1), ls.Total, ls.Min, ls.MeanPerNode, ls.Max, ls.NodesWithLine)
+	}
+	p("\naggregator's verdicts: %d Suspect (%d false), %d Down (%d false), %d disruption episodes\n",
+		r.Suspects, r.FalseSuspects, r.Downs, r.FalseDowns, r.Disruptions)
+	if r.Crashes > 0 {
+		p("crash detection (crash to Down): %d of %d crashed nodes detected, p50 %s, p99 %s, max %s\n",
+			len(r.Detections), r.Crashes, fmtOpt(r.DetectionP50), fmtOpt(r.DetectionP99), fmtOpt(r.DetectionMax))
+	}
+	if r.DuplicateFlagged != 0 {
+		p("duplicate identity flagged (impostor start to flag, slowest): %s\n", fmtOpt(r.DuplicateFlagged))
+	}
+	if r.NewcomerAdmitted != 0 {
+		p("honest newcomer admitted after the flood: %s\n", fmtOpt(r.NewcomerAdmitted))
 	}
 	p("\nheartbeats: %d sent, %d received; dials: %d\n", r.BeatsSent, r.BeatsReceived, r.Dials)
 	p("events: %d processed (%d machine steps, %d heap pops)\n", r.Events, r.Steps, r.HeapPops)

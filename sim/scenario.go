@@ -51,12 +51,23 @@ const (
 	// for For. A round trip above the keepalive timeout kills connections;
 	// handshakes slower than the dial timeout fail.
 	LatencySpike
+	// Impostor runs, for For, a second sender with each selected node's
+	// key (a copied identity, or one target given twice): it opens a
+	// stream, beats every BeatPeriod, and when its stream is superseded
+	// opens a new one within one BeatPeriod, superseding the node's own.
+	// On heal it is killed: its stream, if it holds one, is reset.
+	Impostor
+	// SybilFill opens, at At, streams under throwaway identities until the
+	// tracker is full; each beats once and is reset (the identities are
+	// never seen again). It lasts For, which must cover the tracker's
+	// DownRetention so that honest newcomers get in before it heals.
+	SybilFill
 
 	numFaults
 )
 
 var faultNames = [numFaults]string{"", "aggregator-crash", "aggregator-shutdown", "aggregator-stall",
-	"aggregator-reset-all", "partition", "node-crash", "node-pause", "dial-blackhole", "latency-spike"}
+	"aggregator-reset-all", "partition", "node-crash", "node-pause", "dial-blackhole", "latency-spike", "impostor", "sybil-fill"}
 
 // String returns the fault's name as traces and reports print it
 // ("aggregator-crash", "partition", ...).
@@ -68,7 +79,7 @@ func (k FaultKind) String() string {
 }
 
 // nodeScoped reports whether the fault applies to a selection of nodes.
-func (k FaultKind) nodeScoped() bool { return k >= Partition && k < numFaults }
+func (k FaultKind) nodeScoped() bool { return k >= Partition && k <= Impostor }
 
 // Action is one timed fault of a scenario.
 type Action struct {
@@ -130,6 +141,12 @@ type scenario struct {
 	// phase after it). It returns errTooShort when the window cannot hold
 	// them, with the duration it would need.
 	build func(c *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error)
+	// prepare, if set, adjusts the configuration before the run (the
+	// senders' periods).
+	prepare func(c *config)
+	// check, if set, is the scenario's own expectation, checked at the end
+	// of the run on top of the invariants: it returns what went wrong, or "".
+	check func(s *sim) string
 }
 
 // warmUp is the fault-free time at the start of every scenario: the nodes
@@ -138,36 +155,41 @@ const warmUp = time.Minute
 
 const restartAfter = 30 * time.Second
 
+// newcomerAfter is when, after the warm-up (and the sybil-fill scenario's
+// flood), its honest newcomer starts.
+const newcomerAfter = 10 * time.Second
+
 var scenarios = []scenario{
-	{ScenarioInfo{"steady", "no faults: every node connects and beats for the whole run"},
-		func(*config, *rand.Rand, time.Duration, time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"steady", "no faults: every node connects and beats for the whole run"},
+		build: func(*config, *rand.Rand, time.Duration, time.Duration) ([]Action, time.Duration, error) {
 			return nil, 0, nil
 		}},
-	{ScenarioInfo{"aggregator-restart", "the aggregator crashes a third of the way in and restarts 30s later with an empty tracker"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"aggregator-restart", "the aggregator crashes a third of the way in and restarts 30s later with an empty tracker"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*restartAfter {
 				return nil, 2 * restartAfter, errTooShort
 			}
 			at := w0 + (w1-w0-restartAfter)/3
 			return []Action{{At: at, Fault: AggregatorCrash, For: restartAfter}}, 0, nil
 		}},
-	{ScenarioInfo{"aggregator-shutdown", "the aggregator stops in order (closes every stream) a third of the way in and starts again 30s later"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"aggregator-shutdown", "the aggregator stops in order (closes every stream) a third of the way in and starts again 30s later"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*restartAfter {
 				return nil, 2 * restartAfter, errTooShort
 			}
 			at := w0 + (w1-w0-restartAfter)/3
 			return []Action{{At: at, Fault: AggregatorShutdown, For: restartAfter}}, 0, nil
 		}},
-	{ScenarioInfo{"aggregator-stall", "the aggregator stops reading for 80% of the run; writers block only once a 256 KiB window fills (about 1h40m of beats)"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"aggregator-stall", "the aggregator stops reading for 80% of the run; writers block only once a 256 KiB window fills (about 1h40m of beats)"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < time.Minute {
 				return nil, time.Minute, errTooShort
 			}
 			return []Action{{At: w0 + (w1-w0)/10, Fault: AggregatorStall, For: (w1 - w0) * 8 / 10}}, 0, nil
 		}},
-	{ScenarioInfo{"reset-storm", "the aggregator resets every stream at once, three times"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"reset-storm", "the aggregator resets every stream at once, three times: no node turns Suspect or Down (each reconnects within its allowance)"},
+		check: noFalseVerdicts,
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < time.Minute {
 				return nil, time.Minute, errTooShort
 			}
@@ -177,15 +199,102 @@ var scenarios = []scenario{
 			}
 			return out, 0, nil
 		}},
-	{ScenarioInfo{"partition", "a random quarter of the nodes is cut off (silence, not resets) for half the run, then healed"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"mixed-periods", "no faults; half the nodes beat every 3s, the other half every 10s (alert senders) to one default aggregator: 0 flaps"},
+		build: func(*config, *rand.Rand, time.Duration, time.Duration) ([]Action, time.Duration, error) {
+			return nil, 0, nil
+		},
+		prepare: func(c *config) { c.slowPeriod = 10 * time.Second },
+		check: func(s *sim) string {
+			if s.suspects+s.downs > 0 {
+				return fmt.Sprintf("%d Suspect and %d Down transitions, want none", s.suspects, s.downs)
+			}
+			return ""
+		}},
+	{info: ScenarioInfo{"aggregator-partition", "the aggregator loses every node (silence) for 2m: one disruption episode, no node Down, all Up within the bound after the heal"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+			if w1-w0 < 3*time.Minute {
+				return nil, 3 * time.Minute, errTooShort
+			}
+			return []Action{{At: w0 + (w1-w0-2*time.Minute)/3, Fault: Partition, For: 2 * time.Minute}}, 0, nil
+		},
+		check: func(s *sim) string {
+			if s.downs > 0 || s.disruptions != 1 {
+				return fmt.Sprintf("%d Down transitions and %d disruption episodes, want 0 and 1", s.downs, s.disruptions)
+			}
+			return ""
+		}},
+	{info: ScenarioInfo{"node-crash", "5% of the nodes crash while the rest beat, and restart 3m later: each Down within DownAfter of its period after its reconnect allowance, plus a sweep"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+			if w1-w0 < 4*time.Minute {
+				return nil, 4 * time.Minute, errTooShort
+			}
+			return []Action{{At: w0 + (w1-w0-3*time.Minute)/3, Fault: NodeCrash, For: 3 * time.Minute, Fraction: 0.05}}, 0, nil
+		},
+		check: func(s *sim) string {
+			switch {
+			case len(s.detections) != s.crashes:
+				return fmt.Sprintf("%d of %d crashed nodes marked Down", len(s.detections), s.crashes)
+			case s.lateDetections > 0:
+				return fmt.Sprintf("%d detections too slow, first: %s", s.lateDetections, s.lateDetail)
+			}
+			return noFalseVerdicts(s)
+		}},
+	{info: ScenarioInfo{"duplicate-identity", "a second sender with one node's key runs for 3m (the two supersede each other): the tracker flags the duplicate within its DuplicateWindow"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+			if w1-w0 < 4*time.Minute {
+				return nil, 4 * time.Minute, errTooShort
+			}
+			return []Action{{At: w0 + (w1-w0-3*time.Minute)/3, Fault: Impostor, For: 3 * time.Minute, Fraction: 0.01}}, 0, nil
+		},
+		check: func(s *sim) string {
+			for _, i := range s.dupWatch {
+				n := &s.nodes[i]
+				if n.flaggedAt == 0 || time.Duration(n.flaggedAt-n.impSince) > s.c.tracker.DuplicateWindow {
+					return fmt.Sprintf("%s: duplicate identity not flagged within %s of the impostor's start (flagged at +%s, started +%s)",
+						n.id, s.c.tracker.DuplicateWindow, time.Duration(n.flaggedAt-s.start), time.Duration(n.impSince-s.start))
+				}
+			}
+			if len(s.dupWatch) == 0 {
+				return "no impostor ran"
+			}
+			return ""
+		}},
+	{info: ScenarioInfo{"sybil-fill", "after the warm-up, throwaway identities fill the tracker (MaxNodes = nodes+3, DownRetention 2m); an honest newcomer gets in once the retention passes"},
+		build: func(c *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+			d := (c.sybilBound() + newcomerAfter + time.Minute).Round(time.Second)
+			if w1-w0 < d {
+				return nil, d, errTooShort
+			}
+			return []Action{{At: w0, Fault: SybilFill, For: d}}, 0, nil
+		},
+		prepare: func(c *config) {
+			c.tracker.MaxNodes = c.Nodes + 3
+			c.tracker.DownRetention = 2 * time.Minute
+			c.newcomer = true
+		},
+		check: func(s *sim) string {
+			up := time.Duration(s.newcomerUp - s.fillAt)
+			switch {
+			case s.throwaways == 0:
+				return "the flood opened no identity"
+			case s.newcomerUp == 0:
+				return "the newcomer never got in"
+			case up <= s.c.tracker.DownRetention:
+				return fmt.Sprintf("the newcomer got in %s after the flood, before the retention (%s) passed: the flood did not fill the tracker", up, s.c.tracker.DownRetention)
+			case up > s.c.sybilBound():
+				return fmt.Sprintf("the newcomer got in %s after the flood, bound %s", up, s.c.sybilBound())
+			}
+			return ""
+		}},
+	{info: ScenarioInfo{"partition", "a random quarter of the nodes is cut off (silence, not resets) for half the run, then healed"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*time.Minute {
 				return nil, 2 * time.Minute, errTooShort
 			}
 			return []Action{{At: w0 + (w1-w0)/4, Fault: Partition, For: (w1 - w0) / 2, Fraction: 0.25}}, 0, nil
 		}},
-	{ScenarioInfo{"flapping", "the aggregator crashes again and again: up 30s-2m, down 5s-40s, until the liveness phase"},
-		func(_ *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"flapping", "the aggregator crashes again and again: up 30s-2m, down 5s-40s, until the liveness phase"},
+		build: func(_ *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*time.Minute {
 				return nil, 2 * time.Minute, errTooShort
 			}
@@ -201,8 +310,8 @@ var scenarios = []scenario{
 			}
 			return out, 0, nil
 		}},
-	{ScenarioInfo{"node-churn", "random nodes crash and restart (1s-2m later) or pause (1s-90s), one event every 20-90s"},
-		func(_ *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"node-churn", "random nodes crash and restart (1s-2m later) or pause (1s-90s), one event every 20-90s"},
+		build: func(_ *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*time.Minute {
 				return nil, 2 * time.Minute, errTooShort
 			}
@@ -220,8 +329,8 @@ var scenarios = []scenario{
 			}
 			return out, 0, nil
 		}},
-	{ScenarioInfo{"latency-spike", "+5s one-way on a quarter of the nodes for 2m, later +12s on every node for 1m (keepalives fail, handshakes time out)"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"latency-spike", "+5s one-way on a quarter of the nodes for 2m, later +12s on every node for 1m (keepalives fail, handshakes time out)"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 6*time.Minute {
 				return nil, 6 * time.Minute, errTooShort
 			}
@@ -230,8 +339,8 @@ var scenarios = []scenario{
 				{At: w0 + (w1-w0)*2/3, Fault: LatencySpike, Extra: 12 * time.Second, For: time.Minute},
 			}, 0, nil
 		}},
-	{ScenarioInfo{"blackhole", "the aggregator crashes for 30s while half the nodes' new connections are black-holed for 3m (dials hang until their timeout)"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"blackhole", "the aggregator crashes for 30s while half the nodes' new connections are black-holed for 3m (dials hang until their timeout)"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 4*time.Minute {
 				return nil, 4 * time.Minute, errTooShort
 			}
@@ -241,20 +350,28 @@ var scenarios = []scenario{
 				{At: at, Fault: AggregatorCrash, For: restartAfter},
 			}, 0, nil
 		}},
-	{ScenarioInfo{"long-outage", "the aggregator is down for 24h after the warm-up (needs --duration of at least about 24h3m)"},
-		func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"long-outage", "the aggregator is down for 24h after the warm-up (needs --duration of at least about 24h3m)"},
+		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 24*time.Hour {
 				return nil, 24 * time.Hour, errTooShort
 			}
 			return []Action{{At: w0, Fault: AggregatorCrash, For: 24 * time.Hour}}, 0, nil
 		}},
-	{ScenarioInfo{"chaos", "random faults of every kind, overlapping, one every 3m on average, then a fault-free liveness phase"},
-		func(_ *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+	{info: ScenarioInfo{"chaos", "random faults of every kind, overlapping, one every 3m on average, then a fault-free liveness phase"},
+		build: func(_ *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*time.Minute {
 				return nil, 2 * time.Minute, errTooShort
 			}
 			return chaos(rng, w0, w1), 0, nil
 		}},
+}
+
+// noFalseVerdicts requires that no healthy node was marked Suspect or Down.
+func noFalseVerdicts(s *sim) string {
+	if s.falseSuspect+s.falseDown > 0 {
+		return fmt.Sprintf("%d false Suspect and %d false Down transitions, want none", s.falseSuspect, s.falseDown)
+	}
+	return ""
 }
 
 // chaos draws random faults in [w0, w1): exponential gaps (mean 3m), a kind
@@ -267,7 +384,9 @@ func chaos(rng *rand.Rand, w0, w1 time.Duration) []Action {
 		if t >= w1-time.Second {
 			break
 		}
-		a := Action{At: t, Fault: FaultKind(1 + rng.IntN(int(numFaults)-1))}
+		// The faults up to LatencySpike: chaos predates Impostor and
+		// SybilFill, and its seeds keep their runs.
+		a := Action{At: t, Fault: FaultKind(1 + rng.IntN(int(LatencySpike)))}
 		switch a.Fault {
 		case AggregatorCrash:
 			a.For = uniform(rng, 5*time.Second, 3*time.Minute)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/fsm"
 )
 
@@ -498,4 +499,73 @@ func TestGoldenReport(t *testing.T) {
 	require.NoError(t, err, "run with -update to create it")
 	require.Equal(t, string(want), got.String(),
 		"the simulation's behaviour changed; if that is intended: go test ./sim -run TestGoldenReport -update")
+}
+
+// The scenarios of issue 9 (false alarms, detection): each holds its
+// invariants and its own expectation (scenario.check) for issue9Seeds
+// seeds. Small runs keep 800 of them cheap under -race.
+const issue9Seeds = 200
+
+func TestLivenessScenariosForManySeeds(t *testing.T) {
+	for _, name := range []string{"reset-storm", "mixed-periods", "aggregator-partition", "node-crash", "duplicate-identity", "sybil-fill"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var det []time.Duration
+			d := 7 * time.Minute
+			if name == "sybil-fill" {
+				d = 8 * time.Minute // the throwaways' Down, judged at MaxPeriod, and the retention
+			}
+			for seed := uint64(1); seed <= issue9Seeds; seed++ {
+				rep, err := Run(Params{Nodes: 8, Duration: d, Seed: seed, Scenario: name})
+				require.NoError(t, err, "scenario %s seed %d", name, seed)
+				require.Zero(t, rep.FalseSuspects, "seed %d", seed)
+				require.Zero(t, rep.FalseDowns, "seed %d", seed)
+				switch name {
+				case "duplicate-identity":
+					require.Positive(t, rep.DuplicateFlagged, "seed %d", seed)
+				case "sybil-fill":
+					require.Positive(t, rep.NewcomerAdmitted, "seed %d", seed)
+				}
+				det = append(det, rep.Detections...)
+			}
+			if name == "node-crash" {
+				require.Len(t, det, issue9Seeds, "one crashed node (5%% of 8) per seed, each detected")
+			}
+		})
+	}
+}
+
+// The reset-storm expectation has teeth: with no reconnect allowance (the
+// tracker still waits one period after a reset), a Suspect threshold
+// barely above the period and a 1s one-way latency, nodes that rejoin
+// after a reset look silent for too long, and the run fails on the
+// scenario's check, counting them as false Suspects.
+func TestAFalseSuspectInAResetStormIsCaught(t *testing.T) {
+	p := Params{Nodes: 8, Duration: 7 * time.Minute, Seed: 1, Scenario: "reset-storm",
+		Tracker: tracker.Config{SuspectAfter: 3200 * time.Millisecond, ReconnectAllowance: -1},
+		Network: Network{MinLatency: time.Second, MaxLatency: time.Second}}
+	rep, err := Run(p)
+	var ie *InvariantError
+	require.True(t, errors.As(err, &ie), "%v", err)
+	require.Equal(t, RuleScenario, ie.Rule)
+	require.Contains(t, ie.Detail, "false Suspect")
+	require.Positive(t, rep.FalseSuspects)
+	require.Equal(t, rep.Suspects, rep.FalseSuspects, "every Suspect of a storm is false")
+}
+
+// Crash detection is measured from each crash to the node's Down, and a
+// bound that is too tight fails the run.
+func TestNodeCrashDetectionIsMeasured(t *testing.T) {
+	rep, err := Run(Params{Nodes: 40, Duration: 7 * time.Minute, Seed: 2, Scenario: "node-crash"})
+	require.NoError(t, err)
+	require.Equal(t, 2, rep.Crashes, "5% of 40")
+	require.Len(t, rep.Detections, 2)
+	// A crash resets the stream: the reconnect allowance (12s) plus one
+	// period (3s) shift Down (15s of silence) by 12s+3s-6s: 24s after the
+	// crash, give or take a sweep and a delivery.
+	for _, d := range rep.Detections {
+		require.GreaterOrEqual(t, d, 24*time.Second)
+		require.LessOrEqual(t, d, 24*time.Second+DefaultSweepEvery+DefaultMaxLatency+DefaultJitter)
+	}
+	require.LessOrEqual(t, rep.DetectionP50, rep.DetectionP99)
 }

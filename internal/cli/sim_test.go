@@ -1,0 +1,32 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// Issue 9's done-when check, exactly as written: a reset of every stream,
+// three times, over 300 nodes for 20 virtual minutes turns no node Suspect
+// (the senders rejoin and the tracker's reconnect allowance covers them).
+// Before the fix the trace held 900 up>suspect lines. The help lists the
+// issue's scenarios.
+func TestSimResetStormLeavesNoSuspect(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.txt")
+	code, out, errs := run(t, "sim", "--nodes", "300", "--duration", "20m", "--seed", "3", "--scenario", "reset-storm", "--trace", path)
+	require.Equal(t, 0, code, errs)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, 3, strings.Count(string(b), "fault begin +"), "three storms ran")
+	require.Equal(t, 0, strings.Count(string(b), "up>suspect"))
+	require.Contains(t, out, "0 Suspect (0 false), 0 Down (0 false)")
+
+	code, out, _ = run(t, "sim", "-h")
+	require.Equal(t, 0, code)
+	for _, sc := range []string{"reset-storm", "mixed-periods", "aggregator-partition", "node-crash", "duplicate-identity", "sybil-fill"} {
+		require.Contains(t, out, "\n  "+sc+" ", "sim --help lists %s", sc)
+	}
+}
