@@ -3,7 +3,9 @@ package heartbeat_test
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -253,4 +255,239 @@ func waitBeats(t *testing.T, beats beatLog, ids []peer.ID, want int) {
 			t.Fatalf("the aggregator did not log %d beats from each sender: %v", want, seen)
 		}
 	}
+}
+
+// fleet is our aggregator and senders on real libp2p hosts on loopback,
+// every one of them on one injected clock that only the test moves, so
+// that silence detection is exercised without a race against real time:
+// the test moves the clock only once the network is quiet (see settle).
+type fleet struct {
+	t       *testing.T
+	mock    *clockwork.Mock
+	aggHost host.Host
+	agg     *aggregator.Aggregator
+	target  string
+	log     *logSink
+	poke    chan struct{} // something happened: a sender's step, a beat counted
+	svcs    []*heartbeat.Service
+	ids     []peer.ID
+	writes  []atomic.Int64 // heartbeats each sender wrote
+	wrote   []atomic.Int64 // the clock's time (Unix ns) of each sender's last write
+	lost    []atomic.Int64 // streams each sender saw end (RemoteReset, RemoteClosed)
+}
+
+func newFleet(t *testing.T) *fleet {
+	t.Helper()
+	f := &fleet{t: t, mock: clockwork.NewMock(time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)),
+		log: &logSink{}, poke: make(chan struct{}, 1)}
+	cfg := aggregator.Config{}
+	opts, err := aggregator.HostOptions(cfg, nil)
+	require.NoError(t, err)
+	f.aggHost, err = libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
+	require.NoError(t, err)
+	out := io.MultiWriter(f.log, pokeWriter(f.poke))
+	f.agg, err = aggregator.New(f.aggHost, cfg, aggregator.WithClock(f.mock), aggregator.WithBeatLog(true),
+		aggregator.WithLogger(hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: out, Level: hclog.Info})))
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		require.NoError(t, f.agg.Close())
+		require.NoError(t, f.aggHost.Close())
+	})
+	f.target = f.aggHost.Addrs()[0].String() + "/p2p/" + f.aggHost.ID().String()
+	f.writes = make([]atomic.Int64, 8)
+	f.wrote = make([]atomic.Int64, 8)
+	f.lost = make([]atomic.Int64, 8)
+	return f
+}
+
+// pokeWriter signals on every write: the aggregator logged a line (with
+// WithBeatLog, one per heartbeat, after the tracker counted it).
+type pokeWriter chan struct{}
+
+func (p pokeWriter) Write(b []byte) (int, error) {
+	select {
+	case p <- struct{}{}:
+	default:
+	}
+	return len(b), nil
+}
+
+// add starts a sender on a fresh host (with key, if not nil) on the fleet's
+// clock.
+func (f *fleet) add(key crypto.PrivKey) {
+	t := f.t
+	t.Helper()
+	i := len(f.svcs)
+	require.Less(t, i, len(f.writes))
+	opts := []libp2p.Option{libp2p.NoListenAddrs}
+	if key != nil {
+		opts = append(opts, libp2p.Identity(key))
+	}
+	h, err := libp2p.New(opts...)
+	require.NoError(t, err)
+	svc, err := heartbeat.New(h, heartbeat.Config{BeatTarget: f.target, Nickname: fmt.Sprintf("n%d", i)},
+		func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{Head: "{ h }", Height: 7}, nil },
+		heartbeat.WithClock(f.mock), heartbeat.WithSeed(uint64(i+1)),
+		heartbeat.WithLogger(hclog.NewNullLogger()),
+		heartbeat.WithObserver(func(o heartbeat.Observation) {
+			switch o.Event.Kind {
+			case fsm.WriteSucceeded:
+				f.writes[i].Add(1)
+				f.wrote[i].Store(o.At.UnixNano())
+			case fsm.RemoteReset, fsm.RemoteClosed:
+				f.lost[i].Add(1)
+			}
+			select {
+			case f.poke <- struct{}{}:
+			default:
+			}
+		}))
+	require.NoError(t, err)
+	require.NoError(t, svc.Start(t.Context()))
+	t.Cleanup(func() {
+		require.NoError(t, svc.Close())
+		require.NoError(t, h.Close())
+	})
+	f.svcs = append(f.svcs, svc)
+	f.ids = append(f.ids, h.ID())
+}
+
+// waitFor blocks until cond holds, re-checking it whenever a sender steps
+// or the aggregator logs, and every 20ms for what has no event (the end of
+// a stream at the aggregator); it fails after guard.
+func (f *fleet) waitFor(what string, cond func() bool) {
+	f.t.Helper()
+	deadline := time.After(guard)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-f.poke:
+		case <-tick.C:
+		case <-deadline:
+			f.t.Fatalf("timed out waiting for %s at %s: %s", what, f.mock.Now(), f.describe())
+		}
+	}
+}
+
+// describe says where each sender and its node stand, for a failure.
+func (f *fleet) describe() string {
+	var b strings.Builder
+	for i, svc := range f.svcs {
+		n, _ := f.agg.Tracker().Node(f.ids[i])
+		fmt.Fprintf(&b, "\n  sender %d: %s, %d writes, last at %s; node %s, %d beats, last seen %s, %d streams, stream %s",
+			i, svc.Status().State, f.writes[i].Load(), time.Unix(0, f.wrote[i].Load()).UTC(), n.State, n.Beats, n.LastSeen, n.Streams, n.Stream)
+	}
+	return b.String()
+}
+
+// quiet reports whether nothing is in flight: every sender waits on its
+// clock (Backoff), or beats with its last heartbeat counted by the
+// aggregator (the clock stands still meanwhile, so the tracker's LastSeen
+// is the time of that write). A write lost on a stream that was just reset
+// keeps the sender from quiet until it sees the reset, or until the
+// aggregator has no open stream for it (the sender learns of that only at
+// its next write). Only then may the test move the clock.
+func (f *fleet) quiet() bool {
+	for i, svc := range f.svcs {
+		switch svc.Status().State {
+		case fsm.Backoff:
+		case fsm.Beating:
+			n, ok := f.agg.Tracker().Node(f.ids[i])
+			if !ok || f.writes[i].Load() == 0 {
+				return false
+			}
+			// The aggregator ended the node's stream (a rejoin that went
+			// out on the connection being closed): the sender finds out at
+			// its next write, which needs the clock.
+			dead := n.Stream != tracker.StreamOpen
+			// Its last write was counted: the tracker saw a beat at or
+			// after the clock's time of the write's completion (a write
+			// lost on a reset stream is not), or saw as many beats as it
+			// wrote (the first write on a new stream, started before the
+			// clock moved and completed after).
+			seen := n.LastSeen.UnixNano() >= f.wrote[i].Load() || int64(n.Beats) >= f.writes[i].Load()
+			if !dead && !seen {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// run moves the clock one deadline at a time up to d from now, letting the
+// fleet settle before each step and calling check after each.
+func (f *fleet) run(d time.Duration, check func()) {
+	f.t.Helper()
+	end := f.mock.Now().Add(d)
+	for {
+		f.waitFor("the fleet to settle", f.quiet)
+		next, ok := clockwork.NextDeadline(f.mock)
+		if !ok || next.After(end) {
+			break
+		}
+		clockwork.AdvanceToNext(f.mock)
+		f.waitFor("the fleet to settle", f.quiet)
+		check()
+	}
+	clockwork.AdvanceTo(f.mock, end)
+}
+
+// Issue 9, real network (a): every connection is reset once while the
+// aggregator is up. Each sender rejoins within one BeatPeriod, the tracker
+// gives it its reconnect allowance, and no node turns Suspect; each is Up
+// on a new stream.
+func TestConnectionResetTurnsNoNodeSuspect(t *testing.T) {
+	noLeaks(t)
+	f := newFleet(t)
+	const n = 5
+	for range n {
+		f.add(nil)
+	}
+	suspects := 0
+	noSuspect := func() {
+		for _, id := range f.ids {
+			if nd, ok := f.agg.Tracker().Node(id); ok && nd.State != tracker.Up {
+				suspects++
+				t.Errorf("%s is %s at %s", id, nd.State, f.mock.Now())
+			}
+		}
+	}
+	f.waitFor("every sender to beat", func() bool {
+		return f.quiet() && f.agg.Tracker().Summary().ByState[tracker.Up] == n
+	})
+	f.run(30*time.Second, noSuspect) // the periods are learned: 3s
+
+	for _, id := range f.ids {
+		require.NoError(t, f.aggHost.Network().ClosePeer(id))
+	}
+	f.waitFor("every sender to see its stream end", func() bool {
+		for i := range f.svcs {
+			if f.lost[i].Load() == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	f.run(time.Minute, noSuspect)
+	require.Zero(t, suspects)
+	for _, id := range f.ids {
+		nd, ok := f.agg.Tracker().Node(id)
+		require.True(t, ok)
+		require.Equal(t, tracker.Up, nd.State)
+		// One reconnect, or two when the rejoin went out on the connection
+		// being closed (a failed attempt, then a retry after
+		// ReconnectPeriod, still within the allowance).
+		require.GreaterOrEqual(t, nd.Streams, uint64(2), f.describe())
+	}
+	changes := 0
+	for _, l := range f.log.lines(t) {
+		if l.Message == "node state changed" {
+			changes++
+			require.Equal(t, "up", l.Fields["to"], "only joining>up: %v", l.Fields)
+		}
+	}
+	require.Equal(t, n, changes)
 }
