@@ -20,6 +20,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/fsm"
@@ -490,4 +491,58 @@ func TestConnectionResetTurnsNoNodeSuspect(t *testing.T) {
 		}
 	}
 	require.Equal(t, n, changes)
+}
+
+// Issue 9, real network (c): two senders with one key (a copied identity)
+// supersede each other's streams; the aggregator flags the duplicate
+// identity within its window: one WARN naming the peer, counted once as
+// rejected{reason="duplicate_identity"}, the node flagged in the tracker.
+func TestTwoSendersWithOneKeyAreFlagged(t *testing.T) {
+	noLeaks(t)
+	f := newFleet(t)
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	require.NoError(t, err)
+	f.add(key)
+	f.add(key)
+	require.Equal(t, f.ids[0], f.ids[1])
+	id := f.ids[0]
+	f.waitFor("both senders to write", func() bool { return f.writes[0].Load() > 0 && f.writes[1].Load() > 0 })
+	start := f.mock.Now()
+	var flagged time.Time
+	window := f.agg.Tracker().Config().DuplicateWindow
+	f.run(window, func() {
+		if n, ok := f.agg.Tracker().Node(id); ok && n.DuplicateIdentity && flagged.IsZero() {
+			flagged = f.mock.Now()
+		}
+	})
+	require.False(t, flagged.IsZero(), "not flagged within %s: %s", window, f.describe())
+	require.LessOrEqual(t, flagged.Sub(start), window)
+	var warns []logLine
+	for _, l := range f.log.lines(t) {
+		if l.Message == "duplicate identity: streams of one peer keep superseding each other" {
+			warns = append(warns, l)
+		}
+	}
+	require.Len(t, warns, 1, "once per window")
+	require.Equal(t, "WARN", warns[0].Level)
+	require.Equal(t, id.String(), warns[0].Fields["peer_id"])
+	require.Equal(t, 1.0, rejectedTotal(t, f.agg, metrics.ReasonDuplicateIdentity))
+}
+
+// rejectedTotal reads heartbeat_rejected_total for one reason.
+func rejectedTotal(t *testing.T, a *aggregator.Aggregator, reason string) float64 {
+	t.Helper()
+	mfs, err := a.Registry().Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "heartbeat_rejected_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if label(m, "reason") == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
