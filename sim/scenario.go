@@ -223,12 +223,20 @@ var scenarios = []scenario{
 			}
 			return ""
 		}},
-	{info: ScenarioInfo{"node-crash", "5% of the nodes crash while the rest beat, and restart 3m later: each Down within DownAfter of its period after its reconnect allowance, plus a sweep"},
-		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
-			if w1-w0 < 4*time.Minute {
-				return nil, 4 * time.Minute, errTooShort
+	{info: ScenarioInfo{"node-crash", "5% of the nodes crash, each at a random instant of one minute, while the rest beat, and restart 3m later: each Down within DownAfter of its period after its reconnect allowance, plus a sweep"},
+		build: func(c *config, rng *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
+			if w1-w0 < 5*time.Minute {
+				return nil, 5 * time.Minute, errTooShort
 			}
-			return []Action{{At: w0 + (w1-w0-3*time.Minute)/3, Fault: NodeCrash, For: 3 * time.Minute, Fraction: 0.05}}, 0, nil
+			at := w0 + (w1-w0-4*time.Minute)/3
+			var out []Action
+			for _, i := range selectNodes(rng, c.Nodes, nil, 0.05) {
+				out = append(out, Action{At: at + uniform(rng, 0, time.Minute), Fault: NodeCrash, For: 3 * time.Minute, Nodes: []int{i}})
+			}
+			if out == nil { // 0.05 of one node is every node
+				out = []Action{{At: at, Fault: NodeCrash, For: 3 * time.Minute}}
+			}
+			return out, 0, nil
 		},
 		check: func(s *sim) string {
 			switch {

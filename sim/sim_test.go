@@ -512,8 +512,11 @@ func TestLivenessScenariosForManySeeds(t *testing.T) {
 			t.Parallel()
 			var det []time.Duration
 			d := 7 * time.Minute
-			if name == "sybil-fill" {
+			switch name {
+			case "sybil-fill":
 				d = 8 * time.Minute // the throwaways' Down, judged at MaxPeriod, and the retention
+			case "node-crash":
+				d = 8 * time.Minute // crashes over a minute, each 3m long
 			}
 			for seed := uint64(1); seed <= issue9Seeds; seed++ {
 				rep, err := Run(Params{Nodes: 8, Duration: d, Seed: seed, Scenario: name})
@@ -556,7 +559,7 @@ func TestAFalseSuspectInAResetStormIsCaught(t *testing.T) {
 // Crash detection is measured from each crash to the node's Down, and a
 // bound that is too tight fails the run.
 func TestNodeCrashDetectionIsMeasured(t *testing.T) {
-	rep, err := Run(Params{Nodes: 40, Duration: 7 * time.Minute, Seed: 2, Scenario: "node-crash"})
+	rep, err := Run(Params{Nodes: 40, Duration: 8 * time.Minute, Seed: 2, Scenario: "node-crash"})
 	require.NoError(t, err)
 	require.Equal(t, 2, rep.Crashes, "5% of 40")
 	require.Len(t, rep.Detections, 2)
