@@ -271,18 +271,20 @@ type fleet struct {
 	log     *logSink
 	poke    chan struct{} // something happened: a sender's step, a beat counted
 	svcs    []*heartbeat.Service
+	hosts   []host.Host
 	ids     []peer.ID
 	writes  []atomic.Int64 // heartbeats each sender wrote
-	wrote   []atomic.Int64 // the clock's time (Unix ns) of each sender's last write
+	wrote   []atomic.Int64 // the clock's time (Unix ns) each sender issued its last write at
 	lost    []atomic.Int64 // streams each sender saw end (RemoteReset, RemoteClosed)
 }
 
-func newFleet(t *testing.T) *fleet {
+func newFleet(t *testing.T) *fleet { return newFleetWith(t, aggregator.Config{}) }
+
+func newFleetWith(t *testing.T, cfg aggregator.Config) *fleet {
 	t.Helper()
 	f := &fleet{t: t, mock: clockwork.NewMock(time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC)),
 		log: &logSink{}, poke: make(chan struct{}, 1)}
-	cfg := aggregator.Config{}
-	opts, err := aggregator.HostOptions(cfg, nil)
+	opts, err := aggregator.HostOptions(cfg, nil, aggregator.WithClock(f.mock))
 	require.NoError(t, err)
 	f.aggHost, err = libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
 	require.NoError(t, err)
@@ -334,9 +336,13 @@ func (f *fleet) add(key crypto.PrivKey) {
 			switch o.Event.Kind {
 			case fsm.WriteSucceeded:
 				f.writes[i].Add(1)
-				f.wrote[i].Store(o.At.UnixNano())
 			case fsm.RemoteReset, fsm.RemoteClosed:
 				f.lost[i].Add(1)
+			}
+			for _, e := range o.Effects {
+				if e.Kind == fsm.Send {
+					f.wrote[i].Store(o.At.UnixNano())
+				}
 			}
 			select {
 			case f.poke <- struct{}{}:
@@ -351,6 +357,7 @@ func (f *fleet) add(key crypto.PrivKey) {
 	})
 	f.svcs = append(f.svcs, svc)
 	f.ids = append(f.ids, h.ID())
+	f.hosts = append(f.hosts, h)
 }
 
 // waitFor blocks until cond holds, re-checking it whenever a sender steps
@@ -376,7 +383,7 @@ func (f *fleet) describe() string {
 	var b strings.Builder
 	for i, svc := range f.svcs {
 		n, _ := f.agg.Tracker().Node(f.ids[i])
-		fmt.Fprintf(&b, "\n  sender %d: %s, %d writes, last at %s; node %s, %d beats, last seen %s, %d streams, stream %s",
+		fmt.Fprintf(&b, "\n  sender %d: %s, %d writes, last issued at %s; node %s, %d beats, last seen %s, %d streams, stream %s",
 			i, svc.Status().State, f.writes[i].Load(), time.Unix(0, f.wrote[i].Load()).UTC(), n.State, n.Beats, n.LastSeen, n.Streams, n.Stream)
 	}
 	return b.String()
@@ -403,11 +410,9 @@ func (f *fleet) quiet() bool {
 			// its next write, which needs the clock.
 			dead := n.Stream != tracker.StreamOpen
 			// Its last write was counted: the tracker saw a beat at or
-			// after the clock's time of the write's completion (a write
-			// lost on a reset stream is not), or saw as many beats as it
-			// wrote (the first write on a new stream, started before the
-			// clock moved and completed after).
-			seen := n.LastSeen.UnixNano() >= f.wrote[i].Load() || int64(n.Beats) >= f.writes[i].Load()
+			// after the clock's time when the write was issued (a write
+			// lost on a reset stream is not).
+			seen := n.LastSeen.UnixNano() >= f.wrote[i].Load()
 			if !dead && !seen {
 				return false
 			}
@@ -545,4 +550,50 @@ func rejectedTotal(t *testing.T, a *aggregator.Aggregator, reason string) float6
 		}
 	}
 	return 0
+}
+
+// Issue 9, real network (e), the lockout case: at MaxNodes 5, five
+// senders beat and then vanish (their hosts close: the aggregator sees
+// resets, not clean stops, so they turn Down, not Left). A sixth, honest
+// sender is refused too_many_nodes until the node Down the longest has been
+// Down for DownRetention, then it gets in.
+func TestNewcomerGetsInAfterDownRetention(t *testing.T) {
+	noLeaks(t)
+	const retention = 2 * time.Minute
+	f := newFleetWith(t, aggregator.Config{MaxNodes: 5, DownRetention: retention})
+	for range 5 {
+		f.add(nil)
+	}
+	f.waitFor("five senders to beat", func() bool {
+		return f.quiet() && f.agg.Tracker().Summary().ByState[tracker.Up] == 5
+	})
+	for _, h := range f.hosts {
+		require.NoError(t, h.Close())
+	}
+	f.waitFor("the aggregator to see every stream end", func() bool {
+		return f.agg.Tracker().Summary().Connected == 0
+	})
+	f.add(nil) // the newcomer
+	newcomer := f.ids[5]
+	var in time.Time
+	f.run(30*time.Minute, func() {
+		if n, ok := f.agg.Tracker().Node(newcomer); ok && n.State == tracker.Up && in.IsZero() {
+			in = f.mock.Now()
+		}
+	})
+	require.False(t, in.IsZero(), "the newcomer never got in: %s", f.describe())
+	var firstDown time.Time
+	for _, id := range f.ids[:5] {
+		if n, ok := f.agg.Tracker().Node(id); ok {
+			require.Equal(t, tracker.Down, n.State)
+			if firstDown.IsZero() || n.Since.Before(firstDown) {
+				firstDown = n.Since
+			}
+		}
+	}
+	// One of the five was evicted for it; the others are still Down.
+	require.Equal(t, 5, f.agg.Tracker().Len())
+	require.True(t, in.After(firstDown.Add(retention)), "in at %s, first Down at %s", in, firstDown)
+	require.LessOrEqual(t, in.Sub(firstDown.Add(retention)), 13*time.Second, "within one retry of the retention's end")
+	require.Positive(t, rejectedTotal(t, f.agg, metrics.ReasonTooManyNodes))
 }
