@@ -28,11 +28,10 @@ import (
 // dialIdle opens n libp2p connections (noise, yamux) to the peer id at
 // addr, each with an identity of its own, and never opens a stream on
 // them: what a flood of throwaway identities looks like. They are closed
-// when t ends.
+// when t ends. Each dial has guard to itself: n handshakes in a row under
+// -race on a loaded machine may together take longer than one guard.
 func dialIdle(t *testing.T, addr ma.Multiaddr, id peer.ID, n int) []transport.CapableConn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), guard)
-	defer cancel()
 	muxers := []tptu.StreamMuxer{{ID: yamux.ID, Muxer: yamux.DefaultTransport}}
 	rm := &network.NullResourceManager{}
 	conns := make([]transport.CapableConn, 0, n)
@@ -50,7 +49,9 @@ func dialIdle(t *testing.T, addr ma.Multiaddr, id peer.ID, n int) []transport.Ca
 		require.NoError(t, err)
 		tr, err := tcp.NewTCPTransport(upg, rm, nil)
 		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), guard)
 		c, err := tr.Dial(ctx, addr, id)
+		cancel()
 		require.NoError(t, err)
 		conns = append(conns, c)
 	}

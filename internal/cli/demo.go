@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -136,7 +139,23 @@ func (d *demo) run(ctx context.Context) error {
 	if d.aggID, err = peer.IDFromPrivateKey(d.key); err != nil {
 		return err
 	}
-	d.listen = "/ip4/127.0.0.1/tcp/0"
+	// The aggregator comes back on the ports it had. Ports the kernel picks
+	// for port 0 come from its ephemeral range, which it also hands to
+	// outgoing connections: on a busy machine one of those took the freed
+	// port during the outage and the restart failed with "address already
+	// in use". Ports below that range are only ever taken by an explicit
+	// bind.
+	port, err := restartablePort("127.0.0.1")
+	if err != nil {
+		return err
+	}
+	d.listen = fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)
+	if host, p, err := net.SplitHostPort(d.http); err == nil && p == "0" {
+		if port, err = restartablePort(host); err != nil {
+			return err
+		}
+		d.http = net.JoinHostPort(host, strconv.Itoa(port))
+	}
 	if err := d.startAggregator(); err != nil {
 		return err
 	}
@@ -519,4 +538,24 @@ func (d *demo) after(t time.Time) string {
 		return "not yet when the run was interrupted"
 	}
 	return "not within the run"
+}
+
+// Ports the demo picks for itself: below Linux's default ephemeral range
+// (32768–60999, net.ipv4.ip_local_port_range) and the IANA dynamic range
+// (49152–65535) that macOS, the BSDs and Windows use, so that no outgoing
+// connection takes one while the aggregator is down.
+const demoPortLow, demoPortHigh = 20000, 32767
+
+// restartablePort returns a port in [demoPortLow, demoPortHigh] free on
+// host now, tried in a random order; an error if 100 tries find none.
+func restartablePort(host string) (int, error) {
+	var err error
+	for range 100 {
+		port := demoPortLow + rand.IntN(demoPortHigh-demoPortLow+1)
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err == nil {
+			return port, ln.Close()
+		}
+	}
+	return 0, fmt.Errorf("no free port on %s in %d-%d: %w", host, demoPortLow, demoPortHigh, err)
 }

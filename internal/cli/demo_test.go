@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -202,4 +204,20 @@ func requireReportLast(t *testing.T, text string) {
 	report := strings.Index(text, "\nreport\n")
 	require.Greater(t, report, strings.LastIndex(text, "-> Stopped"), "the report follows the senders' shutdown:\n%s", text)
 	require.Greater(t, report, strings.LastIndex(text, "INFO  aggregator stopped"), "the report follows the aggregator's shutdown:\n%s", text)
+}
+
+// The demo's ports come from below the kernel's ephemeral range, so that
+// no outgoing connection takes one while the aggregator is down, and are
+// free when picked.
+func TestRestartablePort(t *testing.T) {
+	for range 20 {
+		port, err := restartablePort("127.0.0.1")
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, port, demoPortLow)
+		require.LessOrEqual(t, port, demoPortHigh)
+		require.Less(t, port, 32768, "Linux's first ephemeral port")
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		require.NoError(t, err)
+		require.NoError(t, ln.Close())
+	}
 }
