@@ -50,6 +50,7 @@ import (
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/aggregator/web"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -82,6 +83,7 @@ type options struct {
 	beatLog bool
 	gater   *AllowGater
 	hooks   *hooks
+	dash    []web.Option // nil: no dashboard
 }
 
 // applyOptions applies opts over the defaults (no logger, the wall clock,
@@ -137,6 +139,17 @@ func WithBeatLog(on bool) Option { return func(o *options) { o.beatLog = on } }
 // gater's refusals as "not_allowed". Pass the same g to HostOptions.
 func WithGater(g *AllowGater) Option { return func(o *options) { o.gater = g } }
 
+// WithDashboard serves the live dashboard (package aggregator/web) from
+// HTTPHandler: its page at GET /, its events and its history routes
+// (web.Routes). The aggregator builds it over its tracker with its clock,
+// registry, logger and start time, calls its Notify on every node state
+// change, and closes it in Close; opts come after those and may override
+// them (WithHistory, refresh intervals...). Without it there is no
+// dashboard (GET / is a 404).
+func WithDashboard(opts ...web.Option) Option {
+	return func(o *options) { o.dash = append([]web.Option{}, opts...) }
+}
+
 // Aggregator receives heartbeat streams on a libp2p host. Create it with
 // New, which registers the stream handler and starts the sweeper; stop it
 // with Close.
@@ -155,7 +168,8 @@ type Aggregator struct {
 	bufs    sync.Pool // *[]byte line buffers of MaxLineBytes+1
 	v2bufs  sync.Pool // *v2Buffers
 	pace    *pacer
-	version string // in Welcome
+	version string         // in Welcome
+	dash    *web.Dashboard // nil without WithDashboard
 
 	mu      sync.Mutex
 	closed  bool
@@ -288,6 +302,13 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	a.bufs.New = func() any { b := make([]byte, size); return &b }
 	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
 	a.pace = newPacer(cfg.AcceptRate, cfg.AcceptBurst, cfg.PacingWindow)
+	if o.dash != nil {
+		dopts := append([]web.Option{web.WithClock(o.clock), web.WithRegisterer(o.reg),
+			web.WithStarted(o.clock.Now()), web.WithLogger(a.log)}, o.dash...)
+		if a.dash, err = web.New(web.TrackerSource(t), dopts...); err != nil {
+			return nil, fmt.Errorf("aggregator: dashboard: %w", err)
+		}
+	}
 	a.version, _ = metrics.BuildVersion()
 	if a.gater != nil {
 		f := func(id peer.ID) { a.reject(id, metrics.ReasonNotAllowed, ErrNotAllowed) }
@@ -326,11 +347,20 @@ func (a *Aggregator) Tracker() *tracker.Tracker { return a.tracker }
 // metrics (see package aggregator/metrics), to gather or to serve.
 func (a *Aggregator) Registry() *prometheus.Registry { return a.reg }
 
+// Dashboard returns the live dashboard, nil without WithDashboard.
+func (a *Aggregator) Dashboard() *web.Dashboard { return a.dash }
+
 // HTTPHandler serves /metrics (from Registry), /api/nodes, /api/summary and
 // /healthz (see package aggregator/api), with times on the aggregator's
-// clock. Serve it with api.NewServer, which sets the server timeouts.
+// clock, and with WithDashboard the dashboard's routes (web.Routes: GET /,
+// /static/, /api/events, /api/history/{peer}). Serve it with
+// api.NewServer, which sets the server timeouts.
 func (a *Aggregator) HTTPHandler() http.Handler {
-	return api.NewHandler(a.tracker, a.reg, a.clock.Now)
+	var opts []api.Option
+	if a.dash != nil {
+		opts = append(opts, api.WithRoutes(web.Routes, a.dash))
+	}
+	return api.NewHandler(a.tracker, a.reg, a.clock.Now, opts...)
 }
 
 // Run blocks until ctx is done or Close is called, then closes the
@@ -385,6 +415,9 @@ func (a *Aggregator) Close() error {
 		}
 		a.wg.Wait()
 		<-a.sweepDone
+		if a.dash != nil {
+			_ = a.dash.Close() // ends the event streams: their pages go offline
+		}
 		a.log.Info("aggregator stopped")
 	})
 	return nil
@@ -641,8 +674,13 @@ func (a *Aggregator) reject(id peer.ID, reason string, err error) {
 	}
 }
 
-// logChange logs one node state change: one line, JSON-friendly values.
+// logChange is the hook of every node state change (Beat, StreamEnded,
+// Sweep, v1 and v2): it tells the dashboard, then logs the change in one
+// line with JSON-friendly values.
 func (a *Aggregator) logChange(ch tracker.Change) {
+	if a.dash != nil {
+		a.dash.Notify() // never blocks
+	}
 	level := hclog.Info
 	if ch.To == tracker.Suspect || ch.To == tracker.Down {
 		level = hclog.Warn

@@ -183,7 +183,11 @@ const timeFormat = time.RFC3339Nano
 // silences; pass the same clock the tracker is fed with. Each handler
 // bounds its own requests (MaxInFlight). It panics if reg holds a
 // different kind of collector under one of these names.
-func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Time) http.Handler {
+func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Time, opts ...Option) http.Handler {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	h := &handler{t: t, now: now, slots: make(chan struct{}, MaxInFlight)}
 	h.inFlight = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "heartbeat_api_requests_in_flight",
@@ -205,7 +209,32 @@ func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Ti
 		w.Header().Set("Cache-Control", "no-store")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	for _, m := range o.mounts {
+		for _, p := range m.patterns {
+			mux.Handle(p, m.h)
+		}
+	}
 	return mux
+}
+
+// Option configures NewHandler.
+type Option func(*options)
+
+type options struct {
+	mounts []mount
+}
+
+type mount struct {
+	patterns []string
+	h        http.Handler
+}
+
+// WithRoutes serves each of the ServeMux patterns with h, beside the API's
+// own routes (the aggregator mounts its dashboard with web.Routes). There
+// is no catch-all: other paths keep their 404 and 405 answers. A pattern
+// that conflicts with the API's makes NewHandler panic, as ServeMux does.
+func WithRoutes(patterns []string, h http.Handler) Option {
+	return func(o *options) { o.mounts = append(o.mounts, mount{patterns, h}) }
 }
 
 // register registers c on reg, or returns the collector of that name

@@ -94,6 +94,9 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	if gater != nil {
 		opts = append(opts, aggregator.WithGater(gater))
 	}
+	if ln != nil {
+		opts = append(opts, aggregator.WithDashboard())
+	}
 	agg, err := aggregator.New(h, s.cfg, opts...)
 	if err != nil {
 		closeLn()
@@ -103,7 +106,7 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	r := &runningAggregator{host: h, agg: agg, served: make(chan error, 1)}
 	if ln != nil {
 		r.httpURL = "http://" + ln.Addr().String()
-		r.http = api.NewServer(s.http, api.NewHandler(agg.Tracker(), agg.Registry(), time.Now))
+		r.http = api.NewServer(s.http, agg.HTTPHandler())
 		go func() { r.served <- r.http.Serve(ln) }()
 	}
 	return r, nil
@@ -130,7 +133,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--protocols v1,v2] [--accept-rate R]\n"+
 		"       [--pacing-window D] [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for the dashboard (/), /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
 	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
 	maxLine := fs.Int("max-line-bytes", aggregator.DefaultMaxLineBytes, "longest heartbeat line accepted; a longer one resets that stream")
@@ -220,6 +223,7 @@ func serveAggregator(ctx context.Context, stdout io.Writer, log hclog.Logger, ke
 	}
 	if r.httpURL != "" {
 		fmt.Fprintf(stdout, "http      %s\n", r.httpURL)
+		fmt.Fprintf(stdout, "dashboard %s/\n", r.httpURL)
 	}
 	fmt.Fprintf(stdout, "run a sender with:\n  heartbeat beat --target %s --beat-period %s\n", r.dialable(), period)
 	select {

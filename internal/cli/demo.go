@@ -37,7 +37,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("demo", "[--duration D] [--http ADDR] [--output auto|table|timeline]")
 	duration := fs.Duration("duration", 40*time.Second,
 		"run length: the aggregator stops at 1/4 of it and comes back at 5/8; the run goes on at most 20s longer until every node is back")
-	httpAddr := fs.String("http", "127.0.0.1:0", "HTTP address of the aggregator's API (port 0 picks a free one)")
+	httpAddr := fs.String("http", "127.0.0.1:0", "HTTP address of the aggregator's dashboard and API (port 0 picks a free one)")
 	output := fs.String("output", "auto", "table: a live table updated in place; timeline: one line per event; auto: table on a terminal")
 	if err := parse(fs, args, stdout); err != nil {
 		return err
@@ -145,6 +145,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.http = d.agg.httpURL[len("http://"):]
 	target := d.agg.dialable()
 	d.say("aggregator %s", target)
+	d.say("dashboard  %s/  (live for the whole run; offline while the aggregator is stopped)", d.agg.httpURL)
 	d.say("http       %s/api/nodes  %s/api/summary  %s/metrics", d.agg.httpURL, d.agg.httpURL, d.agg.httpURL)
 	d.say("%d senders beat every 1s; the aggregator stops at +%s and comes back at +%s", demoNodes, d.stopAt, d.stopAt+d.downtime)
 	d.say("node-%d is on a fork on purpose (same heights, other heads), so it shows \"in dispute\":", demoNodes)
