@@ -49,6 +49,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/aggregator/web"
 	"github.com/p2pbeat/heartbeat/clockwork"
@@ -84,6 +85,7 @@ type options struct {
 	gater   *AllowGater
 	hooks   *hooks
 	dash    []web.Option // nil: no dashboard
+	store   *storeSetup  // nil: no store
 }
 
 // applyOptions applies opts over the defaults (no logger, the wall clock,
@@ -170,6 +172,9 @@ type Aggregator struct {
 	pace    *pacer
 	version string         // in Welcome
 	dash    *web.Dashboard // nil without WithDashboard
+	storeB  store.Backend  // nil without WithStore
+	storeW  *store.Writer  // nil without WithStore
+	snapBuf []tracker.Node // the Writer's source scratch (its goroutine only)
 
 	mu      sync.Mutex
 	closed  bool
@@ -179,6 +184,7 @@ type Aggregator struct {
 	done      chan struct{} // closed by Close
 	sweepDone chan struct{}
 	closeOnce sync.Once
+	closeErr  error // set inside closeOnce
 }
 
 // liveStream is one peer's current stream.
@@ -302,10 +308,39 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	a.bufs.New = func() any { b := make([]byte, size); return &b }
 	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
 	a.pace = newPacer(cfg.AcceptRate, cfg.AcceptBurst, cfg.PacingWindow)
+	if o.store != nil {
+		if o.store.b == nil {
+			return nil, errors.New("aggregator: WithStore: nil Backend")
+		}
+		// Restored before any stream is accepted: a node that beats
+		// first would otherwise be overwritten as Unknown.
+		if err := a.restore(context.Background(), o.store.b, h.ID()); err != nil {
+			return nil, err
+		}
+		wcfg := o.store.cfg
+		if wcfg.Aggregator == "" {
+			wcfg.Aggregator = h.ID()
+		}
+		w, err := store.NewWriter(o.store.b, wcfg, store.WithClock(o.clock), store.WithLogger(a.log), store.WithSource(a.snapshot))
+		if err != nil {
+			return nil, fmt.Errorf("aggregator: %w", err)
+		}
+		if err := registerStoreMetrics(o.reg, w); err != nil {
+			_ = w.Close()
+			return nil, fmt.Errorf("aggregator: %w", err)
+		}
+		a.storeB, a.storeW = o.store.b, w
+	}
 	if o.dash != nil {
+		if a.storeB != nil {
+			o.dash = append([]web.Option{web.WithHistory(web.StoreHistory(a.storeB))}, o.dash...)
+		}
 		dopts := append([]web.Option{web.WithClock(o.clock), web.WithRegisterer(o.reg),
 			web.WithStarted(o.clock.Now()), web.WithLogger(a.log)}, o.dash...)
 		if a.dash, err = web.New(web.TrackerSource(t), dopts...); err != nil {
+			if a.storeW != nil {
+				_ = a.storeW.Close()
+			}
 			return nil, fmt.Errorf("aggregator: dashboard: %w", err)
 		}
 	}
@@ -385,8 +420,10 @@ func (a *Aggregator) Run(ctx context.Context) error {
 // so that the FINs are out before the embedder closes the host. It waits
 // for the handlers and the sweeper to return and leaves the tracker and
 // the registry readable; the nodes keep their states (a shutdown is not a
-// node leaving). It is idempotent and safe to call concurrently: every call
-// returns after the shutdown has completed.
+// node leaving). With WithStore it then flushes the store's Writer; the
+// error says how many records were left unwritten if that failed. It is
+// idempotent and safe to call concurrently: every call returns after the
+// shutdown has completed, with the same error.
 func (a *Aggregator) Close() error {
 	a.closeOnce.Do(func() {
 		a.h.RemoveStreamHandler(wire.ProtocolID)
@@ -418,9 +455,15 @@ func (a *Aggregator) Close() error {
 		if a.dash != nil {
 			_ = a.dash.Close() // ends the event streams: their pages go offline
 		}
+		if a.storeW != nil {
+			if err := a.storeW.Close(); err != nil {
+				a.closeErr = fmt.Errorf("aggregator: store: %w", err)
+				a.log.Error("store not flushed at shutdown", "error", err)
+			}
+		}
 		a.log.Info("aggregator stopped")
 	})
-	return nil
+	return a.closeErr
 }
 
 // enter admits a handler unless the aggregator is closed; the caller must
@@ -680,6 +723,9 @@ func (a *Aggregator) reject(id peer.ID, reason string, err error) {
 func (a *Aggregator) logChange(ch tracker.Change) {
 	if a.dash != nil {
 		a.dash.Notify() // never blocks
+	}
+	if a.storeW != nil {
+		a.storeChange(ch) // memory only: never waits on the database
 	}
 	level := hclog.Info
 	if ch.To == tracker.Suspect || ch.To == tracker.Down {

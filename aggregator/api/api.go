@@ -67,7 +67,8 @@ type Node struct {
 	// MinerAddressRaw is the miner address exactly as the node sent it.
 	MinerAddressRaw string `json:"miner_address_raw"`
 	Genesis         string `json:"genesis"`
-	// State is "joining", "up", "suspect", "down" or "left".
+	// State is "joining", "up", "suspect", "down", "left" or "unknown"
+	// (known before the aggregator restarted, not seen since).
 	State string `json:"state"`
 	// Since is when the node entered State (RFC 3339, UTC).
 	Since string `json:"since"`
@@ -314,7 +315,7 @@ func parsePageQuery(q url.Values) (pageQuery, error) {
 	if v := q.Get("state"); v != "" {
 		st, ok := parseState(v)
 		if !ok {
-			return p, fmt.Errorf("unknown state %s: want joining, up, suspect, down or left", quote(v))
+			return p, fmt.Errorf("unknown state %s: want joining, up, suspect, down, left or unknown", quote(v))
 		}
 		p.state, p.filter = st, true
 	}

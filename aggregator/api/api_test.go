@@ -184,7 +184,7 @@ func TestSummary(t *testing.T) {
 	require.Equal(t, Summary{
 		Time:  "2026-01-02T03:05:05Z",
 		Nodes: 5, Connected: 2,
-		States:             map[string]int{"joining": 1, "up": 2, "suspect": 0, "down": 1, "left": 1},
+		States:             map[string]int{"joining": 1, "up": 2, "suspect": 0, "down": 1, "left": 1, "unknown": 0},
 		HeartbeatsReceived: 4,
 		// a@10 and b@11 tie at one node each: the greatest height wins.
 		ConsensusHead: "b", ConsensusHeight: 11, InConsensus: 1, InDispute: 1,

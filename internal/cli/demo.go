@@ -81,6 +81,7 @@ type demo struct {
 	table                      *liveTable // nil: a plain timeline
 	duration, stopAt, downtime time.Duration
 	http                       string
+	data                       string // the store's directory: a temporary one
 
 	key     crypto.PrivKey
 	listen  string
@@ -137,6 +138,12 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.listen = "/ip4/127.0.0.1/tcp/0"
+	// The store lives for the run: the restarted aggregator finds the
+	// nodes it knew (not yet seen until they beat again).
+	if d.data, err = os.MkdirTemp("", "heartbeat-demo-"); err != nil {
+		return fmt.Errorf("demo store: %w", err)
+	}
+	defer os.RemoveAll(d.data)
 	if err := d.startAggregator(); err != nil {
 		return err
 	}
@@ -275,7 +282,7 @@ func (d *demo) startAggregator() error {
 	clear(d.aggState) // a new aggregator starts with no nodes
 	d.mu.Unlock()
 	r, err := startAggregator(aggregatorSetup{
-		key: d.key, listen: d.listen, http: d.http, log: log,
+		key: d.key, listen: d.listen, http: d.http, log: log, data: d.data,
 		cfg: aggregator.Config{ExpectedPeriod: time.Second, MaxNodes: 100},
 	})
 	if err != nil {
