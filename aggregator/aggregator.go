@@ -389,9 +389,15 @@ func (a *Aggregator) Dashboard() *web.Dashboard { return a.dash }
 // /healthz (see package aggregator/api), with times on the aggregator's
 // clock, and with WithDashboard the dashboard's routes (web.Routes: GET /,
 // /static/, /api/events, /api/history/{peer}). Serve it with
-// api.NewServer, which sets the server timeouts.
-func (a *Aggregator) HTTPHandler() http.Handler {
-	var opts []api.Option
+// api.NewServer, which sets the server timeouts. The per-node routes
+// (GET and DELETE /api/nodes/{peer}, /history) use the store with
+// WithStore, and retire with Retire; opts come after those (e.g.
+// api.WithAdminToken).
+func (a *Aggregator) HTTPHandler(opts ...api.Option) http.Handler {
+	opts = append([]api.Option{api.WithRetire(a.Retire)}, opts...)
+	if a.storeB != nil {
+		opts = append(opts, api.WithStore(a.storeB))
+	}
 	if a.dash != nil {
 		opts = append(opts, api.WithRoutes(web.Routes, a.dash))
 	}

@@ -153,9 +153,10 @@ func registerStoreMetrics(reg *prometheus.Registry, w *store.Writer) error {
 // Retire retires a node for good: the tracker forgets it (it no longer
 // alerts; a later heartbeat from it makes a new node) and, with a store,
 // its records are kept as store.StateRetired for audit, and it is not
-// restored after a restart. It returns store.ErrNotFound when neither the
-// tracker nor the store knows id, or the store's error (the tracker has
-// forgotten it then all the same).
+// restored after a restart. Retiring a retired node changes nothing. It
+// returns store.ErrNotFound when neither the tracker nor the store knows
+// id, or the store's error (the tracker has forgotten it then all the
+// same).
 func (a *Aggregator) Retire(ctx context.Context, id peer.ID, reason string) error {
 	forgot := a.tracker.Forget(id)
 	if forgot {
@@ -171,6 +172,13 @@ func (a *Aggregator) Retire(ctx context.Context, id peer.ID, reason string) erro
 		return nil
 	}
 	a.storeW.Forget(id)
+	if !forgot {
+		// Retired already: nothing to change (DELETE is idempotent), and
+		// no second flip.
+		if n, err := a.storeB.Node(ctx, id); err == nil && n.State == store.StateRetired {
+			return nil
+		}
+	}
 	if err := a.storeW.Retire(ctx, id, reason); err != nil {
 		return fmt.Errorf("retire %s: %w", id, err)
 	}

@@ -2,9 +2,12 @@ package aggregator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 
+	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
@@ -109,4 +113,113 @@ func TestRestartRestoresNodes(t *testing.T) {
 	rn, err = b.Node(ctx, retired)
 	require.NoError(t, err)
 	require.Equal(t, store.StateRetired, rn.State)
+}
+
+// The per-node routes over a real store: the record with its flips and
+// uptime, the history with its range errors, and retiring (loopback only,
+// or a bearer token).
+func TestNodeRoutesWithStore(t *testing.T) {
+	checkLeaks(t)
+	mock := clockwork.NewMock(t0)
+	b := openStore(t, t.TempDir())
+	t.Cleanup(func() { _ = b.Close() })
+	rec := newRecorder()
+	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: -1, MinPeriod: time.Second, MaxPeriod: time.Second, ReconnectAllowance: -1}
+	a, err := New(newHost(t), cfg, WithClock(mock), withHooks(rec.hooks()), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	defer a.Close()
+	id := randomPeer(t)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- a.ServeLines(id, pr) }()
+	_, err = io.WriteString(pw, beatLine("n1", 5))
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 1)
+	clockwork.Advance(mock, 10*time.Second) // Suspect, then Down; flushed
+	pw.CloseWithError(errors.New("reset"))
+	require.Error(t, <-done)
+	clockwork.Advance(mock, time.Minute)
+
+	srv := httptest.NewServer(a.HTTPHandler())
+	defer srv.Close()
+	call := func(method, path string, hdr ...string) (int, string) {
+		req, err := http.NewRequest(method, srv.URL+path, nil)
+		require.NoError(t, err)
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(body)
+	}
+	code, body := call("GET", "/api/nodes/"+id.String())
+	require.Equal(t, http.StatusOK, code, body)
+	var d api.NodeDetail
+	require.NoError(t, json.Unmarshal([]byte(body), &d))
+	require.True(t, d.Tracked)
+	require.Equal(t, "down", d.Node.State)
+	var tos []string
+	for _, f := range d.Flips {
+		tos = append(tos, f.To)
+	}
+	require.Equal(t, []string{"down", "suspect", "up"}, tos, "newest first")
+	require.NotNil(t, d.Uptime["1h"])
+	// Up from t0 to the Suspect flip at t0+3s, known from t0 to now.
+	require.InDelta(t, 3.0/70, *d.Uptime["1h"], 0.001)
+
+	from := t0.Add(-time.Minute).Format(time.RFC3339)
+	to := mock.Now().Format(time.RFC3339)
+	code, body = call("GET", "/api/nodes/"+id.String()+"/history?from="+from+"&to="+to)
+	require.Equal(t, http.StatusOK, code, body)
+	var h api.History
+	require.NoError(t, json.Unmarshal([]byte(body), &h))
+	require.Len(t, h.Flips, 3)
+	for _, bad := range []struct{ q, why string }{
+		{"?from=" + to + "&to=" + from, "must be before"},
+		{"?from=yesterday", `from "yesterday"`},
+		{"?to=2026-13-01T00:00:00Z", "RFC 3339"},
+		{"?from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "longer than the maximum"},
+		{"?limit=100000", "limit"},
+		{"?flips_after=nope", "cursor"},
+	} {
+		code, body = call("GET", "/api/nodes/"+id.String()+"/history"+bad.q)
+		require.Equal(t, http.StatusBadRequest, code, bad.q)
+		require.Contains(t, body, bad.why, bad.q)
+	}
+	code, _ = call("GET", "/api/nodes/notapeer")
+	require.Equal(t, http.StatusBadRequest, code)
+	code, _ = call("GET", "/api/nodes/"+randomPeer(t).String())
+	require.Equal(t, http.StatusNotFound, code)
+
+	// Not from loopback: refused.
+	rr := httptest.NewRecorder()
+	req := httptest.NewRequest("DELETE", "/api/nodes/"+id.String(), nil)
+	req.RemoteAddr = "192.0.2.7:4242"
+	a.HTTPHandler().ServeHTTP(rr, req)
+	require.Equal(t, http.StatusForbidden, rr.Code)
+	// With a token: required from anywhere, loopback included.
+	withToken := httptest.NewServer(a.HTTPHandler(api.WithAdminToken("s3cret")))
+	defer withToken.Close()
+	req, err = http.NewRequest("DELETE", withToken.URL+"/api/nodes/"+id.String(), nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+
+	code, body = call("DELETE", "/api/nodes/"+id.String())
+	require.Equal(t, http.StatusNoContent, code, body)
+	_, tracked := a.Tracker().Node(id)
+	require.False(t, tracked)
+	code, body = call("GET", "/api/nodes/"+id.String())
+	require.Equal(t, http.StatusOK, code, body)
+	require.NoError(t, json.Unmarshal([]byte(body), &d))
+	require.False(t, d.Tracked)
+	require.Equal(t, store.StateRetired, d.Node.State)
+	require.Equal(t, "retired", d.Flips[0].To)
+	code, _ = call("DELETE", "/api/nodes/"+randomPeer(t).String())
+	require.Equal(t, http.StatusNotFound, code)
 }

@@ -7,6 +7,9 @@
 //	                   Link header), ?state=down (or any State name) keeps only the
 //	                   nodes in that state
 //	GET /api/summary   JSON Summary: state counts by name, consensus, totals
+//	GET /api/nodes/{peer}, GET /api/nodes/{peer}/history, DELETE /api/nodes/{peer}
+//	                   one node's record, flips and uptime; its history; retiring it
+//	                   (nodes.go; the store's parts with WithStore, DELETE with WithRetire)
 //	GET /healthz       200 "ok"
 //
 // HEAD is served wherever GET is; any other method gets 405 with an Allow
@@ -29,6 +32,7 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -47,6 +51,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 )
@@ -210,6 +215,7 @@ func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Ti
 		w.Header().Set("Cache-Control", "no-store")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	h.nodeRoutes(mux, &o)
 	for _, m := range o.mounts {
 		for _, p := range m.patterns {
 			mux.Handle(p, m.h)
@@ -223,6 +229,9 @@ type Option func(*options)
 
 type options struct {
 	mounts []mount
+	store  store.Backend
+	retire func(ctx context.Context, id peer.ID, reason string) error
+	token  string
 }
 
 type mount struct {
@@ -278,6 +287,9 @@ type handler struct {
 	inFlight prometheus.Gauge
 	refused  prometheus.Counter
 	snaps    sync.Pool // *[]tracker.Node, reused between requests
+	store    store.Backend
+	retire   func(ctx context.Context, id peer.ID, reason string) error
+	token    string
 }
 
 // bounded serves f if fewer than MaxInFlight /api requests are in flight,

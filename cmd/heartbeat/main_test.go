@@ -433,5 +433,28 @@ func TestKill9RestartListsKnownNodes(t *testing.T) {
 		require.NotEmpty(t, n["last_seen"])
 	}
 	require.ElementsMatch(t, nicks, got)
+
+	// heartbeat nodes lists them; heartbeat forget retires one (from
+	// loopback), and it is listed no more.
+	run := func(args ...string) string {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		return string(out)
+	}
+	list := run("nodes", "--url", url, "--state", "unknown")
+	require.Contains(t, list, "3 node(s)")
+	for _, n := range page.Nodes {
+		require.Contains(t, list, fmt.Sprint(n["peer_id"]))
+	}
+	gone := fmt.Sprint(page.Nodes[0]["peer_id"])
+	require.Contains(t, run("forget", gone, "--url", url), "retired "+gone)
+	list = run("nodes", "--url", url)
+	require.Contains(t, list, "2 node(s)")
+	require.NotContains(t, list, gone)
+	require.Contains(t, run("forget", gone, "--url", url), "retired "+gone, "idempotent")
+	unknown := "12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu"
+	out, err := exec.Command(bin, "forget", unknown, "--url", url).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "404")
 	agg.stop(t)
 }

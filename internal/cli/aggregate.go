@@ -40,6 +40,8 @@ type aggregatorSetup struct {
 	// keeps the nodes in memory only.
 	data  string
 	store store.WriterConfig
+	// token, if set, is the bearer token DELETE /api/nodes/{peer} needs.
+	token string
 }
 
 // runningAggregator is a libp2p host, the aggregator on it and its HTTP server.
@@ -136,7 +138,11 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	r := &runningAggregator{host: h, agg: agg, store: b, served: make(chan error, 1)}
 	if ln != nil {
 		r.httpURL = "http://" + ln.Addr().String()
-		r.http = api.NewServer(s.http, agg.HTTPHandler())
+		var hopts []api.Option
+		if s.token != "" {
+			hopts = append(hopts, api.WithAdminToken(s.token))
+		}
+		r.http = api.NewServer(s.http, agg.HTTPHandler(hopts...))
 		go func() { r.served <- r.http.Serve(ln) }()
 	}
 	return r, nil
@@ -184,6 +190,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	storeURL := fs.String("store", "", "postgres://… URL of a PostgreSQL store shared by several aggregators, instead of --data")
 	flipRetention := fs.Duration("flip-retention", store.DefaultFlipRetention, "state flips older than this are pruned")
 	sampleRetention := fs.Duration("sample-retention", store.DefaultSampleRetention, "height samples older than this are pruned")
+	tokenFile := fs.String("admin-token", "", "file holding a token: retiring a node (heartbeat forget) then needs it as a bearer token, from any address; without it, only from loopback")
 	var lf logFlags
 	lf.register(fs, "info")
 	if err := parse(fs, args, stdout); err != nil {
@@ -247,9 +254,15 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	token := ""
+	if *tokenFile != "" {
+		if token, err = readToken(*tokenFile); err != nil {
+			return lf.failed(log, "aggregator", err)
+		}
+	}
 	return lf.failed(log, "aggregator", serveAggregator(ctx, stdout, log, *keyPath, aggregatorSetup{
 		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
-		data: target, store: store.WriterConfig{FlipRetention: *flipRetention, SampleRetention: *sampleRetention},
+		data: target, token: token, store: store.WriterConfig{FlipRetention: *flipRetention, SampleRetention: *sampleRetention},
 		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention,
 			Protocols: protocols, AcceptRate: *acceptRate, PacingWindow: *pacingWindow},
 	}))
