@@ -9,9 +9,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 
@@ -209,6 +211,21 @@ func TestNodeRoutesWithStore(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	req.Header.Set("Authorization", "Bearer wrong")
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	other := randomPeer(t)
+	go func() { done <- a.ServeLines(other, strings.NewReader(beatLine("n2", 1))) }()
+	require.NoError(t, <-done)
+	req, err = http.NewRequest("DELETE", withToken.URL+"/api/nodes/"+other.String(), nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer s3cret")
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNoContent, resp.StatusCode)
 
 	code, body = call("DELETE", "/api/nodes/"+id.String())
 	require.Equal(t, http.StatusNoContent, code, body)
@@ -222,4 +239,72 @@ func TestNodeRoutesWithStore(t *testing.T) {
 	require.Equal(t, "retired", d.Flips[0].To)
 	code, _ = call("DELETE", "/api/nodes/"+randomPeer(t).String())
 	require.Equal(t, http.StatusNotFound, code)
+}
+
+// readOnly is a real SQLite store that refuses writes while ro is set,
+// with the error SQLite gives for a read-only database file (SQLITE_READONLY),
+// like a data directory remounted read-only under a running aggregator.
+type readOnly struct {
+	store.Backend
+	ro atomic.Bool
+}
+
+func (r *readOnly) Apply(ctx context.Context, b store.Batch) error {
+	if r.ro.Load() {
+		return errors.New("store heartbeat.db: attempt to write a readonly database (8)")
+	}
+	return r.Backend.Apply(ctx, b)
+}
+
+// While the store cannot be written the aggregator keeps tracking in
+// memory; the failures are logged and counted, and the flips of the
+// outage are written once the store works again.
+func TestStoreFailureKeepsTracking(t *testing.T) {
+	checkLeaks(t)
+	mock := clockwork.NewMock(t0)
+	real := openStore(t, t.TempDir())
+	t.Cleanup(func() { _ = real.Close() })
+	b := &readOnly{Backend: real}
+	b.ro.Store(true)
+	logs := &logBuffer{}
+	rec := newRecorder()
+	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: -1, MinPeriod: time.Second, MaxPeriod: time.Second, ReconnectAllowance: -1}
+	a, err := New(newHost(t), cfg, WithClock(mock), withHooks(rec.hooks()), WithStore(b, store.WriterConfig{}),
+		WithLogger(hclog.New(&hclog.LoggerOptions{Output: logs, JSONFormat: true, Level: hclog.Info})))
+	require.NoError(t, err)
+	defer a.Close()
+	id := randomPeer(t)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- a.ServeLines(id, pr) }()
+	defer func() { pw.Close(); <-done }()
+	_, err = io.WriteString(pw, beatLine("n1", 5))
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 1)
+	clockwork.Advance(mock, 10*time.Second) // Suspect, Down: tracked all the same
+	n, _ := a.Tracker().Node(id)
+	require.Equal(t, tracker.Down, n.State)
+	require.GreaterOrEqual(t, counter(t, a.Registry(), "heartbeat_store_flush_errors_total"), 1.0)
+	require.Contains(t, logs.String(), "store write failed")
+	require.Contains(t, logs.String(), "readonly database")
+
+	_, err = io.WriteString(pw, beatLine("n1", 6)) // still ingesting
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 2)
+	b.ro.Store(false)
+	clockwork.Advance(mock, time.Second)
+	flips, err := real.RecentFlips(context.Background(), id, 10)
+	require.NoError(t, err)
+	var tos []string
+	for _, f := range flips {
+		tos = append(tos, f.To)
+	}
+	require.Equal(t, []string{"up", "down", "suspect", "up"}, tos, "every flip of the outage, newest first")
+	require.Contains(t, logs.String(), "store writes recovered")
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
