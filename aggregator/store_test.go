@@ -308,3 +308,32 @@ func (b *logBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// With a store, the dashboard's node view reads its history: the flips
+// the aggregator wrote.
+func TestDashboardHistoryFromStore(t *testing.T) {
+	checkLeaks(t)
+	mock := clockwork.NewMock(t0)
+	b := openStore(t, t.TempDir())
+	t.Cleanup(func() { _ = b.Close() })
+	rec := newRecorder()
+	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: -1, MinPeriod: time.Second, MaxPeriod: time.Second, ReconnectAllowance: -1}
+	a, err := New(newHost(t), cfg, WithClock(mock), withHooks(rec.hooks()), WithStore(b, store.WriterConfig{}), WithDashboard())
+	require.NoError(t, err)
+	defer a.Close()
+	id := randomPeer(t)
+	done := make(chan error, 1)
+	go func() { done <- a.ServeLines(id, strings.NewReader(beatLine("n1", 5))) }()
+	require.NoError(t, <-done)           // Joining -> Up -> Left
+	clockwork.Advance(mock, time.Second) // flushed
+
+	rr := httptest.NewRecorder()
+	q := "?from=" + t0.Add(-time.Hour).Format(time.RFC3339) + "&to=" + mock.Now().Add(time.Second).Format(time.RFC3339)
+	a.HTTPHandler().ServeHTTP(rr, httptest.NewRequest("GET", "/api/history/"+id.String()+q, nil))
+	require.Equal(t, http.StatusOK, rr.Code, rr.Body.String())
+	var h struct {
+		Flips []struct{ From, To string }
+	}
+	require.NoError(t, json.Unmarshal(rr.Body.Bytes(), &h))
+	require.Equal(t, []struct{ From, To string }{{"joining", "up"}, {"up", "left"}}, h.Flips)
+}
