@@ -258,9 +258,14 @@ func summaryLine(up bool, sum tracker.Summary) string {
 	if !up {
 		return "down"
 	}
-	return fmt.Sprintf("nodes %d: up %d, suspect %d, down %d, left %d; in consensus %d, in dispute %d",
+	unseen := ""
+	if n := sum.ByState[tracker.Unknown]; n > 0 {
+		// Restored from the store after the restart, not beating yet.
+		unseen = fmt.Sprintf(", not yet seen %d", n)
+	}
+	return fmt.Sprintf("nodes %d: up %d, suspect %d, down %d, left %d%s; in consensus %d, in dispute %d",
 		sum.Nodes, sum.ByState[tracker.Up], sum.ByState[tracker.Suspect], sum.ByState[tracker.Down], sum.ByState[tracker.Left],
-		sum.InConsensus, sum.InDispute)
+		unseen, sum.InConsensus, sum.InDispute)
 }
 
 func (d *demo) beatingCount() int {
