@@ -49,7 +49,9 @@ import (
 
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/aggregator/web"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -82,6 +84,8 @@ type options struct {
 	beatLog bool
 	gater   *AllowGater
 	hooks   *hooks
+	dash    []web.Option // nil: no dashboard
+	store   *storeSetup  // nil: no store
 }
 
 // applyOptions applies opts over the defaults (no logger, the wall clock,
@@ -137,6 +141,17 @@ func WithBeatLog(on bool) Option { return func(o *options) { o.beatLog = on } }
 // gater's refusals as "not_allowed". Pass the same g to HostOptions.
 func WithGater(g *AllowGater) Option { return func(o *options) { o.gater = g } }
 
+// WithDashboard serves the live dashboard (package aggregator/web) from
+// HTTPHandler: its page at GET /, its events and its history routes
+// (web.Routes). The aggregator builds it over its tracker with its clock,
+// registry, logger and start time, calls its Notify on every node state
+// change, and closes it in Close; opts come after those and may override
+// them (WithHistory, refresh intervals...). Without it there is no
+// dashboard (GET / is a 404).
+func WithDashboard(opts ...web.Option) Option {
+	return func(o *options) { o.dash = append([]web.Option{}, opts...) }
+}
+
 // Aggregator receives heartbeat streams on a libp2p host. Create it with
 // New, which registers the stream handler and starts the sweeper; stop it
 // with Close.
@@ -155,7 +170,11 @@ type Aggregator struct {
 	bufs    sync.Pool // *[]byte line buffers of MaxLineBytes+1
 	v2bufs  sync.Pool // *v2Buffers
 	pace    *pacer
-	version string // in Welcome
+	version string         // in Welcome
+	dash    *web.Dashboard // nil without WithDashboard
+	storeB  store.Backend  // nil without WithStore
+	storeW  *store.Writer  // nil without WithStore
+	snapBuf []tracker.Node // the Writer's source scratch (its goroutine only)
 
 	mu      sync.Mutex
 	closed  bool
@@ -165,6 +184,7 @@ type Aggregator struct {
 	done      chan struct{} // closed by Close
 	sweepDone chan struct{}
 	closeOnce sync.Once
+	closeErr  error // set inside closeOnce
 }
 
 // liveStream is one peer's current stream.
@@ -288,6 +308,42 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	a.bufs.New = func() any { b := make([]byte, size); return &b }
 	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
 	a.pace = newPacer(cfg.AcceptRate, cfg.AcceptBurst, cfg.PacingWindow)
+	if o.store != nil {
+		if o.store.b == nil {
+			return nil, errors.New("aggregator: WithStore: nil Backend")
+		}
+		// Restored before any stream is accepted: a node that beats
+		// first would otherwise be overwritten as Unknown.
+		if err := a.restore(context.Background(), o.store.b, h.ID()); err != nil {
+			return nil, err
+		}
+		wcfg := o.store.cfg
+		if wcfg.Aggregator == "" {
+			wcfg.Aggregator = h.ID()
+		}
+		w, err := store.NewWriter(o.store.b, wcfg, store.WithClock(o.clock), store.WithLogger(a.log), store.WithSource(a.snapshot))
+		if err != nil {
+			return nil, fmt.Errorf("aggregator: %w", err)
+		}
+		if err := registerStoreMetrics(o.reg, w); err != nil {
+			_ = w.Close()
+			return nil, fmt.Errorf("aggregator: %w", err)
+		}
+		a.storeB, a.storeW = o.store.b, w
+	}
+	if o.dash != nil {
+		if a.storeB != nil {
+			o.dash = append([]web.Option{web.WithHistory(web.StoreHistory(a.storeB))}, o.dash...)
+		}
+		dopts := append([]web.Option{web.WithClock(o.clock), web.WithRegisterer(o.reg),
+			web.WithStarted(o.clock.Now()), web.WithLogger(a.log)}, o.dash...)
+		if a.dash, err = web.New(web.TrackerSource(t), dopts...); err != nil {
+			if a.storeW != nil {
+				_ = a.storeW.Close()
+			}
+			return nil, fmt.Errorf("aggregator: dashboard: %w", err)
+		}
+	}
 	a.version, _ = metrics.BuildVersion()
 	if a.gater != nil {
 		f := func(id peer.ID) { a.reject(id, metrics.ReasonNotAllowed, ErrNotAllowed) }
@@ -326,11 +382,26 @@ func (a *Aggregator) Tracker() *tracker.Tracker { return a.tracker }
 // metrics (see package aggregator/metrics), to gather or to serve.
 func (a *Aggregator) Registry() *prometheus.Registry { return a.reg }
 
+// Dashboard returns the live dashboard, nil without WithDashboard.
+func (a *Aggregator) Dashboard() *web.Dashboard { return a.dash }
+
 // HTTPHandler serves /metrics (from Registry), /api/nodes, /api/summary and
 // /healthz (see package aggregator/api), with times on the aggregator's
-// clock. Serve it with api.NewServer, which sets the server timeouts.
-func (a *Aggregator) HTTPHandler() http.Handler {
-	return api.NewHandler(a.tracker, a.reg, a.clock.Now)
+// clock, and with WithDashboard the dashboard's routes (web.Routes: GET /,
+// /static/, /api/events, /api/history/{peer}). Serve it with
+// api.NewServer, which sets the server timeouts. The per-node routes
+// (GET and DELETE /api/nodes/{peer}, /history) use the store with
+// WithStore, and retire with Retire; opts come after those (e.g.
+// api.WithAdminToken).
+func (a *Aggregator) HTTPHandler(opts ...api.Option) http.Handler {
+	opts = append([]api.Option{api.WithRetire(a.Retire)}, opts...)
+	if a.storeB != nil {
+		opts = append(opts, api.WithStore(a.storeB))
+	}
+	if a.dash != nil {
+		opts = append(opts, api.WithRoutes(web.Routes, a.dash))
+	}
+	return api.NewHandler(a.tracker, a.reg, a.clock.Now, opts...)
 }
 
 // Run blocks until ctx is done or Close is called, then closes the
@@ -355,8 +426,10 @@ func (a *Aggregator) Run(ctx context.Context) error {
 // so that the FINs are out before the embedder closes the host. It waits
 // for the handlers and the sweeper to return and leaves the tracker and
 // the registry readable; the nodes keep their states (a shutdown is not a
-// node leaving). It is idempotent and safe to call concurrently: every call
-// returns after the shutdown has completed.
+// node leaving). With WithStore it then flushes the store's Writer; the
+// error says how many records were left unwritten if that failed. It is
+// idempotent and safe to call concurrently: every call returns after the
+// shutdown has completed, with the same error.
 func (a *Aggregator) Close() error {
 	a.closeOnce.Do(func() {
 		a.h.RemoveStreamHandler(wire.ProtocolID)
@@ -385,9 +458,18 @@ func (a *Aggregator) Close() error {
 		}
 		a.wg.Wait()
 		<-a.sweepDone
+		if a.dash != nil {
+			_ = a.dash.Close() // ends the event streams: their pages go offline
+		}
+		if a.storeW != nil {
+			if err := a.storeW.Close(); err != nil {
+				a.closeErr = fmt.Errorf("aggregator: store: %w", err)
+				a.log.Error("store not flushed at shutdown", "error", err)
+			}
+		}
 		a.log.Info("aggregator stopped")
 	})
-	return nil
+	return a.closeErr
 }
 
 // enter admits a handler unless the aggregator is closed; the caller must
@@ -641,8 +723,16 @@ func (a *Aggregator) reject(id peer.ID, reason string, err error) {
 	}
 }
 
-// logChange logs one node state change: one line, JSON-friendly values.
+// logChange is the hook of every node state change (Beat, StreamEnded,
+// Sweep, v1 and v2): it tells the dashboard, then logs the change in one
+// line with JSON-friendly values.
 func (a *Aggregator) logChange(ch tracker.Change) {
+	if a.dash != nil {
+		a.dash.Notify() // never blocks
+	}
+	if a.storeW != nil {
+		a.storeChange(ch) // memory only: never waits on the database
+	}
 	level := hclog.Info
 	if ch.To == tracker.Suspect || ch.To == tracker.Down {
 		level = hclog.Warn

@@ -15,8 +15,14 @@ import (
 // numMachineStates is the number of fsm states (Disconnected..Stopped).
 const numMachineStates = 5
 
-// numTrackerStates is the number of tracker states (Joining..Left).
+// numTrackerStates is the number of tracker states the simulation counts
+// (Joining..Left): its aggregator has no store, so no node is ever
+// tracker.Unknown (restored after a restart), and the traces keep their
+// five columns.
 const numTrackerStates = 5
+
+// trackerStates are the states sampled, in order.
+var trackerStates = tracker.States()[:numTrackerStates]
 
 // stats accumulates what the report shows.
 type stats struct {
@@ -227,7 +233,7 @@ func (s *sim) sample() {
 	}
 	if s.agg.up {
 		sum := s.agg.tr.Summary()
-		for i, st := range tracker.States() {
+		for i, st := range trackerStates {
 			smp.Tracker[i] = sum.ByState[st]
 		}
 	}
@@ -238,7 +244,7 @@ func (s *sim) sample() {
 	}
 	t.str(" crashed=").int(int64(smp.Crashed)).str(" paused=").int(int64(smp.Paused))
 	if smp.AggregatorUp {
-		for i, st := range tracker.States() {
+		for i, st := range trackerStates {
 			t.str(" ").str(st.String()).str("=").int(int64(smp.Tracker[i]))
 		}
 	} else {

@@ -7,6 +7,9 @@
 //	                   Link header), ?state=down (or any State name) keeps only the
 //	                   nodes in that state
 //	GET /api/summary   JSON Summary: state counts by name, consensus, totals
+//	GET /api/nodes/{peer}, GET /api/nodes/{peer}/history, DELETE /api/nodes/{peer}
+//	                   one node's record, flips and uptime; its history; retiring it
+//	                   (nodes.go; the store's parts with WithStore, DELETE with WithRetire)
 //	GET /healthz       200 "ok"
 //
 // HEAD is served wherever GET is; any other method gets 405 with an Allow
@@ -29,6 +32,7 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -47,6 +51,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 )
@@ -67,7 +72,8 @@ type Node struct {
 	// MinerAddressRaw is the miner address exactly as the node sent it.
 	MinerAddressRaw string `json:"miner_address_raw"`
 	Genesis         string `json:"genesis"`
-	// State is "joining", "up", "suspect", "down" or "left".
+	// State is "joining", "up", "suspect", "down", "left" or "unknown"
+	// (known before the aggregator restarted, not seen since).
 	State string `json:"state"`
 	// Since is when the node entered State (RFC 3339, UTC).
 	Since string `json:"since"`
@@ -183,7 +189,11 @@ const timeFormat = time.RFC3339Nano
 // silences; pass the same clock the tracker is fed with. Each handler
 // bounds its own requests (MaxInFlight). It panics if reg holds a
 // different kind of collector under one of these names.
-func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Time) http.Handler {
+func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Time, opts ...Option) http.Handler {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	h := &handler{t: t, now: now, slots: make(chan struct{}, MaxInFlight)}
 	h.inFlight = register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "heartbeat_api_requests_in_flight",
@@ -205,7 +215,36 @@ func NewHandler(t *tracker.Tracker, reg *prometheus.Registry, now func() time.Ti
 		w.Header().Set("Cache-Control", "no-store")
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	h.nodeRoutes(mux, &o)
+	for _, m := range o.mounts {
+		for _, p := range m.patterns {
+			mux.Handle(p, m.h)
+		}
+	}
 	return mux
+}
+
+// Option configures NewHandler.
+type Option func(*options)
+
+type options struct {
+	mounts []mount
+	store  store.Backend
+	retire func(ctx context.Context, id peer.ID, reason string) error
+	token  string
+}
+
+type mount struct {
+	patterns []string
+	h        http.Handler
+}
+
+// WithRoutes serves each of the ServeMux patterns with h, beside the API's
+// own routes (the aggregator mounts its dashboard with web.Routes). There
+// is no catch-all: other paths keep their 404 and 405 answers. A pattern
+// that conflicts with the API's makes NewHandler panic, as ServeMux does.
+func WithRoutes(patterns []string, h http.Handler) Option {
+	return func(o *options) { o.mounts = append(o.mounts, mount{patterns, h}) }
 }
 
 // register registers c on reg, or returns the collector of that name
@@ -248,6 +287,9 @@ type handler struct {
 	inFlight prometheus.Gauge
 	refused  prometheus.Counter
 	snaps    sync.Pool // *[]tracker.Node, reused between requests
+	store    store.Backend
+	retire   func(ctx context.Context, id peer.ID, reason string) error
+	token    string
 }
 
 // bounded serves f if fewer than MaxInFlight /api requests are in flight,
@@ -285,7 +327,7 @@ func parsePageQuery(q url.Values) (pageQuery, error) {
 	if v := q.Get("state"); v != "" {
 		st, ok := parseState(v)
 		if !ok {
-			return p, fmt.Errorf("unknown state %s: want joining, up, suspect, down or left", quote(v))
+			return p, fmt.Errorf("unknown state %s: want joining, up, suspect, down, left or unknown", quote(v))
 		}
 		p.state, p.filter = st, true
 	}

@@ -184,7 +184,7 @@ func TestSummary(t *testing.T) {
 	require.Equal(t, Summary{
 		Time:  "2026-01-02T03:05:05Z",
 		Nodes: 5, Connected: 2,
-		States:             map[string]int{"joining": 1, "up": 2, "suspect": 0, "down": 1, "left": 1},
+		States:             map[string]int{"joining": 1, "up": 2, "suspect": 0, "down": 1, "left": 1, "unknown": 0},
 		HeartbeatsReceived: 4,
 		// a@10 and b@11 tie at one node each: the greatest height wins.
 		ConsensusHead: "b", ConsensusHeight: 11, InConsensus: 1, InDispute: 1,
@@ -252,10 +252,20 @@ func TestMethodsAndPaths(t *testing.T) {
 			require.Equal(t, "GET, HEAD", resp.Header.Get("Allow"))
 		}
 	}
-	for _, path := range []string{"/", "/api", "/api/nodes/x", "/healthz/"} {
+	for _, path := range []string{"/", "/api", "/api/nodes/x/y", "/healthz/"} {
 		resp, _ := get(t, http.MethodGet, f.url+path)
 		require.Equal(t, http.StatusNotFound, resp.StatusCode, path)
 	}
+	resp, body := get(t, http.MethodGet, f.url+"/api/nodes/x")
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	require.Contains(t, string(body), "not a peer id")
+	// Without a store there is no history, and without WithRetire no DELETE.
+	resp, _ = get(t, http.MethodGet, f.url+"/api/nodes/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu/history")
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	resp, _ = get(t, http.MethodDelete, f.url+"/api/nodes/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu")
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode)
+	resp, _ = get(t, http.MethodGet, f.url+"/api/nodes/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu")
+	require.Equal(t, http.StatusNotFound, resp.StatusCode, "unknown node")
 }
 
 // NewServer sets every timeout and serves the handler on a real listener;

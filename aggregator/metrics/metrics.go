@@ -26,7 +26,7 @@
 //	heartbeat_max_nodes                 the tracker's MaxNodes, to alert before refusals start
 //	heartbeat_aggregator_disrupted      1 while the tracker is in disrupted mode (most nodes silent at once: no node goes Down), else 0
 //	heartbeat_nodes_duplicate_identity  nodes flagged as sharing one key with another sender
-//	heartbeat_node_up{peer_id}          per node: 1 Up, 0 Suspect or Down; no series for Joining or Left
+//	heartbeat_node_up{peer_id}          per node: 1 Up, 0 Suspect or Down; no series for Joining, Left or Unknown
 //
 // Every other label value comes from a fixed set of constants: a reason the
 // handler passes that is not one of Reasons is counted as "other", so a bug
@@ -295,7 +295,7 @@ func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
 		connected: prometheus.NewDesc("heartbeat_connected_nodes",
 			"Nodes with an open heartbeat stream (2018: connected_nodes).", nil, nil),
 		nodes: prometheus.NewDesc("heartbeat_nodes",
-			"Tracked nodes by state: joining (stream open, no heartbeat yet), up, suspect, down, left.", []string{"state"}, nil),
+			"Tracked nodes by state: joining (stream open, no heartbeat yet), up, suspect, down, left, unknown (known before a restart, not seen since).", []string{"state"}, nil),
 		inCons: prometheus.NewDesc("heartbeat_nodes_in_consensus",
 			"Up nodes on the consensus head: the largest group of Up nodes sharing a head and height (2018: nodes_in_consensus).", nil, nil),
 		inDisp: prometheus.NewDesc("heartbeat_nodes_in_dispute",
@@ -343,8 +343,9 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		case tracker.Suspect, tracker.Down:
 		default:
-			// Joining never beat, and Left left on purpose: neither is a
-			// node to page for.
+			// Joining never beat, Left left on purpose, and Unknown is
+			// not judged until the startup grace ends (then it is Up or
+			// Down): none is a node to page for now.
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.nodeUp, prometheus.GaugeValue, up, n.Peer.String())

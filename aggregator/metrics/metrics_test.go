@@ -74,12 +74,13 @@ heartbeat_heartbeats_received_total 11
 # HELP heartbeat_max_nodes The most nodes the aggregator tracks; new peers past it are rejected as too_many_nodes.
 # TYPE heartbeat_max_nodes gauge
 heartbeat_max_nodes 100
-# HELP heartbeat_nodes Tracked nodes by state: joining (stream open, no heartbeat yet), up, suspect, down, left.
+# HELP heartbeat_nodes Tracked nodes by state: joining (stream open, no heartbeat yet), up, suspect, down, left, unknown (known before a restart, not seen since).
 # TYPE heartbeat_nodes gauge
 heartbeat_nodes{state="down"} 1
 heartbeat_nodes{state="joining"} 1
 heartbeat_nodes{state="left"} 1
 heartbeat_nodes{state="suspect"} 0
+heartbeat_nodes{state="unknown"} 0
 heartbeat_nodes{state="up"} 4
 # HELP heartbeat_nodes_in_consensus Up nodes on the consensus head: the largest group of Up nodes sharing a head and height (2018: nodes_in_consensus).
 # TYPE heartbeat_nodes_in_consensus gauge

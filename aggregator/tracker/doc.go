@@ -33,6 +33,8 @@
 //	Suspect  silent for strictly longer than its Suspect threshold
 //	Down     silent for strictly longer than its Down threshold, not while disrupted
 //	Left     its last stream ended with a graceful EOF: left on purpose, no alert
+//	Unknown  known before the aggregator restarted (Restore), not seen since;
+//	         Down after the startup grace unless it beats
 //
 // The transitions are data: Table lists every (state, event) row, the
 // runtime looks each change up in it, and docs/node-states.md is generated

@@ -15,21 +15,22 @@ func _() {
 	_ = x[Suspect-2]
 	_ = x[Down-3]
 	_ = x[Left-4]
+	_ = x[Unknown-5]
 }
 
 const (
-	_State_name_0 = "joiningupsuspectdownleft"
+	_State_name_0 = "joiningupsuspectdownleftunknown"
 	_State_name_1 = "(no row)gone"
 )
 
 var (
-	_State_index_0 = [...]uint8{0, 7, 9, 16, 20, 24}
+	_State_index_0 = [...]uint8{0, 7, 9, 16, 20, 24, 31}
 	_State_index_1 = [...]uint8{0, 8, 12}
 )
 
 func (i State) String() string {
 	switch {
-	case i <= 4:
+	case i <= 5:
 		return _State_name_0[_State_index_0[i]:_State_index_0[i+1]]
 	case 254 <= i && i <= 255:
 		i -= 254

@@ -15,7 +15,8 @@ const (
 	// Silence: Sweep found the node silent past its Suspect threshold.
 	Silence // silence
 	// LongSilence: Sweep found the node silent past its Down threshold
-	// while the tracker is not disrupted.
+	// while the tracker is not disrupted (an Unknown node: silent past the
+	// startup grace).
 	LongSilence // long silence
 	// StreamEOF: the node's last open stream ended with a clean EOF.
 	StreamEOF // stream eof
@@ -63,12 +64,15 @@ var table = [...]Transition{
 	{Down, StreamEOF, Left, "it said goodbye"},
 	{Down, Evicted, Gone, "the tracker is full and it has been Down the longest, longer than DownRetention"},
 	{Left, Heartbeat, Up, "it came back"},
+	{Unknown, Heartbeat, Up, "known before the aggregator restarted, and beating again"},
+	{Unknown, LongSilence, Down, "known before the aggregator restarted, silent past the startup grace: its alert fires again; the disruption guard does not hold it"},
 	{Left, Evicted, Gone, "the tracker is full: the Left node that left first makes room"},
 	{Joining, Forgotten, Gone, "Forget"},
 	{Up, Forgotten, Gone, "Forget"},
 	{Suspect, Forgotten, Gone, "Forget"},
 	{Down, Forgotten, Gone, "Forget"},
 	{Left, Forgotten, Gone, "Forget"},
+	{Unknown, Forgotten, Gone, "Forget"},
 }
 
 // Table returns a copy of the node state table, in order.

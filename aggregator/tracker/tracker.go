@@ -319,6 +319,8 @@ type node struct {
 	// Duplicate identity: supersedes counted in a fixed window.
 	dupCount uint16
 	dup      bool
+	// restored: lastSeen came from Restore (the node has not beaten since).
+	restored bool
 	// recent: the node went Down less than its own Down threshold ago
 	// (until recentUntil); it still counts as fallen silent for the
 	// disruption guard, so that a fleet that fails over tens of seconds is
@@ -505,6 +507,11 @@ func (t *Tracker) transitionLocked(n *node, on Event, at int64) (Change, bool) {
 	}
 	n.state = to
 	n.since = at
+	if to == Down && from == Unknown {
+		// Not a node that fell silent now: it was silent across the
+		// restart, and does not count for the disruption guard.
+		t.clearRecentLocked(n)
+	}
 	return Change{Peer: n.peer, Nickname: n.nickname, From: from, To: to, At: t.abs(at)}, true
 }
 
@@ -768,6 +775,63 @@ func (t *Tracker) StreamEnded(id peer.ID, graceful bool, now time.Time) (Change,
 	return t.transitionLocked(n, on, at)
 }
 
+// Restored is a node known before the aggregator restarted, as the store
+// kept it: Restore's argument.
+type Restored struct {
+	Peer                         peer.ID
+	Nickname, Head, MinerAddress string
+	Genesis                      string
+	Height                       uint64
+	FirstSeen, LastSeen          time.Time // zero: unknown (FirstSeen then is now)
+}
+
+// Restore adds r as an Unknown node at now: known before a restart, not
+// seen since. It turns Up on its first heartbeat, and Down in the first
+// Sweep after start+StartupGrace if it has not beaten by then (see the
+// Unknown rows of Table). A peer the tracker already has is left as it is
+// (it beat first) and Restore returns false; past MaxNodes it returns
+// ErrFull (a restored node evicts no one).
+func (t *Tracker) Restore(r Restored, now time.Time) (bool, error) {
+	if r.Peer == "" {
+		return false, errNoPeer
+	}
+	at := t.rel(now)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.nodes[r.Peer] != nil {
+		return false, nil
+	}
+	if len(t.nodes) >= t.cfg.MaxNodes {
+		return false, ErrFull
+	}
+	n := &node{
+		peer:       r.Peer,
+		nickname:   r.Nickname,
+		miner:      r.MinerAddress,
+		head:       unique.Make(r.Head),
+		genesis:    unique.Make(r.Genesis),
+		genesisCID: emptyCID,
+		height:     r.Height,
+		state:      Unknown,
+		firstSeen:  at,
+		since:      at,
+		period:     t.maxNs,
+		suspectNs:  t.priorSuspectNs,
+		downNs:     t.priorDownNs,
+		allowUntil: math.MinInt64,
+	}
+	if !r.FirstSeen.IsZero() {
+		n.firstSeen = t.rel(r.FirstSeen)
+	}
+	if !r.LastSeen.IsZero() {
+		n.lastSeen, n.restored = t.rel(r.LastSeen), true
+	}
+	t.nodes[r.Peer] = n
+	t.inState[Unknown]++
+	t.next = min(t.next, t.graceNs)
+	return true, nil
+}
+
 // Forget drops id's record and frees its slot, whatever its state. It
 // reports whether id was known. Nodes that are Down stay until forgotten
 // (they are what alerts watch), so an operator who retires a node calls
@@ -925,6 +989,14 @@ func (t *Tracker) sweepLocked(at int64, dst []Change) []Change {
 			default:
 				deadline = sus
 			}
+		case Unknown:
+			if at > t.graceNs {
+				if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
+					dst = append(dst, ch)
+				}
+				continue
+			}
+			deadline = t.graceNs
 		case Down:
 			if n.recent {
 				if at > n.recentUntil {
@@ -1077,7 +1149,7 @@ func (t *Tracker) snapshot(n *node) Node {
 	if n.boot != [16]byte{} {
 		out.BootTime = t.abs(n.bootAt)
 	}
-	if n.beats > 0 {
+	if n.beats > 0 || n.restored {
 		out.LastSeen = t.abs(n.lastSeen)
 	}
 	out.Genesis = n.genesis.Value()

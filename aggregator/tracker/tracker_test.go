@@ -91,7 +91,7 @@ func TestStateStrings(t *testing.T) {
 	for _, s := range States() {
 		names = append(names, s.String())
 	}
-	require.Equal(t, []string{"joining", "up", "suspect", "down", "left"}, names)
+	require.Equal(t, []string{"joining", "up", "suspect", "down", "left", "unknown"}, names)
 	require.Equal(t, "State(9)", State(9).String())
 	require.Equal(t, State(1), Up, "API.md: Up = iota + 1")
 	require.Equal(t, State(4), Left)

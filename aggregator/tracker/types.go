@@ -35,16 +35,22 @@ const (
 	// Left: its last stream ended with a graceful EOF: it left on purpose,
 	// which is not an alert.
 	Left // left
+	// Unknown: known before the aggregator restarted (Restore, from the
+	// store), not seen since. It holds a MaxNodes slot, is in no consensus
+	// count, and turns Down once the startup grace has passed without a
+	// heartbeat, so that a node that died while the aggregator was away
+	// alerts again instead of vanishing.
+	Unknown // unknown
 )
 
 // numStates counts the states. It is an int, not a State, so that stringer
 // does not name it.
-const numStates = int(Left) + 1
+const numStates = int(Unknown) + 1
 
 // States lists every State in declaration order (Joining first), for callers
 // that export one value per state and must not miss one.
 func States() []State {
-	return []State{Joining, Up, Suspect, Down, Left}
+	return []State{Joining, Up, Suspect, Down, Left, Unknown}
 }
 
 // StreamState is the state of a node's heartbeat stream(s) as the stream

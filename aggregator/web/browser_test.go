@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -185,14 +183,11 @@ type fleet struct {
 	clock clockwork.Clock
 }
 
-// changeHook stands in for the aggregator's change hook, which is not wired
-// yet: it calls Notify for every "node state changed" line the aggregator
-// logs, which it does once per tracker.Change.
-// It also reports the peers whose stream ended by reset ("heartbeat stream
-// ended", DEBUG), so that a test can wait for the aggregator to notice a
-// killed sender.
+// changeHook reports the peers whose stream ended by reset ("heartbeat
+// stream ended", DEBUG), so that a test can wait for the aggregator to
+// notice a killed sender. The dashboard itself is told of every change by
+// the aggregator (WithDashboard).
 type changeHook struct {
-	d     atomic.Pointer[web.Dashboard]
 	reset chan string
 }
 
@@ -202,12 +197,7 @@ func (h *changeHook) Write(p []byte) (int, error) {
 		if json.Unmarshal([]byte(line), &m) != nil {
 			continue
 		}
-		switch m["@message"] {
-		case "node state changed":
-			if d := h.d.Load(); d != nil {
-				d.Notify()
-			}
-		case "heartbeat stream ended":
+		if m["@message"] == "heartbeat stream ended" {
 			select {
 			case h.reset <- fmt.Sprint(m["peer_id"]):
 			default:
@@ -226,21 +216,13 @@ func startFleet(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, opts
 	t.Cleanup(func() { _ = h.Close() })
 	hook := &changeHook{reset: make(chan string, 64)}
 	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: hook, Level: hclog.Debug})
-	a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithClock(clock))
+	a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithClock(clock), aggregator.WithDashboard(opts...))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
-	d, err := web.New(web.TrackerSource(a.Tracker()), append([]web.Option{web.WithClock(clock)}, opts...)...)
-	require.NoError(t, err)
-	hook.d.Store(d)
-	t.Cleanup(func() { _ = d.Close() })
-	// The way the aggregator will mount it: the dashboard's routes, and
-	// the API for the rest.
-	mux := http.NewServeMux()
-	for _, p := range web.Routes {
-		mux.Handle(p, d)
-	}
-	mux.Handle("/", a.HTTPHandler())
-	srv := httptest.NewServer(mux)
+	d := a.Dashboard()
+	require.NotNil(t, d)
+	// The aggregator's own handler: the API with the dashboard mounted.
+	srv := httptest.NewServer(a.HTTPHandler())
 	t.Cleanup(srv.Close)
 	return &fleet{hook: hook, agg: a, host: h, dash: d, srv: srv, clock: clock}
 }

@@ -58,7 +58,7 @@ func TestTrackerSource(t *testing.T) {
 
 	sum := src.Summary()
 	require.Equal(t, 2, sum.Nodes)
-	require.Equal(t, map[string]int{"joining": 0, "up": 1, "suspect": 0, "down": 0, "left": 1}, sum.States)
+	require.Equal(t, map[string]int{"joining": 0, "up": 1, "suspect": 0, "down": 0, "left": 1, "unknown": 0}, sum.States)
 	require.Equal(t, "{ h }", sum.ConsensusHead)
 	require.Equal(t, uint64(9), sum.ConsensusHeight)
 	require.Equal(t, 1, sum.InConsensus)

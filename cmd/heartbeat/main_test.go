@@ -2,9 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -50,6 +52,7 @@ type process struct {
 func start(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
+	cmd.Dir = t.TempDir() // aggregate's default --data is ./heartbeat-data
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	errp, err := cmd.StderrPipe()
@@ -243,11 +246,14 @@ func TestExitCodes(t *testing.T) {
 	require.NoError(t, err)
 	defer taken.Close()
 	port := strconv.Itoa(taken.Addr().(*net.TCPAddr).Port)
+	// A data directory whose database file is not a database, for BADDATA.
+	bad := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(bad, "heartbeat.db"), bytes.Repeat([]byte("not a database "), 512), 0o600))
 
 	for _, r := range rows {
 		args := make([]string, len(r.args))
 		for i, a := range r.args {
-			args[i] = strings.ReplaceAll(a, "PORT", port)
+			args[i] = strings.NewReplacer("PORT", port, "BADDATA", bad).Replace(a)
 		}
 		name := strings.Join(append([]string{"heartbeat"}, args...), " ")
 		wantStderr := strings.ReplaceAll(r.stderr, "PORT", port)
@@ -261,6 +267,7 @@ func TestExitCodes(t *testing.T) {
 		// after all) is killed rather than hang the test.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Dir = t.TempDir() // aggregate's default --data is ./heartbeat-data
 		var stdout, stderr strings.Builder
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
@@ -359,4 +366,95 @@ func TestGitignoreCoversKeysAndData(t *testing.T) {
 		err := exec.Command("git", "-C", "../..", "check-ignore", "--no-index", "-q", path).Run()
 		require.Error(t, err, "%s is ignored", path)
 	}
+}
+
+// A kill -9 of `heartbeat aggregate --data DIR` loses no node: restarted on
+// the same directory and key, it lists every node it knew, as unknown (not
+// seen since the restart).
+func TestKill9RestartListsKnownNodes(t *testing.T) {
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	data, key := filepath.Join(dir, "data"), filepath.Join(dir, "aggregator.key")
+	args := []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0",
+		"--key", key, "--data", data, "--expected-period", "1s", "--log-json"}
+	agg := start(t, bin, args...)
+	target := strings.Fields(waitLine(t, agg.stdout, "aggregator /ip4/127.0.0.1/tcp/", "/p2p/"))[1]
+	url := strings.Fields(waitLine(t, agg.stdout, "http", "http://127.0.0.1:"))[1]
+	nicks := []string{"k1", "k2", "k3"}
+	for _, n := range nicks {
+		start(t, bin, "beat", "--target", target, "--nickname", n, "--beat-period", "200ms", "--log-level", "error")
+	}
+	for range nicks {
+		waitLine(t, agg.stderr, `"node state changed"`, `"to":"up"`)
+	}
+	// Wait for a flush that took the three flips: the store loses at most
+	// the last flush interval, and this test is about what it keeps.
+	metric := func(name string) float64 {
+		resp, err := http.Get(url + "/metrics")
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+				v, err := strconv.ParseFloat(f[1], 64)
+				require.NoError(t, err)
+				return v
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(guard)
+	for metric("heartbeat_store_flushes_total") < 1 || metric("heartbeat_store_pending_records") > 0 {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatal("the store never flushed")
+		}
+	}
+	require.NoError(t, agg.cmd.Process.Signal(syscall.SIGKILL))
+	<-agg.exited
+
+	agg = start(t, bin, args...)
+	url = strings.Fields(waitLine(t, agg.stdout, "http", "http://127.0.0.1:"))[1]
+	waitLine(t, agg.stderr, `"nodes restored from the store"`, `"restored":3`)
+	resp, err := http.Get(url + "/api/nodes")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var page struct{ Nodes []map[string]any }
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&page))
+	var got []string
+	for _, n := range page.Nodes {
+		got = append(got, fmt.Sprint(n["nickname"]))
+		require.Equal(t, "unknown", n["state"], "not seen since the restart")
+		require.NotEmpty(t, n["last_seen"])
+	}
+	require.ElementsMatch(t, nicks, got)
+
+	// heartbeat nodes lists them; heartbeat forget retires one (from
+	// loopback), and it is listed no more.
+	run := func(args ...string) string {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		return string(out)
+	}
+	list := run("nodes", "--url", url, "--state", "unknown")
+	require.Contains(t, list, "3 node(s)")
+	for _, n := range page.Nodes {
+		require.Contains(t, list, fmt.Sprint(n["peer_id"]))
+	}
+	gone := fmt.Sprint(page.Nodes[0]["peer_id"])
+	require.Contains(t, run("forget", gone, "--url", url), "retired "+gone)
+	list = run("nodes", "--url", url)
+	require.Contains(t, list, "2 node(s)")
+	require.NotContains(t, list, gone)
+	require.Contains(t, run("forget", gone, "--url", url), "retired "+gone, "idempotent")
+	unknown := "12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu"
+	out, err := exec.Command(bin, "forget", unknown, "--url", url).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "404")
+	agg.stop(t)
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -21,6 +22,7 @@ import (
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/api"
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/internal/keyfile"
 	"github.com/p2pbeat/heartbeat/wire2"
 )
@@ -34,12 +36,19 @@ type aggregatorSetup struct {
 	allow   []peer.ID
 	beatLog bool
 	log     hclog.Logger
+	// data is the store: a directory (SQLite) or a postgres:// URL; ""
+	// keeps the nodes in memory only.
+	data  string
+	store store.WriterConfig
+	// token, if set, is the bearer token DELETE /api/nodes/{peer} needs.
+	token string
 }
 
 // runningAggregator is a libp2p host, the aggregator on it and its HTTP server.
 type runningAggregator struct {
 	host    host.Host
 	agg     *aggregator.Aggregator
+	store   store.Backend // nil without one
 	http    *http.Server
 	httpURL string
 	served  chan error
@@ -91,19 +100,49 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 		return nil, fmt.Errorf("libp2p host on %s: no listen address", s.listen)
 	}
 	opts := []aggregator.Option{aggregator.WithLogger(s.log), aggregator.WithBeatLog(s.beatLog), aggregator.WithRegistry(reg)}
+	var b store.Backend
+	if s.data != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), storeOpenTimeout)
+		b, err = store.Open(ctx, s.data)
+		cancel()
+		if err != nil {
+			closeLn()
+			h.Close()
+			return nil, fmt.Errorf("open the store: %w", err)
+		}
+		opts = append(opts, aggregator.WithStore(b, s.store))
+	}
+	closeStore := func() {
+		if b != nil {
+			b.Close()
+		}
+	}
 	if gater != nil {
 		opts = append(opts, aggregator.WithGater(gater))
+	}
+	if ln != nil {
+		opts = append(opts, aggregator.WithDashboard())
 	}
 	agg, err := aggregator.New(h, s.cfg, opts...)
 	if err != nil {
 		closeLn()
+		closeStore()
 		h.Close()
+		if b != nil {
+			// HostOptions validated the config above: this is the
+			// store's failure (loading the nodes), not misuse.
+			return nil, err
+		}
 		return nil, usageError("%v", err)
 	}
-	r := &runningAggregator{host: h, agg: agg, served: make(chan error, 1)}
+	r := &runningAggregator{host: h, agg: agg, store: b, served: make(chan error, 1)}
 	if ln != nil {
 		r.httpURL = "http://" + ln.Addr().String()
-		r.http = api.NewServer(s.http, api.NewHandler(agg.Tracker(), agg.Registry(), time.Now))
+		var hopts []api.Option
+		if s.token != "" {
+			hopts = append(hopts, api.WithAdminToken(s.token))
+		}
+		r.http = api.NewServer(s.http, agg.HTTPHandler(hopts...))
 		go func() { r.served <- r.http.Serve(ln) }()
 	}
 	return r, nil
@@ -122,6 +161,9 @@ func (r *runningAggregator) stop() error {
 		}
 	}
 	errs = append(errs, r.agg.Close(), r.host.Close())
+	if r.store != nil {
+		errs = append(errs, r.store.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -130,7 +172,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--protocols v1,v2] [--accept-rate R]\n"+
 		"       [--pacing-window D] [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for the dashboard (/), /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
 	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
 	maxLine := fs.Int("max-line-bytes", aggregator.DefaultMaxLineBytes, "longest heartbeat line accepted; a longer one resets that stream")
@@ -144,6 +186,11 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is drawn uniformly from [0, this)")
 	var allow listFlag
 	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
+	data := fs.String("data", defaultDataDir, "directory of the node store (SQLite): nodes known before a restart come back ('' keeps them in memory only)")
+	storeURL := fs.String("store", "", "postgres://… URL of a PostgreSQL store shared by several aggregators, instead of --data")
+	flipRetention := fs.Duration("flip-retention", store.DefaultFlipRetention, "state flips older than this are pruned")
+	sampleRetention := fs.Duration("sample-retention", store.DefaultSampleRetention, "height samples older than this are pruned")
+	tokenFile := fs.String("admin-token", "", "file holding a token: retiring a node (heartbeat forget) then needs it as a bearer token, from any address; without it, only from loopback")
 	var lf logFlags
 	lf.register(fs, "info")
 	if err := parse(fs, args, stdout); err != nil {
@@ -183,6 +230,18 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if *maxLine <= 0 {
 		return usageError("--max-line-bytes %d: want a positive size", *maxLine)
 	}
+	for _, err := range []error{positive("flip-retention", *flipRetention), positive("sample-retention", *sampleRetention)} {
+		if err != nil {
+			return err
+		}
+	}
+	target := *data
+	if *storeURL != "" {
+		if !strings.HasPrefix(*storeURL, "postgres://") && !strings.HasPrefix(*storeURL, "postgresql://") {
+			return usageError("--store %q: want a postgres:// or postgresql:// URL (use --data for a directory)", *storeURL)
+		}
+		target = *storeURL
+	}
 	var allowed []peer.ID
 	for _, s := range allow {
 		id, err := peer.Decode(s)
@@ -195,8 +254,15 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
+	token := ""
+	if *tokenFile != "" {
+		if token, err = readToken(*tokenFile); err != nil {
+			return lf.failed(log, "aggregator", err)
+		}
+	}
 	return lf.failed(log, "aggregator", serveAggregator(ctx, stdout, log, *keyPath, aggregatorSetup{
 		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
+		data: target, token: token, store: store.WriterConfig{FlipRetention: *flipRetention, SampleRetention: *sampleRetention},
 		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention,
 			Protocols: protocols, AcceptRate: *acceptRate, PacingWindow: *pacingWindow},
 	}))
@@ -220,6 +286,7 @@ func serveAggregator(ctx context.Context, stdout io.Writer, log hclog.Logger, ke
 	}
 	if r.httpURL != "" {
 		fmt.Fprintf(stdout, "http      %s\n", r.httpURL)
+		fmt.Fprintf(stdout, "dashboard %s/\n", r.httpURL)
 	}
 	fmt.Fprintf(stdout, "run a sender with:\n  heartbeat beat --target %s --beat-period %s\n", r.dialable(), period)
 	select {
@@ -230,6 +297,13 @@ func serveAggregator(ctx context.Context, stdout io.Writer, log hclog.Logger, ke
 	log.Info("shutting down")
 	return r.stop()
 }
+
+// defaultDataDir is where `heartbeat aggregate` keeps its store.
+const defaultDataDir = "./heartbeat-data"
+
+// storeOpenTimeout bounds opening the store (a PostgreSQL server that does
+// not answer).
+const storeOpenTimeout = 30 * time.Second
 
 // checkListen accepts a TCP multiaddr without a peer id: the aggregator
 // listens on TCP (the transport legacy senders dial), and its peer id comes

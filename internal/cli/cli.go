@@ -36,6 +36,8 @@ func commands() []command {
 		{"demo", "run an aggregator and 5 senders on loopback, restart the aggregator, report", runDemo},
 		{"aggregate", "run an aggregator: libp2p listener, metrics and HTTP API", runAggregate},
 		{"beat", "run a sender with a synthetic chain", runBeat},
+		{"nodes", "list an aggregator's nodes (GET /api/nodes)", runNodes},
+		{"forget", "retire a node: kept as retired, no longer alerts (DELETE /api/nodes/{peer})", runForget},
 		{"sim", "run the deterministic many-node simulation (see docs/simulation.md)", runSim},
 		{"diagram", "print the sender's state diagram (Mermaid or DOT)", runDiagram},
 		{"version", "print the module version", runVersion},

@@ -119,11 +119,12 @@ func TestUsageErrors(t *testing.T) {
 // when its context ends (SIGINT/SIGTERM in the binary).
 func TestAggregatePrintsBeatCommand(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncBuffer
 	done := make(chan int)
 	go func() {
-		done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--expected-period", "2s"}, &out, &errb)
+		done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "127.0.0.1:0", "--expected-period", "2s", "--data", dir}, &out, &errb)
 	}()
 	line := out.waitFor(t, "\n  heartbeat beat --target ")
 	url := strings.Fields(out.waitFor(t, "http      "))[1]

@@ -40,7 +40,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("demo", "[--duration D] [--http ADDR] [--output auto|table|timeline]")
 	duration := fs.Duration("duration", 40*time.Second,
 		"run length: the aggregator stops at 1/4 of it and comes back at 5/8; the run goes on at most 20s longer until every node is back")
-	httpAddr := fs.String("http", "127.0.0.1:0", "HTTP address of the aggregator's API (port 0 picks a free one)")
+	httpAddr := fs.String("http", "127.0.0.1:0", "HTTP address of the aggregator's dashboard and API (port 0 picks a free one)")
 	output := fs.String("output", "auto", "table: a live table updated in place; timeline: one line per event; auto: table on a terminal")
 	if err := parse(fs, args, stdout); err != nil {
 		return err
@@ -84,6 +84,7 @@ type demo struct {
 	table                      *liveTable // nil: a plain timeline
 	duration, stopAt, downtime time.Duration
 	http                       string
+	data                       string // the store's directory: a temporary one
 
 	key     crypto.PrivKey
 	listen  string
@@ -156,6 +157,12 @@ func (d *demo) run(ctx context.Context) error {
 		}
 		d.http = net.JoinHostPort(host, strconv.Itoa(port))
 	}
+	// The store lives for the run: the restarted aggregator finds the
+	// nodes it knew (not yet seen until they beat again).
+	if d.data, err = os.MkdirTemp("", "heartbeat-demo-"); err != nil {
+		return fmt.Errorf("demo store: %w", err)
+	}
+	defer os.RemoveAll(d.data)
 	if err := d.startAggregator(); err != nil {
 		return err
 	}
@@ -164,6 +171,7 @@ func (d *demo) run(ctx context.Context) error {
 	d.http = d.agg.httpURL[len("http://"):]
 	target := d.agg.dialable()
 	d.say("aggregator %s", target)
+	d.say("dashboard  %s/  (live for the whole run; offline while the aggregator is stopped)", d.agg.httpURL)
 	d.say("http       %s/api/nodes  %s/api/summary  %s/metrics", d.agg.httpURL, d.agg.httpURL, d.agg.httpURL)
 	d.say("%d senders beat every 1s; the aggregator stops at +%s and comes back at +%s", demoNodes, d.stopAt, d.stopAt+d.downtime)
 	d.say("node-%d is on a fork on purpose (same heights, other heads), so it shows \"in dispute\":", demoNodes)
@@ -269,9 +277,14 @@ func summaryLine(up bool, sum tracker.Summary) string {
 	if !up {
 		return "down"
 	}
-	return fmt.Sprintf("nodes %d: up %d, suspect %d, down %d, left %d; in consensus %d, in dispute %d",
+	unseen := ""
+	if n := sum.ByState[tracker.Unknown]; n > 0 {
+		// Restored from the store after the restart, not beating yet.
+		unseen = fmt.Sprintf(", not yet seen %d", n)
+	}
+	return fmt.Sprintf("nodes %d: up %d, suspect %d, down %d, left %d%s; in consensus %d, in dispute %d",
 		sum.Nodes, sum.ByState[tracker.Up], sum.ByState[tracker.Suspect], sum.ByState[tracker.Down], sum.ByState[tracker.Left],
-		sum.InConsensus, sum.InDispute)
+		unseen, sum.InConsensus, sum.InDispute)
 }
 
 func (d *demo) beatingCount() int {
@@ -293,7 +306,7 @@ func (d *demo) startAggregator() error {
 	clear(d.aggState) // a new aggregator starts with no nodes
 	d.mu.Unlock()
 	r, err := startAggregator(aggregatorSetup{
-		key: d.key, listen: d.listen, http: d.http, log: log,
+		key: d.key, listen: d.listen, http: d.http, log: log, data: d.data,
 		cfg: aggregator.Config{ExpectedPeriod: time.Second, MaxNodes: 100},
 	})
 	if err != nil {

@@ -8,11 +8,11 @@
 
 (function () {
   const PAGE_SIZE = 100;
-  const STATES = ["up", "suspect", "down", "left", "joining"];
+  const STATES = ["up", "suspect", "down", "left", "joining", "unknown"];
   // Sort order of states: the ones that need attention first.
-  const STATE_RANK = { down: 0, suspect: 1, joining: 2, up: 3, left: 4 };
+  const STATE_RANK = { down: 0, suspect: 1, unknown: 2, joining: 3, up: 4, left: 5 };
   const PALETTE = ["#2f6fde", "#8e44ad", "#d35400", "#16a085", "#c0392b", "#7f8c8d", "#b7950b", "#2c3e50"];
-  const COLORS = { up: "#1a7f37", suspect: "#b35900", down: "#c62828", left: "#667085", joining: "#2f6fde" };
+  const COLORS = { up: "#1a7f37", suspect: "#b35900", down: "#c62828", left: "#667085", joining: "#2f6fde", unknown: "#8a6d3b" };
 
   const nodes = new Map(); // peer -> node
   let summary = null;
