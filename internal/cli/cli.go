@@ -38,6 +38,7 @@ func commands() []command {
 		{"beat", "run a sender with a synthetic chain", runBeat},
 		{"nodes", "list an aggregator's nodes (GET /api/nodes)", runNodes},
 		{"forget", "retire a node: kept as retired, no longer alerts (DELETE /api/nodes/{peer})", runForget},
+		{"load", "run many sender identities against one aggregator, to size it", runLoad},
 		{"sim", "run the deterministic many-node simulation (see docs/simulation.md)", runSim},
 		{"diagram", "print the sender's state diagram (Mermaid or DOT)", runDiagram},
 		{"version", "print the module version", runVersion},

@@ -104,6 +104,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"aggregate", "--listen", "/ip4/127.0.0.1"}, "want a TCP address"},
 		{[]string{"aggregate", "--http", "127.0.0.1:http"}, "want a port number"},
 		{[]string{"demo", "--http", "nope"}, `--http "nope"`},
+		{[]string{"load", "--nodes", "10"}, "--target is required"},
+		{[]string{"load", "--target", target}, "--nodes 0: want at least 1"},
+		{[]string{"load", "--target", target, "--nodes", "1", "--dial-concurrency", "0"}, "--dial-concurrency 0"},
+		{[]string{"load", "--target", target, "--nodes", "1", "--period", "0s"}, "--period 0s"},
+		{[]string{"load", "--target", target, "--nodes", "1", "--ramp", "-1s"}, "--ramp -1s"},
+		{[]string{"load", "--target", "/ip4/127.0.0.1/tcp/1", "--nodes", "1"}, "--target"},
 		{[]string{"version", "extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, errs := run(t, tc.args...)

@@ -1,0 +1,141 @@
+package loadgen_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/libp2p/go-libp2p"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/tracker"
+	"github.com/p2pbeat/heartbeat/internal/loadgen"
+)
+
+// guard bounds every wait; a healthy run never reaches it.
+const guard = 2 * time.Minute
+
+// upCounter counts the aggregator's "node state changed ... to=up" lines
+// and signals each one, so the test waits on the aggregator's own events.
+type upCounter struct {
+	mu      sync.Mutex
+	ups     map[string]bool // peer ids seen going Up
+	changed chan struct{}
+}
+
+func (u *upCounter) watch(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.Contains(l, "node state changed") && strings.Contains(l, "to=up") {
+			_, id, _ := strings.Cut(l, "peer_id=")
+			id, _, _ = strings.Cut(id, " ")
+			u.mu.Lock()
+			u.ups[id] = true
+			close(u.changed)
+			u.changed = make(chan struct{})
+			u.mu.Unlock()
+		}
+	}
+}
+
+func (u *upCounter) state() (int, <-chan struct{}) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.ups), u.changed
+}
+
+// 200 sender identities over real libp2p against a real aggregator on
+// loopback: every one is Up at the aggregator and connected at the
+// generator, with no write error, and everything stops cleanly.
+func TestLoad200NodesAllUp(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	const n = 200
+
+	pr, pw := io.Pipe()
+	ups := &upCounter{ups: map[string]bool{}, changed: make(chan struct{})}
+	watched := make(chan struct{})
+	go func() { defer close(watched); ups.watch(pr) }()
+	log := hclog.New(&hclog.LoggerOptions{Output: pw, Level: hclog.Info})
+
+	cfg := aggregator.Config{MaxNodes: 2 * n}
+	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	require.NoError(t, err)
+	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log))
+	require.NoError(t, err)
+	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+
+	g, err := loadgen.New(loadgen.Config{Target: target, Nodes: n, DialConcurrency: 32})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(ctx) }()
+
+	deadline := time.After(guard)
+	for {
+		up, aggChanged := ups.state()
+		st := g.Stats()
+		genChanged := g.Changed()
+		if up >= n && st.Connected == n && st.Beaten == n {
+			break
+		}
+		select {
+		case <-aggChanged:
+		case <-genChanged:
+		case <-deadline:
+			t.Fatalf("after %v: %d Up at the aggregator, generator %+v", guard, up, g.Stats())
+		}
+	}
+	sum := agg.Tracker().Summary()
+	require.Equal(t, n, sum.ByState[tracker.Up], "every node Up: %+v", sum)
+
+	cancel()
+	require.NoError(t, <-ran)
+	st := g.Stats()
+	require.Equal(t, n, st.Started)
+	require.Zero(t, st.WriteErrors, "last error: %v", st.LastError)
+	require.Zero(t, st.HostErrors)
+	require.Zero(t, st.Reconnects, "last error: %v", st.LastError)
+	require.GreaterOrEqual(t, st.BeatsWritten, uint64(n))
+	require.Zero(t, st.Connected, "Run stopped every sender")
+
+	require.NoError(t, agg.Close())
+	require.NoError(t, h.Close())
+	pw.Close()
+	<-watched
+	goleak.VerifyNone(t, ignore)
+}
+
+// Bad configs fail New naming the field.
+func TestConfigErrorsNameTheField(t *testing.T) {
+	const target = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGBoUWJ7rLvGGJ5oFvNMqfKaHXAEMnp8WdXkbjiD9Aqzc"
+	for _, c := range []struct {
+		cfg  loadgen.Config
+		want string
+	}{
+		{loadgen.Config{Nodes: 1}, "Target"},
+		{loadgen.Config{Target: "/ip4/127.0.0.1/tcp/1", Nodes: 1}, "Target"},
+		{loadgen.Config{Target: target}, "Nodes"},
+		{loadgen.Config{Target: target, Nodes: 1, Period: -time.Second}, "Period"},
+		{loadgen.Config{Target: target, Nodes: 1, Ramp: -time.Second}, "Ramp"},
+		{loadgen.Config{Target: target, Nodes: 1, DialConcurrency: -1}, "DialConcurrency"},
+	} {
+		_, err := loadgen.New(c.cfg)
+		require.ErrorContains(t, err, c.want, "%+v", c.cfg)
+	}
+}
+
+// The open-files limit ends at least where it started: soft == hard after
+// a raise the kernel allowed.
+func TestRaiseOpenFiles(t *testing.T) {
+	soft, hard, err := loadgen.RaiseOpenFiles()
+	require.NoError(t, err)
+	require.Equal(t, hard, soft)
+}
