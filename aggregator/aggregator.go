@@ -9,7 +9,8 @@
 // # Streams
 //
 // Following go-libp2p's ping and identify, each stream is attached to the
-// wire.ServiceName resource scope, reserves its line buffer before reading,
+// wire.ServiceName resource scope, reserves its line buffer before reading
+// (a small one, grown and reserved further only for a line that needs it),
 // has a read deadline (the idle timeout, re-armed after each line), is
 // Reset on any error and Closed only after a clean EOF. The sender's
 // identity is s.Conn().RemotePeer(), proved by the secure channel; the body
@@ -167,7 +168,8 @@ type Aggregator struct {
 	beatLog bool
 	hooks   *hooks
 	rejects *rateLog
-	bufs    sync.Pool // *[]byte line buffers of MaxLineBytes+1
+	bufs    sync.Pool // *[]byte initial line buffers of lineBuf bytes
+	lineBuf int       // min(initialLineBuffer, MaxLineBytes+1); tests may set it before any stream
 	v2bufs  sync.Pool // *v2Buffers
 	pace    *pacer
 	version string         // in Welcome
@@ -304,8 +306,8 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 		done:      make(chan struct{}),
 		sweepDone: make(chan struct{}),
 	}
-	size := cfg.MaxLineBytes + 1
-	a.bufs.New = func() any { b := make([]byte, size); return &b }
+	a.lineBuf = min(initialLineBuffer, cfg.MaxLineBytes+1)
+	a.bufs.New = func() any { b := make([]byte, a.lineBuf); return &b }
 	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
 	a.pace = newPacer(cfg.AcceptRate, cfg.AcceptBurst, cfg.PacingWindow)
 	if o.store != nil {
@@ -502,7 +504,9 @@ func (a *Aggregator) handleStream(s network.Stream) {
 		s.Reset()
 		return
 	}
-	size := a.cfg.MaxLineBytes + 1
+	// The initial line buffer; a growth is reserved by the line reader
+	// and released by serve.
+	size := a.lineBuf
 	if err := s.Scope().ReserveMemory(size, network.ReservationPriorityAlways); err != nil {
 		a.reject(id, metrics.ReasonResourceLimit, fmt.Errorf("reserve %d bytes for the line buffer: %w", size, err))
 		s.Reset()
@@ -596,10 +600,17 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 	lr := newLineReader(r, *bp, a.cfg.MaxLineBytes)
 	if ls != nil {
 		lr.dl, lr.idle = ls, a.cfg.IdleTimeout
+		scope := ls.s.Scope()
+		lr.reserve = func(n int) error { return scope.ReserveMemory(n, network.ReservationPriorityAlways) }
 	} else if dl, ok := r.(readDeadliner); ok {
 		lr.dl, lr.idle = dl, a.cfg.IdleTimeout
 	}
 	err = a.readLoop(id, lr)
+	if lr.grown > 0 && ls != nil {
+		ls.s.Scope().ReleaseMemory(lr.grown)
+	}
+	// Only the initial buffer goes back to the pool: a grown one is the
+	// rare stream's, and pooling it would hand its size to every stream.
 	a.bufs.Put(bp)
 
 	how := metrics.ClosedEOF
@@ -677,6 +688,9 @@ func (a *Aggregator) classify(id peer.ID, err error) (string, error) {
 	switch {
 	case errors.As(err, &de):
 		a.reject(id, string(de.Reason), err)
+		return metrics.ClosedError, err
+	case errors.Is(err, errLineBufferLimit):
+		a.reject(id, metrics.ReasonResourceLimit, err)
 		return metrics.ClosedError, err
 	case errors.Is(err, errLineTooLong):
 		err = fmt.Errorf("%w (limit %d bytes)", ErrLineTooLong, a.cfg.MaxLineBytes)

@@ -2,6 +2,7 @@ package aggregator
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -78,8 +79,9 @@ func TestConfigValidation(t *testing.T) {
 
 func TestLineReader(t *testing.T) {
 	const max = 16
+	start := max + 1 // the first buffer; the cases run again from smaller ones
 	read := func(r io.Reader) ([]string, error) {
-		lr := newLineReader(r, make([]byte, max+1), max)
+		lr := newLineReader(r, make([]byte, start), max)
 		var lines []string
 		for {
 			line, err := lr.next()
@@ -105,8 +107,15 @@ func TestLineReader(t *testing.T) {
 		{"empty", "", nil, io.EOF},
 	}
 	for _, tc := range tests {
-		for _, mode := range []string{"whole", "bytewise", "halves"} {
+		for _, mode := range []string{"whole", "bytewise", "halves", "grown from 1", "grown from 5"} {
 			t.Run(tc.name+"/"+mode, func(t *testing.T) {
+				start = max + 1
+				switch mode {
+				case "grown from 1":
+					start = 1
+				case "grown from 5":
+					start = 5
+				}
 				var r io.Reader = strings.NewReader(tc.input)
 				switch mode {
 				case "bytewise":
@@ -475,4 +484,107 @@ func TestIdleDeadlineIgnoresBlankLines(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "cd", string(line))
 	require.Equal(t, 2, dr.armed)
+}
+
+// The line buffer starts small and grows by doubling only for a line that
+// needs it, never past MaxLineBytes+1, reserving each growth first; a
+// refused reservation ends the stream with nothing grown.
+func TestLineBufferGrowth(t *testing.T) {
+	const max = 100
+	var reserved []int
+	lr := newLineReader(strings.NewReader("short\n"+strings.Repeat("x", 40)+"\n"+strings.Repeat("y", max)+"\nz\n"), make([]byte, 8), max)
+	lr.reserve = func(n int) error { reserved = append(reserved, n); return nil }
+	var lines []string
+	for {
+		line, err := lr.next()
+		if err != nil {
+			require.ErrorIs(t, err, io.EOF)
+			break
+		}
+		lines = append(lines, string(line))
+	}
+	require.Equal(t, []string{"short", strings.Repeat("x", 40), strings.Repeat("y", max), "z"}, lines)
+	require.Equal(t, []int{8, 16, 32, 37}, reserved, "doubling from 8, capped at max+1 = 101")
+	require.Equal(t, max+1, len(lr.buf))
+	require.Equal(t, max+1-8, lr.grown, "grown is what was reserved")
+
+	t.Run("short lines never grow it", func(t *testing.T) {
+		lr := newLineReader(strings.NewReader(strings.Repeat("1234567\n", 1000)), make([]byte, 8), max)
+		lr.reserve = func(n int) error { t.Fatalf("reserved %d bytes", n); return nil }
+		for {
+			if _, err := lr.next(); err != nil {
+				require.ErrorIs(t, err, io.EOF)
+				break
+			}
+		}
+		require.Zero(t, lr.grown)
+		require.Len(t, lr.buf, 8)
+	})
+	t.Run("a refused reservation ends the stream", func(t *testing.T) {
+		refused := errors.New("resource limit exceeded")
+		lr := newLineReader(strings.NewReader(strings.Repeat("x", 50)+"\n"), make([]byte, 8), max)
+		calls := 0
+		lr.reserve = func(n int) error {
+			calls++
+			if calls == 2 {
+				return refused
+			}
+			return nil
+		}
+		_, err := lr.next()
+		require.ErrorIs(t, err, errLineBufferLimit)
+		require.ErrorIs(t, err, refused)
+		require.Equal(t, 8, lr.grown, "only the granted growth counts")
+	})
+}
+
+// Over libp2p, a stream's line buffer reservation is the small initial
+// buffer, a long line grows it within the stream scope, and everything is
+// released when the stream ends: the service scope is back to zero.
+func TestLineBufferReservation(t *testing.T) {
+	checkLeaks(t)
+	cfg := Config{}
+	hopts, err := HostOptions(cfg, nil)
+	require.NoError(t, err)
+	ah := newHost(t, hopts...)
+	rec := newRecorder()
+	a, err := New(ah, cfg, withHooks(rec.hooks()))
+	require.NoError(t, err)
+	defer a.Close()
+	serviceMem := func() int64 {
+		var mem int64
+		require.NoError(t, ah.Network().ResourceManager().ViewService(wire.ServiceName, func(s network.ServiceScope) error {
+			mem = s.Stat().Memory
+			return nil
+		}))
+		return mem
+	}
+
+	node := newHost(t)
+	node.Peerstore().AddAddrs(ah.ID(), ah.Addrs(), time.Hour)
+	s, err := node.NewStream(context.Background(), ah.ID(), wire.ProtocolID)
+	require.NoError(t, err)
+	long := validLine(t, strings.Repeat("n", 3000))
+	require.Greater(t, len(long), 3000)
+	_, err = s.Write(append(validLine(t, "short"), '\n'))
+	require.NoError(t, err)
+	rec.waitBeats(t, node.ID(), 1)
+	require.EqualValues(t, initialLineBuffer, serviceMem(), "a short line: the initial buffer only")
+
+	_, err = s.Write(append(long, '\n'))
+	require.NoError(t, err)
+	rec.waitBeats(t, node.ID(), 2)
+	require.EqualValues(t, 4096, serviceMem(), "grown by doubling to hold a 3 KB line")
+
+	require.NoError(t, s.Close())
+	rec.waitEnds(t, node.ID(), 1)
+	require.Zero(t, serviceMem(), "released when the stream ended")
+}
+
+// validLine is one heartbeat line (without '\n') with nickname nick.
+func validLine(t *testing.T, nick string) []byte {
+	t.Helper()
+	line, err := wire.AppendLine(nil, wire.Heartbeat{Head: "{ bafy2bzacetest }", Height: 1, Nickname: nick})
+	require.NoError(t, err)
+	return bytes.TrimSuffix(line, []byte("\n"))
 }
