@@ -113,6 +113,9 @@ type hooks struct {
 	beat func(id peer.ID, hb *wire.Heartbeat)
 	// ended runs after a stream (or a refused one) has been fully recorded.
 	ended func(id peer.ID, err error)
+	// runtimeLag replaces the runtime/metrics reading of the health
+	// monitor (nil: the real one).
+	runtimeLag runtimeLag
 }
 
 // WithLogger sets the logger (default: none). Keys are snake_case and the
@@ -168,9 +171,10 @@ type Aggregator struct {
 	beatLog bool
 	hooks   *hooks
 	rejects *rateLog
-	bufs    sync.Pool // *[]byte initial line buffers of lineBuf bytes
-	lineBuf int       // min(initialLineBuffer, MaxLineBytes+1); tests may set it before any stream
-	v2bufs  sync.Pool // *v2Buffers
+	health  *healthMonitor // owned by the sweeper goroutine
+	bufs    sync.Pool      // *[]byte initial line buffers of lineBuf bytes
+	lineBuf int            // min(initialLineBuffer, MaxLineBytes+1); tests may set it before any stream
+	v2bufs  sync.Pool      // *v2Buffers
 	pace    *pacer
 	version string         // in Welcome
 	dash    *web.Dashboard // nil without WithDashboard
@@ -192,6 +196,7 @@ type Aggregator struct {
 // liveStream is one peer's current stream.
 type liveStream struct {
 	s          network.Stream
+	reserved   int // line-buffer bytes reserved in s's scope by handleStream
 	superseded atomic.Bool
 
 	mu       sync.Mutex
@@ -306,6 +311,11 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 		done:      make(chan struct{}),
 		sweepDone: make(chan struct{}),
 	}
+	var rt runtimeLag
+	if o.hooks != nil {
+		rt = o.hooks.runtimeLag
+	}
+	a.health = newHealthMonitor(cfg, rt)
 	a.lineBuf = min(initialLineBuffer, cfg.MaxLineBytes+1)
 	a.bufs.New = func() any { b := make([]byte, a.lineBuf); return &b }
 	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
@@ -504,18 +514,18 @@ func (a *Aggregator) handleStream(s network.Stream) {
 		s.Reset()
 		return
 	}
-	// The initial line buffer; a growth is reserved by the line reader
-	// and released by serve.
+	// The initial line buffer; serve releases it, with any growth the
+	// line reader reserved, before it reports the stream ended.
 	size := a.lineBuf
 	if err := s.Scope().ReserveMemory(size, network.ReservationPriorityAlways); err != nil {
 		a.reject(id, metrics.ReasonResourceLimit, fmt.Errorf("reserve %d bytes for the line buffer: %w", size, err))
 		s.Reset()
 		return
 	}
-	defer s.Scope().ReleaseMemory(size)
 
-	ls := &liveStream{s: s}
+	ls := &liveStream{s: s, reserved: size}
 	if !a.register(id, ls) {
+		s.Scope().ReleaseMemory(size)
 		s.Close() // shutting down: an orderly end, not a reset
 		return
 	}
@@ -588,6 +598,10 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 	if a.hooks != nil && a.hooks.ended != nil {
 		defer func() { a.hooks.ended(id, err) }()
 	}
+	var grown int // line-buffer growth the reader reserved
+	if ls != nil {
+		defer func() { ls.s.Scope().ReleaseMemory(ls.reserved + grown) }()
+	}
 	if err := a.tracker.StreamOpened(id, a.clock.Now()); err != nil {
 		if errors.Is(err, tracker.ErrFull) {
 			a.reject(id, metrics.ReasonTooManyNodes, err)
@@ -606,9 +620,7 @@ func (a *Aggregator) serve(id peer.ID, r io.Reader, ls *liveStream) (err error) 
 		lr.dl, lr.idle = dl, a.cfg.IdleTimeout
 	}
 	err = a.readLoop(id, lr)
-	if lr.grown > 0 && ls != nil {
-		ls.s.Scope().ReleaseMemory(lr.grown)
-	}
+	grown = lr.grown
 	// Only the initial buffer goes back to the pool: a grown one is the
 	// rare stream's, and pooling it would hand its size to every stream.
 	a.bufs.Put(bp)
@@ -789,12 +801,22 @@ func (a *Aggregator) sweep(t *clockwork.Timer, next time.Time) {
 	var (
 		changes   []tracker.Change
 		disrupted bool
+		band      = healthBand(1)
 	)
 	for {
 		select {
 		case <-a.done:
 			return
 		case <-t.C():
+			// Local health first: a sweep that fires late, a starved
+			// scheduler or a GC pause raise the thresholds this sweep
+			// judges by (health.go).
+			l, health := a.health.observe(a.clock.Now().Sub(next))
+			a.obs.Lag(metrics.LagSweep, l.sweep)
+			a.obs.Lag(metrics.LagScheduler, l.sched)
+			a.obs.Lag(metrics.LagGC, l.gc)
+			a.tracker.SetHealth(health)
+			band = a.logHealth(band, health, l)
 			changes = a.tracker.Sweep(next, changes[:0])
 			for _, ch := range changes {
 				a.logChange(ch)
@@ -808,6 +830,23 @@ func (a *Aggregator) sweep(t *clockwork.Timer, next time.Time) {
 			t.Ack()
 		}
 	}
+}
+
+// logHealth logs a change of the health band (WARN when it worsens, INFO
+// when it improves) and returns the band now.
+func (a *Aggregator) logHealth(was string, h tracker.Health, l lags) string {
+	now := healthBand(h.Multiplier)
+	if now == was {
+		return now
+	}
+	level := hclog.Info
+	if bandRank(now) > bandRank(was) {
+		level = hclog.Warn
+	}
+	a.log.Log(level, "local health changed: Suspect and Down thresholds scaled", "from", was, "to", now,
+		"multiplier", h.Multiplier, "lag", h.Lag.String(), "sweep_lag", l.sweep.String(),
+		"scheduler_lag", l.sched.String(), "gc_pause", l.gc.String())
+	return now
 }
 
 // logDisruption logs a change of the tracker's disrupted mode after a

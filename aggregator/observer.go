@@ -20,4 +20,7 @@ type observer interface {
 	Truncated(field string)
 	// BeatV2 observes a v2 Beat's reported RTT (0: none) and estimated skew.
 	BeatV2(rtt, skew time.Duration)
+	// Lag records one sweep's measured lag from source, one of
+	// metrics.LagSources().
+	Lag(source string, d time.Duration)
 }

@@ -143,6 +143,11 @@ type Summary struct {
 	DisruptedSince string `json:"disrupted_since"`
 	// DuplicateIdentity counts the nodes flagged as sharing a key.
 	DuplicateIdentity int `json:"duplicate_identity"`
+	// HealthMultiplier scales every node's Suspect and Down thresholds:
+	// 1 when the aggregator is healthy, more while its own lag (LagSeconds,
+	// the largest of the recent window) would make beats look late.
+	HealthMultiplier float64 `json:"health_multiplier"`
+	LagSeconds       float64 `json:"lag_seconds"`
 }
 
 // NodePage is the body of /api/nodes.
@@ -494,6 +499,8 @@ func (h *handler) summary(w http.ResponseWriter, _ *http.Request) {
 		Disrupted:          s.Disrupted,
 		DuplicateIdentity:  s.DuplicateIdentity,
 	}
+	health := h.t.Health()
+	out.HealthMultiplier, out.LagSeconds = health.Multiplier, health.Lag.Seconds()
 	if s.Disrupted {
 		out.DisruptedSince = s.DisruptedSince.UTC().Format(timeFormat)
 	}

@@ -188,7 +188,7 @@ func TestSummary(t *testing.T) {
 		HeartbeatsReceived: 4,
 		// a@10 and b@11 tie at one node each: the greatest height wins.
 		ConsensusHead: "b", ConsensusHeight: 11, InConsensus: 1, InDispute: 1,
-		MaxNodes: 50, DuplicateIdentity: 1,
+		MaxNodes: 50, DuplicateIdentity: 1, HealthMultiplier: 1,
 	}, s)
 }
 

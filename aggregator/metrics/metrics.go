@@ -7,6 +7,7 @@
 //	heartbeat_streams_opened_total     heartbeat streams accepted
 //	heartbeat_streams_closed_total{how} accepted streams that ended: eof, reset, error
 //	heartbeat_labels_truncated_total{field} node-supplied strings cut to the label cap (Fields)
+//	heartbeat_aggregator_lag_seconds{source} the aggregator's own lag at each sweep, by source (LagSources)
 //
 // Histograms over every protocol v2 Beat, all nodes together (no per-node
 // labels: a peer can never create series):
@@ -27,6 +28,7 @@
 //	heartbeat_aggregator_disrupted      1 while the tracker is in disrupted mode (most nodes silent at once: no node goes Down), else 0
 //	heartbeat_nodes_duplicate_identity  nodes flagged as sharing one key with another sender
 //	heartbeat_node_up{peer_id}          per node: 1 Up, 0 Suspect or Down; no series for Joining, Left or Unknown
+//	heartbeat_aggregator_health         the local-health multiplier of Suspect and Down thresholds (1: healthy)
 //
 // Every other label value comes from a fixed set of constants: a reason the
 // handler passes that is not one of Reasons is counted as "other", so a bug
@@ -150,6 +152,7 @@ type Metrics struct {
 	trunc    map[string]prometheus.Counter // one child per Fields value
 	rtt      prometheus.Histogram
 	skew     prometheus.Histogram
+	lag      map[string]prometheus.Observer // one child per LagSources value
 }
 
 // New registers the aggregator's metrics on reg and a collector that reads
@@ -178,6 +181,11 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		Name: "heartbeat_labels_truncated_total",
 		Help: "Node-supplied strings (nickname, head, miner_address, genesis) longer than the label cap, cut before they were stored.",
 	}, []string{"field"})
+	lag := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "heartbeat_aggregator_lag_seconds",
+		Help:    "The aggregator's own lag measured at each sweep, by source: sweep (how late the sweep timer fired), scheduler (p99 goroutine scheduling latency since the last sweep), gc (longest GC pause since the last sweep).",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 9), // 1 ms .. 65 s
+	}, []string{"source"})
 	rtt := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "heartbeat_v2_rtt_seconds",
 		Help:    "Round-trip times protocol v2 senders reported in their Beats (Beat written to Ack read), all nodes together.",
@@ -191,6 +199,7 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 	m := &Metrics{
 		rtt:      rtt,
 		skew:     skew,
+		lag:      make(map[string]prometheus.Observer),
 		rejected: make(map[string]prometheus.Counter),
 		opened:   opened,
 		closed:   make(map[string]prometheus.Counter),
@@ -207,6 +216,9 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 	for _, f := range Fields() {
 		m.trunc[f] = trunc.WithLabelValues(f)
 	}
+	for _, src := range LagSources() {
+		m.lag[src] = lag.WithLabelValues(src)
+	}
 	cs := []struct {
 		name string
 		c    prometheus.Collector
@@ -217,6 +229,7 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		{"heartbeat_labels_truncated_total", trunc},
 		{"heartbeat_v2_rtt_seconds", rtt},
 		{"heartbeat_v2_clock_skew_seconds", skew},
+		{"heartbeat_aggregator_lag_seconds", lag},
 		{"the tracker collector (heartbeat_nodes...)", newTrackerCollector(t)},
 	}
 	for _, c := range cs {
@@ -283,7 +296,7 @@ type trackerCollector struct {
 	t                                                *tracker.Tracker
 	maxNodes                                         float64
 	received, connected, nodes, inCons, inDisp, high *prometheus.Desc
-	max, disrupted, dup, nodeUp                      *prometheus.Desc
+	max, disrupted, dup, nodeUp, health              *prometheus.Desc
 }
 
 func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
@@ -310,11 +323,13 @@ func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
 			"Nodes whose streams keep superseding each other: two senders share one key.", nil, nil),
 		nodeUp: prometheus.NewDesc("heartbeat_node_up",
 			"1 while the node is Up, 0 while Suspect or Down; no series for a Joining or Left node. One series per tracked node (at most heartbeat_max_nodes).", []string{"peer_id"}, nil),
+		health: prometheus.NewDesc("heartbeat_aggregator_health",
+			"The local-health multiplier of every node's Suspect and Down thresholds: 1 when the aggregator is healthy, more while its own lag (heartbeat_aggregator_lag_seconds) would make beats look late.", nil, nil),
 	}
 }
 
 func (c *trackerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max, c.disrupted, c.dup, c.nodeUp} {
+	for _, d := range []*prometheus.Desc{c.received, c.connected, c.nodes, c.inCons, c.inDisp, c.high, c.max, c.disrupted, c.dup, c.nodeUp, c.health} {
 		ch <- d
 	}
 }
@@ -336,6 +351,7 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.disrupted, prometheus.GaugeValue, disrupted)
 	ch <- prometheus.MustNewConstMetric(c.dup, prometheus.GaugeValue, float64(s.DuplicateIdentity))
+	ch <- prometheus.MustNewConstMetric(c.health, prometheus.GaugeValue, c.t.Health().Multiplier)
 	for _, n := range c.t.AppendStates(nil) {
 		var up float64
 		switch n.State {
@@ -349,5 +365,28 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.nodeUp, prometheus.GaugeValue, up, n.Peer.String())
+	}
+}
+
+// The values of the source label of heartbeat_aggregator_lag_seconds.
+const (
+	// LagSweep: how late the sweep's timer fired after its scheduled time.
+	LagSweep = "sweep"
+	// LagScheduler: the p99 goroutine scheduling latency since the last
+	// sweep (runtime/metrics /sched/latencies:seconds).
+	LagScheduler = "scheduler"
+	// LagGC: the longest GC pause since the last sweep (/gc/pauses:seconds).
+	LagGC = "gc"
+)
+
+// LagSources lists the values of the source label of
+// heartbeat_aggregator_lag_seconds.
+func LagSources() []string { return []string{LagSweep, LagScheduler, LagGC} }
+
+// Lag records one sweep's lag from source, one of LagSources; any other
+// source is ignored.
+func (m *Metrics) Lag(source string, d time.Duration) {
+	if o, ok := m.lag[source]; ok {
+		o.Observe(d.Seconds())
 	}
 }

@@ -457,9 +457,9 @@ func TestSweepLeavesNoDeadlinePassed(t *testing.T) {
 						seen["recent"]++
 					}
 					switch {
-					case n.state == Up && at > n.suspectAt():
+					case n.state == Up && at > n.suspectAt(1):
 						t.Fatalf("seed %d step %d: Up node past its Suspect deadline after a sweep", seed, step)
-					case (n.state == Up || n.state == Suspect) && at > n.downAt() && !disrupted:
+					case (n.state == Up || n.state == Suspect) && at > n.downAt(1) && !disrupted:
 						t.Fatalf("seed %d step %d: %v node past its Down deadline after a sweep, not disrupted", seed, step, n.state)
 					case n.dup && at > n.dupUntil:
 						t.Fatalf("seed %d step %d: duplicate flag past its window", seed, step)

@@ -254,11 +254,17 @@ type Tracker struct {
 	// reads it without the lock.
 	disruptedAt atomic.Int64
 
+	// Local health (SetHealth): the multiplier as float64 bits, and the
+	// lag it came from. Read without mu.
+	healthM   atomic.Uint64
+	healthLag atomic.Int64
+
 	// mu guards everything below: one mutex over one map. 64 mutex shards
 	// saved under 5% of the aggregator's CPU per heartbeat end to end
 	// (docs/benchmarks.md), so they were deleted.
-	mu    sync.Mutex
-	nodes map[peer.ID]*node
+	mu     sync.Mutex
+	sweepM float64 // the health multiplier of the running Sweep
+	nodes  map[peer.ID]*node
 	// next is a lower bound on the earliest instant (ns since start) at
 	// which a node may change state by silence. Beat keeps it a lower bound
 	// cheaply (a beat only moves a deadline later, except for a node that
@@ -517,12 +523,23 @@ func (t *Tracker) transitionLocked(n *node, on Event, at int64) (Change, bool) {
 
 // suspectAt is the instant after which a silent n turns Suspect: its own
 // threshold after its last beat, or later while a reconnect allowance runs.
-func (n *node) suspectAt() int64 { return max(n.lastSeen+n.suspectNs, n.allowUntil) }
+// m is the local-health multiplier (SetHealth), which scales the threshold.
+func (n *node) suspectAt(m float64) int64 {
+	return max(n.lastSeen+scaleNs(n.suspectNs, m), n.allowUntil)
+}
 
 // downAt is the instant after which a silent n turns Down: the allowance
 // shifts it as much as it shifts suspectAt.
-func (n *node) downAt() int64 {
-	return max(n.lastSeen+n.downNs, n.allowUntil+(n.downNs-n.suspectNs))
+func (n *node) downAt(m float64) int64 {
+	return max(n.lastSeen+scaleNs(n.downNs, m), n.allowUntil+scaleNs(n.downNs-n.suspectNs, m))
+}
+
+// scaleNs scales a threshold by the local-health multiplier m (>= 1).
+func scaleNs(d int64, m float64) int64 {
+	if m <= 1 {
+		return d
+	}
+	return int64(float64(d) * m)
 }
 
 // learnLocked adds the interval ending at at to n's samples when it is one
@@ -632,7 +649,7 @@ func (t *Tracker) Hello(id peer.ID, h HelloInfo, now time.Time) (restart bool, e
 	if p != n.period {
 		n.period = p
 		n.suspectNs, n.downNs = t.thresholds(p)
-		t.next = min(t.next, n.suspectAt())
+		t.next = min(t.next, n.suspectAt(t.multiplier()))
 	}
 	return restart, nil
 }
@@ -688,7 +705,7 @@ func (t *Tracker) beat(id peer.ID, hb *wire.Heartbeat, info *BeatInfo, now time.
 	ch, changed := t.transitionLocked(n, Heartbeat, at)
 	// A node that comes Up, whose period shrank or whose allowance ended
 	// may have an earlier deadline: keep t.next a lower bound.
-	t.next = min(t.next, n.suspectAt())
+	t.next = min(t.next, n.suspectAt(t.multiplier()))
 	t.mu.Unlock()
 	return ch, changed, nil
 }
@@ -871,6 +888,7 @@ func (t *Tracker) Sweep(now time.Time, dst []Change) []Change {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.sweepM = t.multiplier() // one multiplier for the whole sweep
 	// One pass over the nodes applies Suspect and collects the nodes past
 	// their Down threshold; whether they go Down depends on the disruption
 	// guard, which needs the count of all of them first.
@@ -946,10 +964,55 @@ func (t *Tracker) decideDisruption(at, upPastDown int64) (noDown, recovered bool
 // It visits every node, once per disruption. t.mu must be held.
 func (t *Tracker) allowRecoveryLocked(at int64) {
 	for _, n := range t.nodes {
-		if (n.state == Up || n.state == Suspect) && at > n.suspectAt() {
+		if (n.state == Up || n.state == Suspect) && at > n.suspectAt(t.sweepM) {
 			n.allowUntil = max(n.allowUntil, at+t.allowNs+n.period)
 		}
 	}
+}
+
+// Health is the aggregator's local health, measured by the aggregator and
+// handed to the tracker with SetHealth (Lifeguard's "local health
+// awareness": Dadgar et al., 2017; hashicorp/memberlist awareness.go).
+type Health struct {
+	// Multiplier scales every node's Suspect and Down thresholds (its own,
+	// from its period, and the gap from a reconnect allowance to Down): 1
+	// when the aggregator is healthy, more when its own host made beats
+	// look late. Values below 1 (or NaN) are taken as 1.
+	Multiplier float64
+	// Lag is the lag the multiplier was derived from, for reporting only.
+	Lag time.Duration
+}
+
+// SetHealth sets the local-health multiplier the next Sweep (and Beat's
+// deadline bookkeeping) uses, and the lag to report. Lowering it makes the
+// next Sweep scan every node, since deadlines may have moved earlier.
+// Safe for concurrent use.
+func (t *Tracker) SetHealth(h Health) {
+	m := h.Multiplier
+	if !(m >= 1) { // NaN too
+		m = 1
+	}
+	old := math.Float64frombits(t.healthM.Load())
+	t.healthM.Store(math.Float64bits(m))
+	t.healthLag.Store(int64(h.Lag))
+	if m < old {
+		t.mu.Lock()
+		t.next = math.MinInt64
+		t.mu.Unlock()
+	}
+}
+
+// Health returns what SetHealth last set (Multiplier 1 before any call).
+func (t *Tracker) Health() Health {
+	return Health{Multiplier: t.multiplier(), Lag: time.Duration(t.healthLag.Load())}
+}
+
+// multiplier is the health multiplier, 1 before any SetHealth.
+func (t *Tracker) multiplier() float64 {
+	if m := math.Float64frombits(t.healthM.Load()); m >= 1 {
+		return m
+	}
+	return 1
 }
 
 // Disrupted reports whether the tracker is in disrupted mode, as decided by
@@ -976,7 +1039,7 @@ func (t *Tracker) sweepLocked(at int64, dst []Change) []Change {
 		var deadline int64
 		switch n.state {
 		case Up, Suspect:
-			sus, down := n.suspectAt(), n.downAt()
+			sus, down := n.suspectAt(t.sweepM), n.downAt(t.sweepM)
 			switch {
 			case at > down: // decided after the pass: see downLocked
 				t.cands = append(t.cands, downCand{n: n, up: n.state == Up})
@@ -1029,18 +1092,18 @@ type downCand struct {
 func (t *Tracker) downLocked(c downCand, at int64, noDown bool, dst []Change) []Change {
 	n := c.n
 	switch {
-	case at > n.downAt() && !noDown:
+	case at > n.downAt(t.sweepM) && !noDown:
 		if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
 			dst = append(dst, ch)
 			t.next = min(t.next, n.recentUntil)
 		}
-	case at > n.suspectAt():
+	case at > n.suspectAt(t.sweepM):
 		if ch, ok := t.transitionLocked(n, Silence, at); ok {
 			dst = append(dst, ch)
 		}
-		t.next = min(t.next, max(n.downAt(), at)) // held: look again next sweep
+		t.next = min(t.next, max(n.downAt(t.sweepM), at)) // held: look again next sweep
 	default:
-		t.next = min(t.next, n.suspectAt())
+		t.next = min(t.next, n.suspectAt(t.sweepM))
 	}
 	return dst
 }
