@@ -91,6 +91,15 @@
 // at once, and no new episode starts until the silence has cleared).
 // Disrupted and Summary report the mode.
 //
+// # Local health
+//
+// The caller measures its own lag (the aggregator: late sweeps, scheduler
+// latency, GC pauses) and hands the tracker a multiplier with SetHealth
+// (Lifeguard's local health awareness, Dadgar et al., 2017): every node's
+// Suspect and Down thresholds are scaled by it, so that lateness the
+// caller's host caused is not blamed on the nodes. The tracker measures
+// nothing itself; Health reports what was set.
+//
 // # Duplicate identity
 //
 // Two senders with one key supersede each other's streams for ever. The
