@@ -27,11 +27,13 @@ import (
 //     (/gc/pauses:seconds).
 //
 // Lags under healthLagFloor count as none (a busy process always has a
-// few milliseconds). The multiplier is 1 + healthSafety × L / SuspectAfter,
-// capped at maxHealthMultiplier, where L is the largest per-sweep lag of
-// the last healthWindow: the slack it adds to the Suspect threshold is
-// twice the lag seen, and it is held for as long as a node's silence can
-// still contain the lag (a Down threshold), then falls back.
+// few milliseconds). The multiplier is 1 + healthSafety × L / S, capped at
+// maxHealthMultiplier, where L is the largest per-sweep lag of the last
+// DownAfter of sweeps and S the smallest Suspect threshold a node can have
+// (SuspectAfter × MinPeriod / ExpectedPeriod, 2 s at the defaults): the
+// slack it adds to any node's Suspect threshold is at least twice the lag
+// seen, and it is held for as long as a node's silence can still contain
+// the lag (a Down threshold), then falls back.
 const (
 	healthLagFloor      = 250 * time.Millisecond
 	healthSafety        = 2
@@ -80,7 +82,7 @@ type runtimeLag func() (sched, gc time.Duration)
 // healthMonitor turns per-sweep lag measurements into the multiplier. It
 // is owned by the sweeper goroutine.
 type healthMonitor struct {
-	ref     time.Duration   // the Suspect threshold at the expected period
+	ref     time.Duration   // the smallest Suspect threshold a node can have
 	window  []time.Duration // per-sweep lags, a ring
 	i       int
 	runtime runtimeLag
@@ -92,7 +94,14 @@ func newHealthMonitor(cfg Config, rt runtimeLag) *healthMonitor {
 	if rt == nil {
 		rt = newRuntimeLag()
 	}
-	return &healthMonitor{ref: cfg.SuspectAfter, window: make([]time.Duration, n), runtime: rt}
+	// The reference is the smallest Suspect threshold a node can have (a
+	// node learned at MinPeriod), so that every node gets at least twice the
+	// lag as slack; slower nodes get proportionally more.
+	ref := cfg.SuspectAfter
+	if cfg.MinPeriod > 0 && cfg.ExpectedPeriod > 0 && cfg.MinPeriod < cfg.ExpectedPeriod {
+		ref = time.Duration(float64(cfg.SuspectAfter) * float64(cfg.MinPeriod) / float64(cfg.ExpectedPeriod))
+	}
+	return &healthMonitor{ref: ref, window: make([]time.Duration, n), runtime: rt}
 }
 
 // lags is one sweep's measurement, by source.

@@ -18,7 +18,8 @@ import (
 )
 
 // The multiplier: lags under the floor are none; a lag L gives
-// 1 + 2L/SuspectAfter, held for DownAfter's worth of sweeps, capped at 8.
+// 1 + 2L/SuspectAfter (no MinPeriod here), held for DownAfter's worth of
+// sweeps, capped at 8.
 func TestHealthMonitor(t *testing.T) {
 	var sched, gc atomic.Int64
 	cfg := Config{SuspectAfter: 6 * time.Second, DownAfter: 15 * time.Second, SweepInterval: time.Second}
@@ -48,6 +49,13 @@ func TestHealthMonitor(t *testing.T) {
 	gc.Store(int64(time.Minute))
 	_, hl = h.observe(0)
 	require.Equal(t, float64(maxHealthMultiplier), hl.Multiplier, "capped")
+
+	// At the defaults the reference is the Suspect threshold of a node at
+	// MinPeriod (1s): 2s, so a 1s lag gives 2.
+	a, err := New(newHost(t), Config{})
+	require.NoError(t, err)
+	defer a.Close()
+	require.Equal(t, 2*time.Second, a.health.ref)
 
 	require.Equal(t, bandHealthy, healthBand(1))
 	require.Equal(t, bandDegraded, healthBand(1.5))
