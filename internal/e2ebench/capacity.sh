@@ -13,13 +13,14 @@
 set -u
 MODE=$1; N=$2; P=$3; STEADY=$4; RESTART=$5
 HB=${HB:-/tmp/cap/hb}; BARE=${BARE:-/tmp/cap/bare}; OUT=${OUT:-/tmp/cap}
-D=$OUT/r-$MODE-$N-$P; rm -rf $D; mkdir -p $D; cd $D
+AGG=${AGG:-$HB}   # the aggregator's binary, when it is another build than the load generator's
+D=$OUT/r-$MODE-$N-$P${TAG:-}; rm -rf $D; mkdir -p $D; cd $D
 ulimit -n 20000
 rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }   # clock ticks (100/s)
 start_agg() {
   if [ $MODE = agg ]; then
-    $HB aggregate --listen /ip4/127.0.0.1/tcp/${PORT:-0} --http 127.0.0.1:${HPORT:-0} --key $D/agg.key --max-nodes 25000 --log-level info >> agg.out 2>> agg.err &
+    $AGG aggregate --listen /ip4/127.0.0.1/tcp/${PORT:-0} --http 127.0.0.1:${HPORT:-0} --key $D/agg.key --max-nodes 25000 --log-level info >> agg.out 2>> agg.err &
   else
     $BARE > agg.out 2>> agg.err &
   fi
@@ -44,8 +45,10 @@ T1=$(date +%s.%N)
 echo "connect_all_s=$(echo "$T1 - $T0" | bc) last=$L" | tee -a summary.txt
 sleep 10
 R1=$(rss $APID); C1=$(cpu $APID); B1=$( [ $MODE = agg ] && curl -s $H/api/summary | grep -o '"heartbeats_received": [0-9]*' | grep -o '[0-9]*$' || tail -1 agg.out | grep -o 'lines=[0-9]*' | cut -d= -f2)
-sleep $STEADY
-R2=$(rss $APID); C2=$(cpu $APID); B2=$( [ $MODE = agg ] && curl -s $H/api/summary | grep -o '"heartbeats_received": [0-9]*' | grep -o '[0-9]*$' || tail -1 agg.out | grep -o 'lines=[0-9]*' | cut -d= -f2)
+RS=""; for i in 1 2 3 4 5 6; do RS="$RS $(rss $APID)"; sleep $((STEADY/6)); done
+[ $MODE = agg ] && echo "go_heap_inuse_bytes=$(curl -s $H/metrics | awk '/^go_memstats_heap_inuse_bytes /{print $2}') rss_samples_kib=$RS" | tee -a summary.txt
+[ $MODE = bare ] && echo "rss_samples_kib=$RS" | tee -a summary.txt
+R2=$(echo $RS | tr ' ' '\n' | sort -n | sed -n 3p); C2=$(cpu $APID); B2=$( [ $MODE = agg ] && curl -s $H/api/summary | grep -o '"heartbeats_received": [0-9]*' | grep -o '[0-9]*$' || tail -1 agg.out | grep -o 'lines=[0-9]*' | cut -d= -f2)
 echo "rss_kib=$R2 rss_per_node_kib=$(echo "scale=1; ($R2 - $R0)/$N" | bc) cpu_ticks=$((C2-C1)) beats=$((B2-B1)) cpu_s_per_100k_beats=$(echo "scale=3; ($C2-$C1)/100*100000/($B2-$B1)" | bc)" | tee -a summary.txt
 echo "load: $(grep '^t=' load.out | tail -1)" | tee -a summary.txt
 [ $MODE = agg ] && echo "suspect_lines_steady=$(grep -c 'to=suspect' agg.err) down=$(grep -c 'to=down' agg.err)" | tee -a summary.txt

@@ -235,6 +235,9 @@ func (g *Generator) Run(ctx context.Context) error {
 			for i := range next {
 				n, err := g.startNode(ctx, i)
 				if err != nil {
+					if ctx.Err() != nil {
+						continue // stopping: not a sender that failed
+					}
 					if g.hostErrs.Add(1) == 1 {
 						g.cfg.Log.Error("sender not started", "node", i, "error", err)
 					}
