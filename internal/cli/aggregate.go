@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -173,7 +175,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		"       [--pacing-window D] [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for the dashboard (/), /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
-	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
+	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing; default DATA/aggregator.key with --data, else a new key each run)")
 	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
 	maxLine := fs.Int("max-line-bytes", aggregator.DefaultMaxLineBytes, "longest heartbeat line accepted; a longer one resets that stream")
 	idle := fs.Duration("idle-timeout", aggregator.DefaultIdleTimeout, "reset a stream on which no complete line arrived for this long")
@@ -253,6 +255,15 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	log, err := lf.logger("heartbeat", stderr)
 	if err != nil {
 		return err
+	}
+	// The store is only worth keeping with the peer id its senders dial: by
+	// default the key lives beside the SQLite store, so a restart (even
+	// after kill -9) keeps both.
+	if *keyPath == "" && *data != "" && *storeURL == "" {
+		if err := os.MkdirAll(*data, 0o700); err != nil {
+			return lf.failed(log, "aggregator", fmt.Errorf("--data %s: %w", *data, err))
+		}
+		*keyPath = filepath.Join(*data, "aggregator.key")
 	}
 	token := ""
 	if *tokenFile != "" {

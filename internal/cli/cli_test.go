@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/debug"
@@ -273,4 +274,29 @@ func TestBeatToSelfExits2(t *testing.T) {
 	require.Equal(t, 2, code, errs)
 	require.Contains(t, errs, "beatTarget")
 	require.Contains(t, errs, "own peer id")
+}
+
+// TestAggregateKeepsItsIdentityInTheDataDir: without --key, the key lives
+// in --data beside the store, so a restart keeps the peer id the senders
+// dial (and the store's nodes stay reachable by them).
+func TestAggregateKeepsItsIdentityInTheDataDir(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	start := func() string {
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errb syncBuffer
+		done := make(chan int)
+		go func() {
+			done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--http", "", "--data", dir}, &out, &errb)
+		}()
+		out.waitFor(t, "\n  heartbeat beat --target ")
+		cancel()
+		require.Equal(t, 0, <-done, errb.String())
+		m := regexp.MustCompile(`aggregator \S+/p2p/(\S+)\n`).FindStringSubmatch(out.String())
+		require.NotNil(t, m, out.String())
+		return m[1]
+	}
+	first := start()
+	require.FileExists(t, filepath.Join(dir, "aggregator.key"))
+	require.Equal(t, first, start(), "a restart with the same --data keeps the peer id")
 }
