@@ -344,11 +344,17 @@ func parsePageQuery(q url.Values) (pageQuery, error) {
 		p.limit = n
 	}
 	if v := q.Get("cursor"); v != "" {
+		// A cursor is a peer id's bytes: anything else is no page of ours,
+		// and an empty answer would wrongly say the list ended.
 		b, err := base64.RawURLEncoding.DecodeString(v)
 		if err != nil || len(b) == 0 {
 			return p, fmt.Errorf("cursor %s: not a cursor from a previous page", quote(v))
 		}
-		p.after = peer.ID(b)
+		id, err := peer.IDFromBytes(b)
+		if err != nil {
+			return p, fmt.Errorf("cursor %s: not a cursor from a previous page", quote(v))
+		}
+		p.after = id
 	}
 	return p, nil
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"github.com/multiformats/go-multihash"
 	"io"
 	"net"
 	"net/http"
@@ -306,8 +307,11 @@ func TestManyNodesPaged(t *testing.T) {
 	tr, err := tracker.New(tracker.Config{StartupGrace: -1}, t0)
 	require.NoError(t, err)
 	for i := range 1200 {
-		id := peer.ID("peer-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + time.Duration(i).String())
-		_, _, err := tr.Beat(id, &wire.Heartbeat{Head: "h", Height: uint64(i)}, t0)
+		// Valid peer ids (identity multihashes): a cursor must decode to one.
+		mh, err := multihash.Sum([]byte("peer-"+strings.Repeat("x", i%7)+string(rune('a'+i%26))+time.Duration(i).String()), multihash.IDENTITY, -1)
+		require.NoError(t, err)
+		id := peer.ID(mh)
+		_, _, err = tr.Beat(id, &wire.Heartbeat{Head: "h", Height: uint64(i)}, t0)
 		require.NoError(t, err)
 	}
 	srv := httptest.NewServer(NewHandler(tr, prometheus.NewRegistry(), func() time.Time { return t0 }))
@@ -403,13 +407,15 @@ func TestBadPageQuery(t *testing.T) {
 	f := start(t)
 	defer http.DefaultClient.CloseIdleConnections()
 	for query, msg := range map[string]string{
-		"limit=0":      `limit "0"`,
-		"limit=-1":     `limit "-1"`,
-		"limit=1001":   `limit "1001": want a whole number from 1 to 1000`,
-		"limit=x":      `limit "x"`,
-		"cursor=nope!": `cursor "nope!"`,
-		"cursor=%3D":   `cursor "="`,
-		"state=dead":   `unknown state "dead"`,
+		"limit=0":        `limit "0"`,
+		"limit=-1":       `limit "-1"`,
+		"limit=1001":     `limit "1001": want a whole number from 1 to 1000`,
+		"limit=x":        `limit "x"`,
+		"cursor=nope!":   `cursor "nope!"`,
+		"cursor=%3D":     `cursor "="`,
+		"cursor=garbage": `cursor "garbage"`, // valid base64url, not a peer id
+		"cursor=AAAA":    `cursor "AAAA"`,
+		"state=dead":     `unknown state "dead"`,
 	} {
 		resp, body := get(t, http.MethodGet, f.url+"/api/nodes?"+query)
 		require.Equal(t, http.StatusBadRequest, resp.StatusCode, query)
