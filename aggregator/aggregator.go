@@ -770,15 +770,15 @@ func (a *Aggregator) logChange(ch tracker.Change) {
 	if n, ok := a.tracker.Node(ch.Peer); ok && !n.LastSeen.IsZero() {
 		lastSeen = n.LastSeen.UTC().Format(time.RFC3339Nano)
 	}
-	a.log.Log(level, "node state changed", "peer_id", ch.Peer.String(), "nickname", ch.Nickname,
+	a.log.Log(level, "node state changed", "peer_id", ch.Peer.String(), "nickname", logText(ch.Nickname),
 		"from", ch.From.String(), "to", ch.To.String(), "last_seen", lastSeen,
 		"at", ch.At.UTC().Format(time.RFC3339Nano))
 }
 
 func (a *Aggregator) logBeat(id peer.ID, hb *wire.Heartbeat, now time.Time) {
-	a.log.Info("heartbeat", "peer_id", id.String(), "nickname", hb.Nickname, "head", hb.Head,
-		"height", hb.Height, "miner_address", wire.MinerAddressOf(hb.MinerAddress),
-		"miner_address_raw", hb.MinerAddress, "genesis", hb.Genesis,
+	a.log.Info("heartbeat", "peer_id", id.String(), "nickname", logText(hb.Nickname), "head", logText(hb.Head),
+		"height", hb.Height, "miner_address", logText(wire.MinerAddressOf(hb.MinerAddress)),
+		"miner_address_raw", logText(hb.MinerAddress), "genesis", logText(hb.Genesis),
 		"at", now.UTC().Format(time.RFC3339Nano))
 }
 

@@ -3,6 +3,7 @@ package aggregator
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
@@ -58,4 +59,19 @@ func truncateLabel(s string) string {
 	}
 	sum := sha256.Sum256([]byte(s))
 	return s[:n] + truncMark + hex.EncodeToString(sum[:digestHex/2])
+}
+
+// logText is a node-supplied string as the aggregator logs it: unchanged
+// when it is printable, else Go-quoted, so a nickname cannot add lines to
+// the log or send terminal escapes (a newline, ESC, BEL) to whoever reads it.
+func logText(s string) string {
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !strconv.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

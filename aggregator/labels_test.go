@@ -112,3 +112,17 @@ func TestOneRegistryForHostAndAggregator(t *testing.T) {
 	require.Positive(t, libp2p)
 	require.Positive(t, ours)
 }
+
+// A node-supplied string is logged on one line without terminal escapes.
+func TestLogTextQuotesControlCharacters(t *testing.T) {
+	for in, want := range map[string]string{
+		"lotus-ams-01":           "lotus-ams-01",
+		"nœud ☃":                 "nœud ☃",
+		"x\n[INFO]  forged line": `"x\n[INFO]  forged line"`,
+		"x\x1b[31mRED\a":         `"x\x1b[31mRED\a"`,
+		"tab\there":              `"tab\there"`,
+		"bad utf8 \xff":          `"bad utf8 \xff"`,
+	} {
+		require.Equal(t, want, logText(in), "%q", in)
+	}
+}

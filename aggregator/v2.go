@@ -277,7 +277,7 @@ func (a *Aggregator) frameLoop(id peer.ID, rw io.ReadWriter, w io.Writer, ls *li
 			// timeout between two of its beats.
 			idle = max(a.cfg.IdleTimeout, 3*h.BeatPeriod)
 			if restart {
-				a.log.Info("node restarted", "peer_id", id.String(), "nickname", hb.Nickname)
+				a.log.Info("node restarted", "peer_id", id.String(), "nickname", logText(hb.Nickname))
 			}
 			if err := a.write(w, b, &wire2.Welcome{Impl: Impl, Version: a.version}); err != nil {
 				return err
