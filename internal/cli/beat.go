@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -58,7 +60,7 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	chain := syntheticChain{genesis: mainnetGenesis, period: 30 * time.Second, now: time.Now}
 	svc, err := newSender(h, cfg, chain, log)
 	if err != nil {
-		return usageError("%v", err)
+		return usageError("%s", flagError(err))
 	}
 	fmt.Fprintf(stdout, "peer id %s, beating to %s\n", h.ID(), *target)
 	if err := svc.Run(ctx); err != nil && ctx.Err() == nil {
@@ -71,4 +73,21 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 // state changes itself (at DEBUG), so the command adds no line of its own.
 func newSender(h host.Host, cfg heartbeat.Config, chain syntheticChain, log hclog.Logger, opts ...heartbeat.Option) (*heartbeat.Service, error) {
 	return heartbeat.New(h, cfg, chain.head, append([]heartbeat.Option{heartbeat.WithLogger(log)}, opts...)...)
+}
+
+// configFlags names the beat flag that sets each heartbeat.Config field.
+var configFlags = map[string]string{
+	"beatTarget": "target", "nickname": "nickname",
+	"beatPeriod": "beat-period", "reconnectPeriod": "reconnect-period",
+}
+
+// flagError says a Config error in terms of the flag the user gave.
+func flagError(err error) string {
+	var ce *heartbeat.ConfigError
+	if errors.As(err, &ce) {
+		if flag, ok := configFlags[ce.Field]; ok {
+			return "--" + flag + " " + strings.TrimPrefix(ce.Error(), "heartbeat: config "+ce.Field+" ")
+		}
+	}
+	return err.Error()
 }

@@ -94,6 +94,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"beat", "--target", target, "--beat-period", "0s"}, "--beat-period 0s: want a positive duration"},
 		{[]string{"beat", "--target", target, "--reconnect-period", "-1s"}, "--reconnect-period -1s"},
 		{[]string{"beat", "--target", target, "--reconnect-period", "10"}, `invalid value "10" for flag -reconnect-period`},
+		{[]string{"beat", "--target", "/ip4/127.0.0.1/tcp/1"}, `heartbeat beat: --target "/ip4/127.0.0.1/tcp/1": want a multiaddr ending in /p2p/<peer-id>`},
 		{[]string{"aggregate", "--idle-timeout", "0s"}, "--idle-timeout 0s"},
 		{[]string{"aggregate", "--max-nodes", "0"}, "--max-nodes 0"},
 		{[]string{"aggregate", "--max-line-bytes", "-1"}, "--max-line-bytes -1"},
@@ -272,7 +273,7 @@ func TestBeatToSelfExits2(t *testing.T) {
 	require.NoError(t, err)
 	code, _, errs := run(t, "beat", "--key", path, "--target", "/ip4/127.0.0.1/tcp/4001/p2p/"+id.String())
 	require.Equal(t, 2, code, errs)
-	require.Contains(t, errs, "beatTarget")
+	require.Contains(t, errs, "heartbeat beat: --target ", "the error names the flag")
 	require.Contains(t, errs, "own peer id")
 }
 
