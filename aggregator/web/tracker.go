@@ -2,6 +2,7 @@ package web
 
 import (
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -11,8 +12,9 @@ import (
 // TrackerSource adapts a *tracker.Tracker to Source: the tracker's
 // disruption mode becomes Summary.Disrupted, a node flagged
 // DuplicateIdentity gets the flag FlagDuplicateIdentity, and its learned
-// period is Node.PeriodMs. The tracker knows no RTT or 24 h uptime: those
-// read as Unknown until the aggregator provides them.
+// period is Node.PeriodMs, and the RTT a v2 sender reports is Node.RTTMs
+// (Unknown for v1 nodes). The tracker knows no 24 h uptime: it reads as
+// Unknown.
 //
 // It caches the text form of each peer id (base58 costs more than the
 // rest of the conversion) and forgets the ids the tracker no longer has, so
@@ -57,6 +59,10 @@ func (s *trackerSource) Nodes(dst []Node) []Node {
 		if n.DuplicateIdentity {
 			flags = dupFlags
 		}
+		rtt := float64(Unknown)
+		if n.RTT > 0 { // reported by v2 senders in each Beat
+			rtt = float64(n.RTT) / float64(time.Millisecond)
+		}
 		dst = append(dst, Node{
 			Peer:       id,
 			Nickname:   n.Nickname,
@@ -67,7 +73,7 @@ func (s *trackerSource) Nodes(dst []Node) []Node {
 			LastSeenMs: ms(n.LastSeen),
 			Miner:      n.MinerAddress,
 			PeriodMs:   n.Period.Milliseconds(),
-			RTTMs:      Unknown,
+			RTTMs:      rtt,
 			Uptime24h:  Unknown,
 			Flags:      flags,
 		})

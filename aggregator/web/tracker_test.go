@@ -112,3 +112,21 @@ func BenchmarkRefresh(b *testing.B) {
 		})
 	}
 }
+
+// The RTT a v2 sender reports shows in the node's row; a v1 node's is
+// Unknown.
+func TestTrackerSourceRTT(t *testing.T) {
+	tr, err := tracker.New(tracker.Config{}, t0)
+	require.NoError(t, err)
+	v1, v2 := testPeer(1), testPeer(2)
+	_, _, err = tr.Beat(v1, &wire.Heartbeat{Nickname: "v1", Head: "{ h }", Height: 9}, t0.Add(time.Second))
+	require.NoError(t, err)
+	_, _, err = tr.BeatV2(v2, &wire.Heartbeat{Nickname: "v2", Head: "{ h }", Height: 9},
+		tracker.BeatInfo{Seq: 1, RTT: 2500 * time.Microsecond}, t0.Add(time.Second))
+	require.NoError(t, err)
+	rtt := map[string]float64{}
+	for _, n := range TrackerSource(tr).Nodes(nil) {
+		rtt[n.Nickname] = n.RTTMs
+	}
+	require.Equal(t, map[string]float64{"v1": Unknown, "v2": 2.5}, rtt)
+}
