@@ -67,10 +67,8 @@ func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 		at     time.Duration
 	}{
 		"write fails": {faults: transport.Faults{WriteErr: errBoom}, event: fsm.WriteFailed},
-		// A stalled first write is not a case here: the harness can move the
-		// mock clock before the Service's timer is re-pointed from the dial
-		// deadline to the write deadline (it hung 1 run in ~100 under -race).
-		// fsm/testdata/scenarios/stalled-write.txt covers the stall.
+		"write stalls": {opts: []heartbeat.Option{heartbeat.WithTimeouts(10*time.Second, 2*time.Second)},
+			faults: transport.Faults{StallWrites: true}, event: fsm.WriteTimedOut, at: 2 * time.Second},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
