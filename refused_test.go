@@ -82,6 +82,10 @@ func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 				h.waitFor(mark, tc.event)
 				h.settle()
 			} else if tc.at > 0 {
+				// The write's deadline is armed when the dial's result is
+				// handled: wait for it, or the clock may run to the dial's.
+				h.waitFor(0, fsm.DialSucceeded)
+				h.settle()
 				require.Equal(t, tc.at, h.advance())
 			}
 			h.waitFor(0, tc.event)
