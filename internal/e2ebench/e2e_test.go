@@ -135,18 +135,36 @@ func senderMain(addr string) error {
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, senders)
+	// Paced: one ticker at every/senders kicks the senders in turn, so each
+	// writes once per every and their writes are spread evenly (a kick a
+	// slow sender has not taken yet is dropped, never queued).
+	kicks := make([]chan struct{}, senders)
+	for i := range kicks {
+		kicks[i] = make(chan struct{}, 1)
+	}
+	done := make(chan struct{})
+	if every > 0 {
+		t := time.NewTicker(every / time.Duration(senders))
+		defer t.Stop()
+		go func() {
+			for n := 0; ; n++ {
+				select {
+				case <-t.C:
+					select {
+					case kicks[n%senders] <- struct{}{}:
+					default:
+					}
+				case <-done:
+					return
+				}
+			}
+		}()
+	}
 	for i, s := range streams {
 		wg.Go(func() {
-			var tick <-chan time.Time
-			if every > 0 {
-				time.Sleep(time.Duration(i) * every / time.Duration(senders)) // stagger
-				t := time.NewTicker(every)
-				defer t.Stop()
-				tick = t.C
-			}
 			for _, l := range all[i][1:] {
-				if tick != nil {
-					<-tick
+				if every > 0 {
+					<-kicks[i]
 				}
 				if _, err := s.Write(l); err != nil {
 					errs[i] = fmt.Errorf("write: %w", err)
@@ -157,6 +175,7 @@ func senderMain(addr string) error {
 		})
 	}
 	wg.Wait()
+	close(done)
 	// Stay until the aggregator has read everything: it closes stdin.
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return errors.Join(errs...)
