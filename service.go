@@ -136,9 +136,16 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 		}
 		// The machine's timers own the timeouts; the transport's wall-clock
 		// deadlines are only a backstop, clearly longer so they never race.
-		o.dialer = transport.NewLibp2p(h,
+		// The Service speaks v1 only (it writes v1 lines): it must not let
+		// multistream-select pick v2.
+		d, err := transport.NewLibp2p(h,
 			transport.WithDialTimeout(transport.BackstopFactor*o.policy.DialTimeout),
-			transport.WithWriteTimeout(transport.BackstopFactor*o.policy.WriteTimeout))
+			transport.WithWriteTimeout(transport.BackstopFactor*o.policy.WriteTimeout),
+			transport.WithProtocols(wire.ProtocolID))
+		if err != nil {
+			return nil, fmt.Errorf("heartbeat: %w", err)
+		}
+		o.dialer = d
 	}
 	if o.logger == nil {
 		o.logger = hclog.New(&hclog.LoggerOptions{Name: "heartbeat", Level: hclog.Info, TimeFn: o.clock.Now})

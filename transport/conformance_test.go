@@ -12,6 +12,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat/transport"
@@ -53,14 +54,43 @@ type env interface {
 // serverStream is the receiver's end of a heartbeat stream.
 type serverStream interface {
 	io.Reader
+	io.Writer
+	CloseWrite() error
 	Close() error
 	Reset() error
+	Protocol() protocol.ID
 }
 
 // envFactory builds a fresh env whose Dialer's writes time out after
 // writeTimeout (0: the implementation's default). Everything it starts is
 // stopped by t.Cleanup.
-type envFactory func(t *testing.T, writeTimeout time.Duration) env
+type envFactory func(t *testing.T, writeTimeout time.Duration, opts ...envOption) env
+
+// envConfig is the protocols an env's two ends speak.
+type envConfig struct {
+	listen []protocol.ID // the receiver's; nil: v1 only, a legacy aggregator
+	dial   []protocol.ID // the Dialer's; nil: its default
+}
+
+type envOption func(*envConfig)
+
+// listening makes the receiver speak ids.
+func listening(ids ...protocol.ID) envOption {
+	return func(c *envConfig) { c.listen = ids }
+}
+
+// offering makes the Dialer offer ids.
+func offering(ids ...protocol.ID) envOption {
+	return func(c *envConfig) { c.dial = ids }
+}
+
+func newEnvConfig(opts []envOption) envConfig {
+	var c envConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
 
 // runConformance runs the whole suite against one implementation.
 func runConformance(t *testing.T, newEnv envFactory) {
@@ -84,6 +114,16 @@ func runConformance(t *testing.T, newEnv envFactory) {
 		{"DialAfterStopListeningFails", testDialStopped},
 		{"DialWithCancelledContext", testDialCancelled},
 		{"DialCancelledWhileHanging", testDialCancelledWhileHanging},
+		{"NegotiatesProtocol", testNegotiatesProtocol},
+		{"NoCommonProtocolFailsDial", testNoCommonProtocol},
+		{"ServerWritesReachRead", testServerWritesReachRead},
+		{"ServerCloseEndsReadWithEOF", testServerCloseEndsRead},
+		{"ServerResetEndsRead", testServerResetEndsRead},
+		{"LocalResetUnblocksRead", testLocalResetUnblocksRead},
+		{"LocalCloseUnblocksRead", testLocalCloseUnblocksRead},
+		{"ReadAfterHalfClose", testReadAfterHalfClose},
+		{"ReadAndWriteConcurrently", testReadWriteConcurrently},
+		{"WaitRemoteDiscardsWhatServerWrites", testWaitRemoteDiscards},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
 
@@ -44,18 +45,24 @@ type aggregator struct {
 	streams chan network.Stream
 }
 
-// newAggregator starts an aggregator host listening on addr. Streams the
-// test never accepts are reset when it ends.
-func newAggregator(t *testing.T, key crypto.PrivKey, addr string) *aggregator {
+// newAggregator starts an aggregator host listening on addr for protos
+// (none given: v1 only, as a legacy aggregator). Streams the test never
+// accepts are reset when it ends.
+func newAggregator(t *testing.T, key crypto.PrivKey, addr string, protos ...protocol.ID) *aggregator {
 	t.Helper()
 	a := &aggregator{h: newHost(t, key, addr), streams: make(chan network.Stream, 16)}
-	a.h.SetStreamHandler(wire.ProtocolID, func(s network.Stream) {
-		select {
-		case a.streams <- s:
-		default:
-			_ = s.Reset()
-		}
-	})
+	if len(protos) == 0 {
+		protos = []protocol.ID{wire.ProtocolID}
+	}
+	for _, id := range protos {
+		a.h.SetStreamHandler(id, func(s network.Stream) {
+			select {
+			case a.streams <- s:
+			default:
+				_ = s.Reset()
+			}
+		})
+	}
 	t.Cleanup(func() {
 		for {
 			select {
@@ -94,18 +101,30 @@ type libp2pEnv struct {
 	dialer transport.Dialer
 }
 
-func newLibp2pEnv(t *testing.T, writeTimeout time.Duration) env {
+func newLibp2pEnv(t *testing.T, writeTimeout time.Duration, opts ...envOption) env {
+	cfg := newEnvConfig(opts)
 	e := &libp2pEnv{
 		sender: newHost(t, nil, loopback),
-		agg:    newAggregator(t, nil, loopback),
+		agg:    newAggregator(t, nil, loopback, cfg.listen...),
 	}
 	e.target = e.agg.addrInfo()
-	var opts []transport.Libp2pOption
+	var dopts []transport.Libp2pOption
 	if writeTimeout > 0 {
-		opts = append(opts, transport.WithWriteTimeout(writeTimeout))
+		dopts = append(dopts, transport.WithWriteTimeout(writeTimeout))
 	}
-	e.dialer = transport.NewLibp2p(e.sender, opts...)
+	if cfg.dial != nil {
+		dopts = append(dopts, transport.WithProtocols(cfg.dial...))
+	}
+	e.dialer = newLibp2pDialer(t, e.sender, dopts...)
 	return e
+}
+
+// newLibp2pDialer returns NewLibp2p's Dialer, failing the test on an error.
+func newLibp2pDialer(t *testing.T, h host.Host, opts ...transport.Libp2pOption) transport.Dialer {
+	t.Helper()
+	d, err := transport.NewLibp2p(h, opts...)
+	require.NoError(t, err)
+	return d
 }
 
 func (e *libp2pEnv) Dialer() transport.Dialer { return e.dialer }

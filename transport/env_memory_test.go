@@ -24,21 +24,23 @@ const (
 type memoryEnv struct {
 	net      *transport.Network
 	l        *transport.Listener
+	dialer   transport.Dialer
 	accepted []*transport.ServerStream
 }
 
 // newMemoryEnv builds a memory network on the real clock: the conformance
 // suite's only timed case (a stalled reader) needs a wall-clock deadline,
 // as on libp2p.
-func newMemoryEnv(t *testing.T, writeTimeout time.Duration) env {
+func newMemoryEnv(t *testing.T, writeTimeout time.Duration, opts ...envOption) env {
+	cfg := newEnvConfig(opts)
 	n := transport.NewNetwork(transport.WithMemoryWriteTimeout(writeTimeout))
-	l, err := n.Listen(aggregatorID)
+	l, err := n.Listen(aggregatorID, cfg.listen...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = l.Close() })
-	return &memoryEnv{net: n, l: l}
+	return &memoryEnv{net: n, l: l, dialer: n.Dialer(senderID, cfg.dial...)}
 }
 
-func (e *memoryEnv) Dialer() transport.Dialer { return e.net.Dialer(senderID) }
+func (e *memoryEnv) Dialer() transport.Dialer { return e.dialer }
 
 func (e *memoryEnv) Target() peer.AddrInfo { return e.l.AddrInfo() }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/wire"
@@ -73,38 +74,59 @@ func WithWriteTimeout(d time.Duration) Libp2pOption {
 	}
 }
 
-// NewLibp2p returns a Dialer that opens heartbeat streams from h.
+// WithProtocols sets the protocol ids each Dial offers, in preference order
+// (default DefaultProtocols(): wire.ProtocolIDV2, then wire.ProtocolID).
+// Pass wire.ProtocolID alone for a v1-only sender, wire.ProtocolIDV2 alone
+// for a v2-only one. NewLibp2p rejects an empty list, an unknown id or a
+// repeated one.
+func WithProtocols(ids ...protocol.ID) Libp2pOption {
+	return func(l *libp2pDialer) {
+		l.protocols = append([]protocol.ID(nil), ids...)
+	}
+}
+
+// NewLibp2p returns a Dialer that opens heartbeat streams from h, or an
+// error naming the setting when an option is invalid (see WithProtocols).
 //
 // Each Dial adds the target's addresses to h's peerstore (permanently, as the
 // legacy sender did: the target is configuration, not a discovered address),
-// then opens a stream with protocol wire.ProtocolID. It dials with
+// then opens a stream offering the configured protocols in one NewStream
+// call, so that multistream-select picks the first one the aggregator
+// speaks (Stream.Protocol tells which); when it speaks none, Dial fails
+// ("protocols not supported"). It dials with
 // network.WithForceDirectDial and network.WithDialPeerTimeout, so the swarm's
 // own per-peer dial backoff never swallows a retry the caller decided on.
 // While a stream is open the aggregator is protected in h's connection
 // manager, under a tag unique to that stream, until the stream's Reset or
 // Close (the caller must call one of them, as with any libp2p stream).
 //
-// When identify already told h that the aggregator speaks the protocol,
-// libp2p negotiates it lazily: Dial returns before the aggregator confirmed
-// it, and a refusal shows up as the error WaitRemote returns. The stream's
-// read loop starts the negotiation at once, so the aggregator sees the stream
-// right after Dial, before the first Write.
-func NewLibp2p(h host.Host, opts ...Libp2pOption) Dialer {
+// When identify already told h which of the offered protocols the aggregator
+// speaks, libp2p picks the first of them and negotiates it lazily: Dial
+// returns before the aggregator confirmed it, and a refusal shows up as the
+// error Read or WaitRemote returns. The stream's read loop starts the
+// negotiation at once, so the aggregator sees the stream right after Dial,
+// before the first Write.
+func NewLibp2p(h host.Host, opts ...Libp2pOption) (Dialer, error) {
 	d := &libp2pDialer{
 		h:            h,
 		dialTimeout:  DefaultDialTimeout,
 		writeTimeout: DefaultWriteTimeout,
+		protocols:    DefaultProtocols(),
 	}
 	for _, o := range opts {
 		o(d)
 	}
-	return d
+	if err := checkProtocols(d.protocols); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 type libp2pDialer struct {
 	h            host.Host
 	dialTimeout  time.Duration
 	writeTimeout time.Duration
+	protocols    []protocol.ID
 }
 
 // Dial implements Dialer.
@@ -123,7 +145,7 @@ func (d *libp2pDialer) Dial(ctx context.Context, target peer.AddrInfo) (Stream, 
 	dctx = network.WithForceDirectDial(dctx, forceDirectReason)
 	dctx = network.WithDialPeerTimeout(dctx, d.dialTimeout)
 
-	s, err := d.h.NewStream(dctx, target.ID, wire.ProtocolID)
+	s, err := d.h.NewStream(dctx, target.ID, d.protocols...)
 	if err != nil {
 		return nil, dialError(ctx, target.ID, err)
 	}

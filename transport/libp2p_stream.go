@@ -12,12 +12,14 @@ import (
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
-// discardBufSize bounds the buffer the read loop discards into. The
-// aggregator never writes; the loop only exists to see the stream end, so
-// whatever a misbehaving peer sends is dropped in small pieces.
-const discardBufSize = 256
+// readBufSize is the size of each stream's read buffer: the staging area
+// between the read loop and Read. v2's aggregator frames (Welcome, Ack,
+// GoAway) are tens of bytes; a longer one is simply handed over in pieces.
+// It is allocated once per stream, and a sender holds one or two streams.
+const readBufSize = 512
 
 // localEnd records how this side ended the stream, if it did.
 type localEnd int
@@ -29,8 +31,14 @@ const (
 )
 
 // libp2pStream is a Stream over a libp2p stream. A read loop, started when
-// the stream opens and ended by the stream's end, notices a remote close or
-// reset without waiting for the next write.
+// the stream opens and ended by the stream's end, owns the libp2p stream's
+// read side: it starts the lazy protocol negotiation at once, hands what it
+// reads to Read through buf, and, once WaitRemote was called, drops it, so a
+// remote close or reset is noticed without waiting for the next write.
+//
+// The loop reads only when buf is empty: until Read (or WaitRemote) takes
+// what the remote sent, the loop stops reading and the muxer's flow control
+// holds the remote back, as on any stream nobody reads.
 type libp2pStream struct {
 	s            network.Stream
 	cm           connmgr.ConnManager
@@ -40,11 +48,16 @@ type libp2pStream struct {
 
 	unprotect sync.Once
 
-	mu  sync.Mutex
-	end localEnd // guarded by mu
+	mu      sync.Mutex
+	cond    sync.Cond // on mu: broadcast on every change of the fields below
+	end     localEnd  // how this side ended the stream
+	discard bool      // WaitRemote was called: the loop drops what it reads
+	buf     []byte    // the loop's read buffer, written only while r == w
+	r, w    int       // buf[r:w] was read from the network, not yet by Read
+	ended   bool      // the loop has read its final error; remoteErr is set
 
 	done      chan struct{} // closed when the read loop has returned
-	remoteErr error         // WaitRemote's result; written before done is closed
+	remoteErr error         // the stream's end, as WaitRemote and Read report it; written before ended and done
 }
 
 func newLibp2pStream(s network.Stream, cm connmgr.ConnManager, remote peer.ID, tag string, writeTimeout time.Duration) *libp2pStream {
@@ -54,37 +67,54 @@ func newLibp2pStream(s network.Stream, cm connmgr.ConnManager, remote peer.ID, t
 		remote:       remote,
 		tag:          tag,
 		writeTimeout: writeTimeout,
+		buf:          make([]byte, readBufSize),
 		done:         make(chan struct{}),
 	}
+	ls.cond.L = &ls.mu
 	go ls.readLoop()
 	return ls
 }
 
-// readLoop reads (and discards) until the stream ends, then records why.
-// It returns once the stream is reset or closed on either side, so it never
-// outlives the stream.
+// readLoop reads until the stream ends, then records why. It returns once
+// the stream is reset or closed on either side, so it never outlives the
+// stream.
 func (ls *libp2pStream) readLoop() {
 	defer close(ls.done)
-	buf := make([]byte, discardBufSize)
 	for {
-		if _, err := ls.s.Read(buf); err != nil {
-			ls.remoteErr = ls.endError(err)
+		ls.mu.Lock()
+		for ls.r < ls.w && !ls.discard && ls.end == endNone {
+			ls.cond.Wait()
+		}
+		// Empty now, or what is left is dropped: WaitRemote discards, and
+		// a local end drops unread bytes, as a muxer does.
+		ls.r, ls.w = 0, 0
+		ls.mu.Unlock()
+
+		// Nobody else touches buf while r == w.
+		n, err := ls.s.Read(ls.buf)
+
+		ls.mu.Lock()
+		ls.w = n
+		if err != nil {
+			ls.remoteErr = ls.endErrorLocked(err)
+			ls.ended = true
+		}
+		ls.cond.Broadcast()
+		ls.mu.Unlock()
+		if err != nil {
 			return
 		}
 	}
 }
 
-// endError turns the read loop's final error into WaitRemote's result. A
-// local end decides it: the read error after a local Close is only the echo
-// of our own CloseRead.
-func (ls *libp2pStream) endError(err error) error {
-	ls.mu.Lock()
-	end := ls.end
-	ls.mu.Unlock()
+// endErrorLocked turns the read loop's final error into the stream's end as
+// WaitRemote reports it. A local end decides it: the read error after a local
+// Close is only the echo of our own CloseRead.
+func (ls *libp2pStream) endErrorLocked(err error) error {
 	switch {
-	case end == endClosed:
+	case ls.end == endClosed:
 		return nil
-	case end == endReset:
+	case ls.end == endReset:
 		if errors.Is(err, ErrReset) {
 			return fmt.Errorf("heartbeat stream to %s reset locally: %w", ls.remote, err)
 		}
@@ -94,6 +124,36 @@ func (ls *libp2pStream) endError(err error) error {
 		return io.EOF
 	default:
 		return fmt.Errorf("heartbeat stream to %s: %w", ls.remote, err)
+	}
+}
+
+// Protocol implements Stream.
+func (ls *libp2pStream) Protocol() protocol.ID { return ls.s.Protocol() }
+
+// Read implements Stream. It takes what the read loop read; a local end
+// answers at once, without waiting for the loop to see it.
+func (ls *libp2pStream) Read(p []byte) (int, error) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	for {
+		switch {
+		case ls.end == endClosed:
+			return 0, fmt.Errorf("read heartbeat from %s: %w", ls.remote, net.ErrClosed)
+		case ls.end == endReset:
+			return 0, fmt.Errorf("read heartbeat from %s: reset locally: %w", ls.remote, &network.StreamError{TransportError: errStreamReset})
+		case len(p) == 0:
+			return 0, nil
+		case ls.r < ls.w:
+			k := copy(p, ls.buf[ls.r:ls.w])
+			ls.r += k
+			if ls.r == ls.w {
+				ls.cond.Broadcast()
+			}
+			return k, nil
+		case ls.ended:
+			return 0, ls.remoteErr
+		}
+		ls.cond.Wait()
 	}
 }
 
@@ -128,8 +188,14 @@ func (ls *libp2pStream) writeError(err error) error {
 	return fmt.Errorf("write heartbeat to %s: %w", ls.remote, err)
 }
 
-// WaitRemote implements Stream.
+// WaitRemote implements Stream. It switches the read loop to discarding.
 func (ls *libp2pStream) WaitRemote() error {
+	ls.mu.Lock()
+	if !ls.discard {
+		ls.discard = true
+		ls.cond.Broadcast()
+	}
+	ls.mu.Unlock()
 	<-ls.done
 	return ls.remoteErr
 }
@@ -181,7 +247,7 @@ func (ls *libp2pStream) CloseWrite() error {
 }
 
 // setEnd records a local end unless one was recorded before; it reports
-// whether this call recorded it.
+// whether this call recorded it. A parked Read returns at once.
 func (ls *libp2pStream) setEnd(e localEnd) bool {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -189,6 +255,7 @@ func (ls *libp2pStream) setEnd(e localEnd) bool {
 		return false
 	}
 	ls.end = e
+	ls.cond.Broadcast()
 	return true
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/stretchr/testify/require"
@@ -32,7 +33,7 @@ func TestLibp2pProtocolIDIsLegacyString(t *testing.T) {
 
 	sender := newHost(t, nil, loopback)
 	agg := newAggregator(t, nil, loopback)
-	s, err := transport.NewLibp2p(sender).Dial(dialCtx(t), agg.addrInfo())
+	s, err := newLibp2pDialer(t, sender).Dial(dialCtx(t), agg.addrInfo())
 	require.NoError(t, err)
 	ss := agg.accept(t)
 	require.Equal(t, "fil/heartbeat/1.0.0", string(ss.Protocol()))
@@ -56,7 +57,7 @@ func TestLibp2pProtectsAggregatorWhileStreamsAreOpen(t *testing.T) {
 	sender := newHost(t, nil, loopback)
 	agg := newAggregator(t, nil, loopback)
 	cm := sender.ConnManager()
-	d := transport.NewLibp2p(sender)
+	d := newLibp2pDialer(t, sender)
 	aggID := agg.h.ID()
 	require.False(t, cm.IsProtected(aggID, ""))
 
@@ -107,7 +108,7 @@ func TestLibp2pDialIgnoresSwarmBackoff(t *testing.T) {
 	require.NoError(t, first.h.Close())
 
 	sender := newHost(t, nil, loopback)
-	d := transport.NewLibp2p(sender)
+	d := newLibp2pDialer(t, sender)
 	_, err = d.Dial(dialCtx(t), target)
 	require.ErrorIs(t, err, transport.ErrDialFailed)
 
@@ -135,7 +136,7 @@ func TestLibp2pDialTimeout(t *testing.T) {
 	target, dialing := e.Hanging(t)
 	// A deadline, never a pace: the test does not wait for it to pass
 	// unless the dial hangs, which is the case under test.
-	d := transport.NewLibp2p(e.sender, transport.WithDialTimeout(stallTimeout))
+	d := newLibp2pDialer(t, e.sender, transport.WithDialTimeout(stallTimeout))
 	dialed := result(func() error {
 		_, err := d.Dial(context.Background(), target)
 		return err
@@ -149,7 +150,7 @@ func TestLibp2pDialTimeout(t *testing.T) {
 func TestLibp2pDialRejectsTargetWithoutID(t *testing.T) {
 	checkLeaks(t)
 	sender := newHost(t, nil, loopback)
-	_, err := transport.NewLibp2p(sender).Dial(dialCtx(t), peer.AddrInfo{})
+	_, err := newLibp2pDialer(t, sender).Dial(dialCtx(t), peer.AddrInfo{})
 	require.ErrorIs(t, err, transport.ErrDialFailed)
 }
 
@@ -157,7 +158,7 @@ func TestLibp2pDialRejectsTargetWithoutID(t *testing.T) {
 func TestLibp2pNonPositiveOptionsKeepDefaults(t *testing.T) {
 	checkLeaks(t)
 	e := newLibp2pEnv(t, 0).(*libp2pEnv)
-	d := transport.NewLibp2p(e.sender, transport.WithDialTimeout(0), transport.WithWriteTimeout(-time.Second))
+	d := newLibp2pDialer(t, e.sender, transport.WithDialTimeout(0), transport.WithWriteTimeout(-time.Second))
 	s, err := d.Dial(dialCtx(t), e.target)
 	require.NoError(t, err)
 	ss := e.agg.accept(t)
@@ -166,4 +167,23 @@ func TestLibp2pNonPositiveOptionsKeepDefaults(t *testing.T) {
 	require.Equal(t, lines(t, 1), readN(t, ss, len(lines(t, 1))))
 	require.NoError(t, s.Close())
 	_ = ss.Close()
+}
+
+// An invalid protocols setting fails at construction, naming the setting,
+// before the host is touched.
+func TestLibp2pRejectsBadProtocols(t *testing.T) {
+	for name, c := range map[string]struct {
+		ids  []protocol.ID
+		want string
+	}{
+		"empty":    {nil, "transport: protocols: empty list"},
+		"unknown":  {[]protocol.ID{"/fil/heartbeat/2.0.0", "/fil/heartbeat/1.0.0"}, `transport: protocols: unknown protocol id "/fil/heartbeat/1.0.0"`},
+		"repeated": {[]protocol.ID{wire.ProtocolIDV2, wire.ProtocolIDV2}, `transport: protocols: "/fil/heartbeat/2.0.0" listed twice`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d, err := transport.NewLibp2p(nil, transport.WithProtocols(c.ids...))
+			require.Nil(t, d)
+			require.ErrorContains(t, err, c.want)
+		})
+	}
 }

@@ -2,11 +2,15 @@ package transport
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
 	"github.com/p2pbeat/heartbeat/clockwork"
+	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // DefaultWindow is the memory transport's default send window: the bytes a
@@ -16,7 +20,10 @@ const DefaultWindow = 256 << 10
 
 // Network is an in-process network of heartbeat streams for deterministic
 // tests. Receivers Listen on a peer id; senders Dial through a Dialer from
-// Network.Dialer. Streams are reliable and ordered, with a send window.
+// Network.Dialer. A dial negotiates the protocol as multistream-select does:
+// the first of the dialer's protocols the listener speaks. Streams are
+// reliable, ordered and two-way (Stream.Read reads what ServerStream.Write
+// wrote), with a send window in each direction.
 //
 // Faults can be injected per target peer (SetFaults). Errors are the kinds the
 // libp2p transport returns: dial errors match ErrDialFailed (and the ctx
@@ -126,15 +133,17 @@ func (n *Network) SetFaults(target peer.ID, f Faults) {
 	n.faults[target] = f
 }
 
-// Blocked returns how many operations are parked right now: dials in a
-// HangDials fault, writes in a StallWrites fault, and writes waiting for room
-// in a full window. Nothing else is counted: Accept, ServerStream.Read and
-// WaitRemote wait by design and never count.
+// Blocked returns how many of the senders' operations are parked right now:
+// dials in a HangDials fault, writes in a StallWrites fault, writes waiting
+// for room in a full window, and reads (Stream.Read) waiting for the server
+// to write or end the stream. Nothing else is counted: Accept,
+// ServerStream.Read, ServerStream.Write and WaitRemote wait by design and
+// never count.
 //
 // An operation is counted before it parks (and before Changed is
 // signalled), and stops being counted the moment the event that releases it
-// happens (a Read making room, a Reset, a Close), not when its goroutine gets
-// to run. A timeout is the exception: the operation stops being counted when
+// happens (a Read making room, a Write or CloseWrite giving a Read something
+// to return, a Reset, a Close), not when its goroutine gets to run. A timeout is the exception: the operation stops being counted when
 // its goroutine has seen the timer fire (Changed is signalled then).
 //
 // A parked write under a write timeout, and a hanging dial under a dial
@@ -204,21 +213,40 @@ type waiter struct {
 	woken bool          // guarded by n.mu; set by whoever uncounts the waiter
 }
 
-// Listen makes id reachable: dials to id succeed and queue a stream for the
-// returned Listener's Accept. It fails if id is already listening.
-func (n *Network) Listen(id peer.ID) (*Listener, error) {
+// Listen makes id reachable for the protocols protos (none given: v1 only,
+// wire.ProtocolID, as a legacy aggregator): a dial to id that offers one of
+// them succeeds and queues a stream for the returned Listener's Accept. It
+// fails if id is already listening, or if protos has an unknown or repeated
+// id (see DefaultProtocols).
+func (n *Network) Listen(id peer.ID, protos ...protocol.ID) (*Listener, error) {
+	if len(protos) == 0 {
+		protos = []protocol.ID{wire.ProtocolID}
+	}
+	if err := checkProtocols(protos); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", id, err)
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if _, ok := n.listeners[id]; ok {
 		return nil, fmt.Errorf("listen on %s: already listening", id)
 	}
-	l := &Listener{n: n, id: id, ready: make(chan struct{}, 1), done: make(chan struct{})}
+	l := &Listener{n: n, id: id, protos: slices.Clone(protos), ready: make(chan struct{}, 1), done: make(chan struct{})}
 	n.listeners[id] = l
 	return l, nil
 }
 
-// Dialer returns a Dialer whose streams come from self: the receiver sees
-// self as ServerStream.RemotePeer.
-func (n *Network) Dialer(self peer.ID) Dialer {
-	return &memDialer{n: n, self: self}
+// Dialer returns a Dialer whose streams come from self (the receiver sees
+// self as ServerStream.RemotePeer) and that offers protos in preference order
+// (none given: DefaultProtocols(), v2 then v1, as NewLibp2p). It panics if
+// protos has an unknown or repeated id: like regexp.MustCompile's, the list
+// is a test's constant, and NewLibp2p's WithProtocols returns the same check
+// as an error.
+func (n *Network) Dialer(self peer.ID, protos ...protocol.ID) Dialer {
+	if len(protos) == 0 {
+		protos = DefaultProtocols()
+	}
+	if err := checkProtocols(protos); err != nil {
+		panic(err)
+	}
+	return &memDialer{n: n, self: self, protos: slices.Clone(protos)}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/p2pbeat/heartbeat/clockwork"
 )
 
@@ -15,13 +17,16 @@ import (
 var errRefused = errors.New("connection refused")
 
 type memDialer struct {
-	n    *Network
-	self peer.ID
+	n      *Network
+	self   peer.ID
+	protos []protocol.ID // offered in this order; immutable
 }
 
-// Dial implements Dialer. It succeeds at once when target listens (the
-// stream is queued for Accept), fails at once when it does not or refuses by
-// fault, and blocks when the target hangs by fault.
+// Dial implements Dialer. It succeeds at once when target listens for one of
+// the offered protocols (the stream, with the first of them the listener
+// speaks, is queued for Accept), fails at once when it does not listen, does
+// not speak any of them ("protocols not supported", as multistream-select
+// says) or refuses by fault, and blocks when the target hangs by fault.
 func (d *memDialer) Dial(ctx context.Context, target peer.AddrInfo) (Stream, error) {
 	n := d.n
 	if target.ID == "" {
@@ -47,7 +52,12 @@ func (d *memDialer) Dial(ctx context.Context, target peer.AddrInfo) (Stream, err
 		n.mu.Unlock()
 		return nil, dialError(ctx, target.ID, errRefused)
 	}
-	p := newPipe(n, d.self, target.ID)
+	i := slices.IndexFunc(d.protos, func(id protocol.ID) bool { return slices.Contains(l.protos, id) })
+	if i < 0 {
+		n.mu.Unlock()
+		return nil, dialError(ctx, target.ID, fmt.Errorf("failed to negotiate protocol: protocols not supported: %v", d.protos))
+	}
+	p := newPipe(n, d.self, target.ID, d.protos[i])
 	l.queue = append(l.queue, p)
 	n.mu.Unlock()
 

@@ -6,15 +6,17 @@ import (
 	"net"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
 // Listener is the receiving end of a peer id on a Network: it hands out the
 // streams dialled to that id.
 type Listener struct {
-	n     *Network
-	id    peer.ID
-	ready chan struct{} // cap 1: the queue may be non-empty
-	done  chan struct{} // closed by Close
+	n      *Network
+	id     peer.ID
+	protos []protocol.ID // the protocols it speaks; immutable
+	ready  chan struct{} // cap 1: the queue may be non-empty
+	done   chan struct{} // closed by Close
 
 	// guarded by n.mu
 	queue  []*pipe

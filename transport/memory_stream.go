@@ -10,6 +10,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/p2pbeat/heartbeat/clockwork"
 )
 
@@ -17,39 +18,45 @@ import (
 var errStreamReset = errors.New("stream reset")
 
 // pipe is the state of one memory stream, shared by its two ends. Every
-// field is guarded by n.mu.
+// field but the immutable first ones is guarded by n.mu.
 type pipe struct {
 	n        *Network
 	from, to peer.ID
+	proto    protocol.ID // negotiated at Dial
 
-	buf []byte // written by the sender, not yet read; at most n.window bytes
+	buf  []byte // written by the sender, not yet read; at most n.window bytes
+	back []byte // written by the server, not yet read; at most n.window bytes
 
-	senderClosed bool // the sender closed for writing: the server reads EOF after buf
-	senderDone   bool // the sender closed in both directions (Close)
-	serverClosed bool // the server closed: the sender's WaitRemote gets io.EOF
-	reset        bool // either side reset the stream
-	senderErr    error
-	serverErr    error
+	senderClosed      bool // the sender closed for writing: the server reads EOF after buf
+	senderDone        bool // the sender closed in both directions (Close)
+	discard           bool // the sender called WaitRemote: what the server writes is dropped
+	serverWriteClosed bool // the server closed for writing: the sender reads EOF after back
+	serverClosed      bool // the server closed in both directions (Close)
+	reset             bool // either side reset the stream
+	senderErr         error
+	serverErr         error
 
 	ended     chan struct{} // closed when the sender's WaitRemote can return
 	remoteErr error         // WaitRemote's result; set once, before ended is closed
 
-	changed chan struct{} // closed and replaced on every change; wakes Read
-	waiters []*waiter     // parked sender writes
+	changed chan struct{} // closed and replaced on every change; wakes the server's Read and Write
+	waiters []*waiter     // parked sender writes and reads
 }
 
-func newPipe(n *Network, from, to peer.ID) *pipe {
+func newPipe(n *Network, from, to peer.ID, proto protocol.ID) *pipe {
 	return &pipe{
 		n:       n,
 		from:    from,
 		to:      to,
+		proto:   proto,
 		ended:   make(chan struct{}),
 		changed: make(chan struct{}),
 	}
 }
 
 // wakeLocked publishes a change: it releases (and uncounts, right now) every
-// parked write whose condition now holds, and wakes readers.
+// parked sender operation whose condition now holds, and wakes the server's
+// parked Read and Write.
 func (p *pipe) wakeLocked() {
 	kept := p.waiters[:0]
 	woke := false
@@ -96,7 +103,7 @@ func (p *pipe) endLocked(err error) {
 // side asked. Unread bytes are dropped, as a muxer drops them.
 func (p *pipe) resetLocked(bySender bool) {
 	p.reset = true
-	p.buf = nil
+	p.buf, p.back = nil, nil
 	// The errors yamux gives (a *network.StreamError, which matches
 	// ErrReset and says which side reset), so callers that tell a peer's
 	// reset from a lost connection work on both transports.
@@ -131,6 +138,9 @@ func (p *pipe) senderWriteErrLocked() error {
 type memStream struct {
 	p *pipe
 }
+
+// Protocol implements Stream.
+func (s *memStream) Protocol() protocol.ID { return s.p.proto }
 
 // Write implements Stream. It copies p into the stream as the window allows
 // and parks while the window is full or a StallWrites fault holds. With a
@@ -205,10 +215,56 @@ func (p *pipe) deadlineErr() error {
 	return fmt.Errorf("write heartbeat to %s: %w", p.to, os.ErrDeadlineExceeded)
 }
 
-// WaitRemote implements Stream.
+// WaitRemote implements Stream. From its first call on, what the server
+// wrote and writes is dropped, so the server's writes never block on a full
+// window, as on libp2p, whose read loop then discards.
 func (s *memStream) WaitRemote() error {
-	<-s.p.ended
-	return s.p.remoteErr
+	p := s.p
+	p.n.mu.Lock()
+	if !p.discard {
+		p.discard = true
+		p.back = nil
+		p.wakeLocked()
+	}
+	p.n.mu.Unlock()
+	<-p.ended
+	return p.remoteErr
+}
+
+// Read implements Stream. It parks, counted in Blocked, while there is
+// nothing to read and the stream has not ended: a sender waiting for the
+// aggregator's next frame is idle until the server writes, closes or resets,
+// or the sender itself ends the stream.
+func (s *memStream) Read(b []byte) (int, error) {
+	p := s.p
+	n := p.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cond := func() bool {
+		return p.senderDone || p.reset || len(p.back) > 0 || p.serverWriteClosed
+	}
+	for {
+		switch {
+		case p.senderDone:
+			return 0, fmt.Errorf("read heartbeat from %s: %w", p.to, net.ErrClosed)
+		case p.reset:
+			return 0, p.senderErr
+		case len(b) == 0:
+			return 0, nil
+		case len(p.back) > 0:
+			k := copy(b, p.back)
+			p.back = p.back[k:]
+			if len(p.back) == 0 {
+				p.back = nil
+			}
+			p.wakeLocked()
+			n.notify()
+			return k, nil
+		case p.serverWriteClosed:
+			return 0, io.EOF
+		}
+		n.parkLocked(p, cond, nil, nil)
+	}
 }
 
 // Reset implements Stream. After a local Close it does nothing, as on a
@@ -239,7 +295,8 @@ func (s *memStream) CloseWrite() error {
 	return nil
 }
 
-// Close implements Stream: the receiver reads what was written, then EOF.
+// Close implements Stream: the receiver reads what was written, then EOF;
+// what the receiver wrote and the sender did not read is dropped.
 func (s *memStream) Close() error {
 	p := s.p
 	p.n.mu.Lock()
@@ -248,20 +305,80 @@ func (s *memStream) Close() error {
 		return nil
 	}
 	p.senderClosed, p.senderDone = true, true
+	p.back = nil
 	p.endLocked(nil)
 	p.wakeLocked()
 	return nil
 }
 
 // ServerStream is the receiver's end of a memory stream, as an aggregator's
-// stream handler sees it. Read is for one goroutine at a time; Close and Reset
-// may be called from any goroutine and are idempotent.
+// stream handler sees it. Read is for one goroutine at a time, and so is
+// Write; Close, CloseWrite and Reset may be called from any goroutine and are
+// idempotent.
 type ServerStream struct {
 	p *pipe
 }
 
 // RemotePeer returns the sender's peer id.
 func (s *ServerStream) RemotePeer() peer.ID { return s.p.from }
+
+// Protocol returns the protocol id negotiated for the stream: the first of
+// the sender's protocols that the Listener speaks.
+func (s *ServerStream) Protocol() protocol.ID { return s.p.proto }
+
+// Write writes b for the sender's Read, in order. It blocks while the send
+// window (the same size as the sender's) is full, until the sender reads,
+// either side resets (the error then matches ErrReset) or the server closes.
+// Once the sender no longer reads (it called Close or WaitRemote) the bytes
+// are accepted and dropped, as a muxer does. After CloseWrite or Close it
+// fails with an error matching net.ErrClosed. It is not counted in Blocked:
+// it is the test's side of the stream.
+func (s *ServerStream) Write(b []byte) (int, error) {
+	p := s.p
+	n := p.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	written := 0
+	for {
+		switch {
+		case p.serverWriteClosed:
+			return written, fmt.Errorf("write to %s: %w", p.from, net.ErrClosed)
+		case p.reset:
+			return written, p.serverErr
+		case written == len(b):
+			return written, nil
+		case p.senderDone || p.discard:
+			return len(b), nil
+		case len(p.back) < n.window:
+			k := min(n.window-len(p.back), len(b)-written)
+			p.back = append(p.back, b[written:written+k]...)
+			written += k
+			p.wakeLocked()
+			n.notify()
+			continue
+		}
+		ch := p.changed
+		n.mu.Unlock()
+		<-ch
+		n.mu.Lock()
+	}
+}
+
+// CloseWrite half-closes the server's end: the sender reads what was
+// written, then io.EOF, and its WaitRemote returns io.EOF; the server can
+// still Read. It does nothing after Close, CloseWrite or a reset.
+func (s *ServerStream) CloseWrite() error {
+	p := s.p
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	if p.serverWriteClosed || p.reset {
+		return nil
+	}
+	p.serverWriteClosed = true
+	p.endLocked(io.EOF)
+	p.wakeLocked()
+	return nil
+}
 
 // Read reads the bytes the sender wrote, in order. It returns io.EOF once the
 // sender closed and everything was read, an error matching ErrReset once
@@ -298,8 +415,9 @@ func (s *ServerStream) Read(b []byte) (int, error) {
 	}
 }
 
-// Close ends the stream in order: the sender's WaitRemote returns io.EOF, and
-// its later writes are accepted and dropped. It does nothing after a reset.
+// Close ends the stream in order: the sender reads what the server wrote,
+// then io.EOF, its WaitRemote returns io.EOF, and its later writes are
+// accepted and dropped. It does nothing after a reset.
 func (s *ServerStream) Close() error {
 	p := s.p
 	p.n.mu.Lock()
@@ -307,15 +425,15 @@ func (s *ServerStream) Close() error {
 	if p.serverClosed || p.reset {
 		return nil
 	}
-	p.serverClosed = true
+	p.serverClosed, p.serverWriteClosed = true, true
 	p.buf = nil
 	p.endLocked(io.EOF)
 	p.wakeLocked()
 	return nil
 }
 
-// Reset aborts the stream: the sender's Write and WaitRemote return errors
-// matching ErrReset. It does nothing after Close or a reset.
+// Reset aborts the stream: the sender's Write, Read and WaitRemote return
+// errors matching ErrReset. It does nothing after Close or a reset.
 func (s *ServerStream) Reset() error {
 	p := s.p
 	p.n.mu.Lock()

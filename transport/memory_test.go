@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/p2pbeat/heartbeat/clockwork"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/stretchr/testify/require"
+
+	"github.com/p2pbeat/heartbeat/clockwork"
 
 	"github.com/p2pbeat/heartbeat/transport"
 )
@@ -27,10 +29,16 @@ type memNet struct {
 
 func newMemNet(t *testing.T, opts ...transport.NetworkOption) *memNet {
 	t.Helper()
+	return newMemNetListening(t, nil, opts...)
+}
+
+// newMemNetListening is newMemNet with an aggregator that speaks protos.
+func newMemNetListening(t *testing.T, protos []protocol.ID, opts ...transport.NetworkOption) *memNet {
+	t.Helper()
 	checkLeaks(t)
 	m := &memNet{clock: clockwork.NewMock(time.Unix(0, 0))}
 	m.net = transport.NewNetwork(append([]transport.NetworkOption{transport.WithClock(m.clock)}, opts...)...)
-	l, err := m.net.Listen(aggregatorID)
+	l, err := m.net.Listen(aggregatorID, protos...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = l.Close() })
 	m.l = l

@@ -39,6 +39,7 @@ import (
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/transport"
+	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // Config describes one load run. Zero values take the defaults named.
@@ -291,9 +292,16 @@ func (g *Generator) startNode(ctx context.Context, i int) (*node, error) {
 	n := &node{h: h}
 	cfg := heartbeat.Config{BeatTarget: g.cfg.Target, BeatPeriod: g.cfg.Period.String(),
 		ReconnectPeriod: g.cfg.ReconnectPeriod.String(), Nickname: fmt.Sprintf("load-%d", i)}
-	d := limitedDialer{d: transport.NewLibp2p(h,
+	// v1 only: the Service writes v1 lines.
+	ld, err := transport.NewLibp2p(h,
 		transport.WithDialTimeout(transport.BackstopFactor*fsm.DefaultDialTimeout),
-		transport.WithWriteTimeout(transport.BackstopFactor*fsm.DefaultWriteTimeout)), sem: g.sem}
+		transport.WithWriteTimeout(transport.BackstopFactor*fsm.DefaultWriteTimeout),
+		transport.WithProtocols(wire.ProtocolID))
+	if err != nil {
+		_ = h.Close()
+		return nil, fmt.Errorf("sender dialer %d: %w", i, err)
+	}
+	d := limitedDialer{d: ld, sem: g.sem}
 	head := func() (heartbeat.ChainHead, error) {
 		return heartbeat.ChainHead{Head: "{ bafy2bzaceloadgenerator }", Height: uint64(i)}, nil
 	}
