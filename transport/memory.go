@@ -100,7 +100,10 @@ func NewNetwork(opts ...NetworkOption) *Network {
 }
 
 // Faults are the failures injected into operations toward one target peer.
-// The zero value injects nothing. Faults are looked up when an operation
+// The zero value injects nothing. They act on dials and on the sender's
+// writes; what the sender reads is what the test's ServerStream writes, so
+// a server that never writes is a hung aggregator (the sender's Read stays
+// parked until either side resets or closes). Faults are looked up when an operation
 // starts (and, for a Write, each time it resumes), so they also apply to
 // streams that are already open.
 type Faults struct {

@@ -54,22 +54,24 @@ type Stream interface {
 	// WaitRemote blocks until the stream ends: it returns io.EOF when the
 	// remote closed it in order (also after a local CloseWrite), an error
 	// matching network.ErrReset when either side reset it, and nil after a
-	// local Close.
+	// local Close. From its first call on, whatever the remote sends is
+	// discarded. It may be called again, and from several goroutines.
 	WaitRemote() error
 	// Read reads bytes the remote sent, in order, as io.Reader does. It
 	// blocks until at least one byte is there or the stream ends, and has no
 	// deadline of its own: a caller that bounds the wait (the sender's ack
-	// timer) resets the stream, which unblocks Read at once. Once the bytes
-	// are read it returns io.EOF when the remote closed (or half-closed) its
-	// end in order, also after a local CloseWrite; an error matching ErrReset
-	// when either side reset the stream (a local Reset included); and an
-	// error matching net.ErrClosed after a local Close. A local Reset or
-	// Close ends a parked Read at once and drops bytes not read yet.
+	// timer) resets the stream, which unblocks Read at once. Once every byte
+	// is read it returns io.EOF when the remote closed (or half-closed) its
+	// end in order, and an error matching ErrReset when either side reset
+	// the stream (a local Reset included; a *network.StreamError in the
+	// chain, when there is one, says which side). After a local Close it returns an error matching net.ErrClosed.
+	// A local Reset or Close ends a parked Read at once and drops the bytes
+	// not read yet; a local CloseWrite does not end reading.
 	Read(p []byte) (int, error)
 	// CloseWrite half-closes the stream: the remote reads what was written,
 	// then EOF; later writes fail. The stream stays open for reading, so
-	// WaitRemote reports the remote's own end (io.EOF once it closes in
-	// turn). Follow it with Close or Reset. Idempotent; nil after Close or
+	// Read and WaitRemote report the remote's own end (io.EOF once it closes
+	// in turn). Follow it with Close or Reset. Idempotent; nil after Close or
 	// Reset.
 	CloseWrite() error
 	// Reset aborts the stream in both directions. Use it on any error.
