@@ -36,6 +36,8 @@ func TestLibp2pProtocolIDIsLegacyString(t *testing.T) {
 	s, err := newLibp2pDialer(t, sender).Dial(dialCtx(t), agg.addrInfo())
 	require.NoError(t, err)
 	ss := agg.accept(t)
+	// The default offers v2 first; a legacy aggregator picks v1.
+	require.Equal(t, "fil/heartbeat/1.0.0", string(s.Protocol()))
 	require.Equal(t, "fil/heartbeat/1.0.0", string(ss.Protocol()))
 	require.Equal(t, sender.ID(), ss.Conn().RemotePeer())
 
