@@ -157,23 +157,7 @@ func BenchmarkNodeQuery(b *testing.B) {
 		b.Run(be.name, func(b *testing.B) {
 			s := be.open(b)
 			nodes := benchNodes(b)
-			end := t0.Add(7 * 24 * time.Hour)
-			var batch Batch
-			for i := range nodes {
-				batch.Nodes = append(batch.Nodes, node(pid(i), aggA, "up", end))
-				for k := range 84 {
-					to := "up"
-					if k%2 == 1 {
-						to = "down"
-					}
-					at := t0.Add(time.Duration(k)*2*time.Hour + time.Duration(i)*time.Millisecond)
-					batch.Flips = append(batch.Flips, Flip{Peer: pid(i), Aggregator: aggA, At: at, From: "x", To: to, Reason: "bench"})
-				}
-				if len(batch.Flips) >= 50000 || i == nodes-1 {
-					apply(b, s, batch)
-					batch = Batch{}
-				}
-			}
+			end := weekOfFlips(b, s, nodes)
 			ctx := context.Background()
 			var lat []time.Duration
 			i := 0
@@ -197,6 +181,57 @@ func BenchmarkNodeQuery(b *testing.B) {
 			slices.Sort(lat)
 			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+		})
+	}
+}
+
+// weekOfFlips fills s with nodes records and 7 days of flips (one every 2
+// hours per node, alternately to up and to down: 84 each) and returns the
+// end of the week.
+func weekOfFlips(b *testing.B, s Backend, nodes int) time.Time {
+	end := t0.Add(7 * 24 * time.Hour)
+	var batch Batch
+	for i := range nodes {
+		batch.Nodes = append(batch.Nodes, node(pid(i), aggA, "up", end))
+		for k := range 84 {
+			to := "up"
+			if k%2 == 1 {
+				to = "down"
+			}
+			at := t0.Add(time.Duration(k)*2*time.Hour + time.Duration(i)*time.Millisecond)
+			batch.Flips = append(batch.Flips, Flip{Peer: pid(i), Aggregator: aggA, At: at, From: "x", To: to, Reason: "bench"})
+		}
+		if len(batch.Flips) >= 50000 || i == nodes-1 {
+			apply(b, s, batch)
+			batch = Batch{}
+		}
+	}
+	return end
+}
+
+// What the dashboard's uptime column asks the store about once a minute:
+// the 24 h uptime of every node (Uptimes, one query), with benchNodes nodes
+// and 7 days of flips (BenchmarkNodeQuery's store). ms/op is one query.
+func BenchmarkUptimes(b *testing.B) {
+	for _, be := range benchBackends(b) {
+		b.Run(be.name, func(b *testing.B) {
+			s := be.open(b)
+			nodes := benchNodes(b)
+			end := weekOfFlips(b, s, nodes)
+			ctx := context.Background()
+			day := Range{From: end.Add(-24 * time.Hour), To: end}
+			b.ReportAllocs()
+			for b.Loop() {
+				us, err := s.Uptimes(ctx, day)
+				if err != nil || len(us) != nodes {
+					b.Fatal(err, len(us))
+				}
+				// Every node alternates 2 h up, 2 h down: half the day.
+				if f := us[0].Fraction(); f < 0.49 || f > 0.51 {
+					b.Fatalf("uptime %v, want 0.5", f)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/query")
 		})
 	}
 }

@@ -273,6 +273,73 @@ func TestUptimeFromFlips(t *testing.T) {
 	})
 }
 
+// Uptimes answers for every node in one query, with the figures Uptime
+// gives for each (one definition of uptime).
+func TestUptimesOfEveryNode(t *testing.T) {
+	forEach(t, func(t *testing.T, be backend) {
+		b := be.open(t)
+		now := t0.Add(48 * time.Hour)
+		day := Range{From: now.Add(-24 * time.Hour), To: now}
+		got, err := b.Uptimes(ctx, day)
+		require.NoError(t, err)
+		require.Empty(t, got, "an empty store")
+
+		h := func(n int) time.Time { return day.From.Add(time.Duration(n) * time.Hour) }
+		apply(t, b, Batch{
+			Nodes: []Node{
+				node(pid(1), aggA, "up", now), node(pid(2), aggA, "up", now), node(pid(3), aggA, "joining", now),
+				node(pid(4), aggA, "down", now), node(pid(4), aggB, "up", h(1)), // aggB's record of 4 loses
+				node(pid(5), aggA, "up", now),
+			},
+			Flips: []Flip{
+				// 1: Up from before the window, Down for 6 h: Up 18 h of 24.
+				{Peer: pid(1), Aggregator: aggA, At: h(-30), From: "joining", To: "up"},
+				{Peer: pid(1), Aggregator: aggA, At: h(4), From: "up", To: "down"},
+				{Peer: pid(1), Aggregator: aggA, At: h(10), From: "down", To: "up"},
+				// 2: first heard 12 h into the window, Up since: known 12 h, all Up.
+				{Peer: pid(2), Aggregator: aggA, At: h(12), From: "joining", To: "up"},
+				// 3: no flip at all: nothing known.
+				// 4: Down for the whole window by aggA; aggB's flips do not count.
+				{Peer: pid(4), Aggregator: aggA, At: h(-2), From: "up", To: "down"},
+				{Peer: pid(4), Aggregator: aggB, At: h(0), From: "down", To: "up"},
+				// 5: flips exactly at the window's start and end: the one at
+				// the start counts from there, the one at the end not at all.
+				{Peer: pid(5), Aggregator: aggA, At: h(-1), From: "joining", To: "down"},
+				{Peer: pid(5), Aggregator: aggA, At: h(0), From: "down", To: "up"},
+				{Peer: pid(5), Aggregator: aggA, At: h(6), From: "up", To: "suspect"},
+				{Peer: pid(5), Aggregator: aggA, At: h(6), From: "suspect", To: "up"}, // same instant: the later flip holds
+				{Peer: pid(5), Aggregator: aggA, At: h(24), From: "up", To: "down"},
+			},
+		})
+		want := map[peer.ID]struct {
+			known, up time.Duration
+			fraction  float64
+		}{
+			pid(1): {24 * time.Hour, 18 * time.Hour, 0.75},
+			pid(2): {12 * time.Hour, 12 * time.Hour, 1},
+			pid(3): {0, 0, 0},
+			pid(4): {24 * time.Hour, 0, 0},
+			pid(5): {24 * time.Hour, 24 * time.Hour, 1},
+		}
+		got, err = b.Uptimes(ctx, day)
+		require.NoError(t, err)
+		require.Len(t, got, len(want))
+		for _, u := range got {
+			w, ok := want[u.Peer]
+			require.True(t, ok, "unexpected node %s", u.Peer)
+			require.Equal(t, day, u.Window)
+			require.Equal(t, w.known, u.Known, "known of %s", u.Peer)
+			require.Equal(t, w.up, u.Up, "up of %s", u.Peer)
+			require.InDelta(t, w.fraction, u.Fraction(), 1e-12, "fraction of %s", u.Peer)
+			one, err := b.Uptime(ctx, u.Peer, day)
+			require.NoError(t, err)
+			require.Equal(t, one, u.Uptime, "Uptime and Uptimes agree on %s", u.Peer)
+		}
+		_, err = b.Uptimes(ctx, Range{From: now, To: now.Add(-time.Hour)})
+		require.ErrorIs(t, err, ErrBadRange)
+	})
+}
+
 func TestRetire(t *testing.T) {
 	forEach(t, func(t *testing.T, be backend) {
 		b := be.open(t)

@@ -31,6 +31,9 @@ type sqlBackend struct {
 	// pass over the nodes' samples.
 	pruneAfter int64
 	closed     bool
+	// uptime holds uptimeSQL(false) and uptimeSQL(true), prepared on first
+	// use (uptimeStmt).
+	uptime [2]*sql.Stmt
 }
 
 func newSQLBackend(ctx context.Context, db *sql.DB, d dialect, where string) (*sqlBackend, error) {
@@ -87,6 +90,11 @@ func (b *sqlBackend) migrate(ctx context.Context) error {
 func (b *sqlBackend) Close() error {
 	b.mu.Lock()
 	b.closed = true
+	for _, st := range b.uptime {
+		if st != nil {
+			st.Close()
+		}
+	}
 	b.mu.Unlock()
 	if err := b.db.Close(); err != nil {
 		return b.errf("close", err)
@@ -530,70 +538,140 @@ func (b *sqlBackend) Samples(ctx context.Context, p peer.ID, r Range, pg Page) (
 	return out, next, nil
 }
 
-// Uptime implements Backend.
-func (b *sqlBackend) Uptime(ctx context.Context, p peer.ID, r Range) (Uptime, error) {
+// uptimeSQL computes Uptime (see its documentation) for every node with
+// a record, or with onePeer for the node named by the first argument: one
+// query, in SQL both dialects accept. It is the only definition of uptime:
+// Uptime and Uptimes both run it, so the per-node API and the dashboard's
+// table agree.
+//
+// For each node it takes the flips of the aggregator whose record wins
+// (as Node does: latest updated, then the smaller aggregator id), turns
+// them into segments (a flip's to_state lasts until the next flip, or the
+// window's end) and sums the segments' parts inside the window. The first
+// segment starts at the window's start with the state of the last flip
+// before it (NULL, hence unknown, without one). Arguments, in order: [the
+// peer], from, from, from, to, to, StateUp. Rows: peer text, known ms, up ms.
+//
+// Cost: one index seek (flips_peer_at) per node for the state at the
+// window's start, and the node's flips inside the window.
+func uptimeSQL(onePeer bool) string {
+	filter := ""
+	if onePeer {
+		filter = ` JOIN peers p ON p.id = n.peer_id WHERE p.peer = ?`
+	}
+	return `WITH win AS (
+			SELECT peer_id, agg_id FROM (
+				SELECT n.peer_id, n.agg_id, ROW_NUMBER() OVER (PARTITION BY n.peer_id ORDER BY n.updated DESC, a.peer) AS rn
+				FROM nodes n JOIN peers a ON a.id = n.agg_id` + filter + `
+			) w WHERE rn = 1
+		), seg AS (
+			SELECT w.peer_id, CAST(? AS BIGINT) AS at, CAST(0 AS BIGINT) AS id,
+				(SELECT f.to_state FROM flips f WHERE f.peer_id = w.peer_id AND f.agg_id = w.agg_id AND f.at < ?
+					ORDER BY f.at DESC, f.id DESC LIMIT 1) AS state
+			FROM win w
+			UNION ALL
+			SELECT f.peer_id, f.at, f.id, f.to_state FROM flips f JOIN win w ON w.peer_id = f.peer_id AND w.agg_id = f.agg_id
+			WHERE f.at >= ? AND f.at < ?
+		), span AS (
+			SELECT peer_id, state, LEAD(at, 1, CAST(? AS BIGINT)) OVER (PARTITION BY peer_id ORDER BY at, id) - at AS d FROM seg
+		)
+		SELECT p.peer, t.known, t.up FROM (
+			SELECT peer_id,
+				CAST(COALESCE(SUM(CASE WHEN state IS NOT NULL THEN d END), 0) AS BIGINT) AS known,
+				CAST(COALESCE(SUM(CASE WHEN state = ? THEN d END), 0) AS BIGINT) AS up
+			FROM span GROUP BY peer_id
+		) t JOIN peers p ON p.id = t.peer_id`
+}
+
+// uptimeStmt returns uptimeSQL(onePeer), prepared once: the query is long
+// enough that parsing it each time would cost more than running it for one
+// node (SQLite).
+func (b *sqlBackend) uptimeStmt(ctx context.Context, onePeer bool) (*sql.Stmt, error) {
+	i := 0
+	if onePeer {
+		i = 1
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrClosed
+	}
+	if b.uptime[i] == nil {
+		st, err := b.db.PrepareContext(ctx, b.d.bind(uptimeSQL(onePeer)))
+		if err != nil {
+			return nil, err
+		}
+		b.uptime[i] = st
+	}
+	return b.uptime[i], nil
+}
+
+// uptimes runs uptimeSQL and calls row for each node.
+func (b *sqlBackend) uptimes(ctx context.Context, p peer.ID, r Range, row func(NodeUptime)) error {
 	if err := r.Validate(); err != nil {
-		return Uptime{}, err
+		return err
 	}
-	var pid, aid int64
-	err := b.db.QueryRowContext(ctx, b.d.bind(`SELECT n.peer_id, n.agg_id FROM nodes n
-		JOIN peers p ON p.id = n.peer_id JOIN peers a ON a.id = n.agg_id
-		WHERE p.peer = ? ORDER BY n.updated DESC, a.peer LIMIT 1`), p.String()).Scan(&pid, &aid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return Uptime{}, fmt.Errorf("%w: %s", ErrNotFound, p)
-	}
-	if err != nil {
-		return Uptime{}, b.errf("read uptime", err)
-	}
-	u := Uptime{Window: r}
 	from, to := ms(r.From), ms(r.To)
-	// The state at the window's start is the last flip before it.
-	var (
-		state string
-		known bool
-		since = from
-	)
-	err = b.db.QueryRowContext(ctx, b.d.bind(`SELECT to_state FROM flips
-		WHERE peer_id = ? AND agg_id = ? AND at < ? ORDER BY at DESC, id DESC LIMIT 1`), pid, aid, from).Scan(&state)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return Uptime{}, b.errf("read uptime", err)
-	default:
-		known = true
+	args := []any{from, from, from, to, to, StateUp}
+	if p != "" {
+		args = append([]any{p.String()}, args...)
 	}
-	rows, err := b.db.QueryContext(ctx, b.d.bind(`SELECT at, to_state FROM flips
-		WHERE peer_id = ? AND agg_id = ? AND at >= ? AND at < ? ORDER BY at, id`), pid, aid, from, to)
+	stmt, err := b.uptimeStmt(ctx, p != "")
 	if err != nil {
-		return Uptime{}, b.errf("read uptime", err)
+		return b.errf("read uptime", err)
+	}
+	rows, err := stmt.QueryContext(ctx, args...)
+	if err != nil {
+		return b.errf("read uptime", err)
 	}
 	defer rows.Close()
-	var upMS, knownMS int64
-	account := func(until int64) {
-		if known {
-			knownMS += until - since
-			if state == StateUp {
-				upMS += until - since
-			}
-		}
-	}
 	for rows.Next() {
 		var (
-			at int64
-			to string
+			id        string
+			known, up int64
+			u         = NodeUptime{Uptime: Uptime{Window: r}}
 		)
-		if err := rows.Scan(&at, &to); err != nil {
-			return Uptime{}, b.errf("read uptime", err)
+		if err := rows.Scan(&id, &known, &up); err != nil {
+			return b.errf("read uptime", err)
 		}
-		account(at)
-		state, known, since = to, true, at
+		if u.Peer, err = peer.Decode(id); err != nil {
+			return b.errf("read uptime", fmt.Errorf("stored peer id %q: %w", id, err))
+		}
+		u.Known, u.Up = time.Duration(known)*time.Millisecond, time.Duration(up)*time.Millisecond
+		row(u)
 	}
 	if err := rows.Err(); err != nil {
-		return Uptime{}, b.errf("read uptime", err)
+		return b.errf("read uptime", err)
 	}
-	account(to)
-	u.Up, u.Known = time.Duration(upMS)*time.Millisecond, time.Duration(knownMS)*time.Millisecond
-	return u, nil
+	return nil
+}
+
+// Uptime implements Backend.
+func (b *sqlBackend) Uptime(ctx context.Context, p peer.ID, r Range) (Uptime, error) {
+	if p == "" {
+		return Uptime{}, fmt.Errorf("%w: empty peer id", ErrNotFound)
+	}
+	var (
+		out   Uptime
+		found bool
+	)
+	err := b.uptimes(ctx, p, r, func(u NodeUptime) { out, found = u.Uptime, true })
+	if err != nil {
+		return Uptime{}, err
+	}
+	if !found {
+		return Uptime{}, fmt.Errorf("%w: %s", ErrNotFound, p)
+	}
+	return out, nil
+}
+
+// Uptimes implements Backend.
+func (b *sqlBackend) Uptimes(ctx context.Context, r Range) ([]NodeUptime, error) {
+	var out []NodeUptime
+	if err := b.uptimes(ctx, "", r, func(u NodeUptime) { out = append(out, u) }); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // Prune implements Backend.

@@ -157,6 +157,12 @@ func (u Uptime) Fraction() float64 {
 	return float64(u.Up) / float64(u.Known)
 }
 
+// NodeUptime is one node's Uptime, as Uptimes returns it.
+type NodeUptime struct {
+	Peer peer.ID
+	Uptime
+}
+
 // Batch is what one flush writes, in one transaction: flips, then retires,
 // then node records, then samples. A Backend applies all of it or none.
 type Batch struct {
@@ -217,6 +223,12 @@ type Backend interface {
 	// Uptime computes p's Uptime over r from the flips of the aggregator
 	// whose record wins; ErrNotFound if there is no record.
 	Uptime(ctx context.Context, p peer.ID, r Range) (Uptime, error)
+	// Uptimes computes the Uptime over r of every node with a record
+	// (retired ones too), in one query and by the same definition as
+	// Uptime, in no particular order. A node with no known state in r has
+	// Known 0. Memory is one NodeUptime per node in the store (the
+	// dashboard's table asks for 10,000 about once a minute).
+	Uptimes(ctx context.Context, r Range) ([]NodeUptime, error)
 	// Prune deletes at most limit flips older than flipsBefore, and the
 	// samples older than samplesBefore of at most limit nodes, starting
 	// after the node where the previous call stopped. It returns how many
