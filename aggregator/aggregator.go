@@ -148,9 +148,10 @@ func WithGater(g *AllowGater) Option { return func(o *options) { o.gater = g } }
 // WithDashboard serves the live dashboard (package aggregator/web) from
 // HTTPHandler: its page at GET /, its events and its history routes
 // (web.Routes). The aggregator builds it over its tracker with its clock,
-// registry, logger and start time, calls its Notify on every node state
-// change, and closes it in Close; opts come after those and may override
-// them (WithHistory, refresh intervals...). Without it there is no
+// registry, logger and start time (with WithStore, also its per-node
+// history and the 24 h uptime column, both from the store), calls its
+// Notify on every node state change, and closes it in Close; opts come
+// after those and may override them (WithHistory, refresh intervals...). Without it there is no
 // dashboard (GET / is a 404).
 func WithDashboard(opts ...web.Option) Option {
 	return func(o *options) { o.dash = append([]web.Option{}, opts...) }
@@ -345,7 +346,7 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	}
 	if o.dash != nil {
 		if a.storeB != nil {
-			o.dash = append([]web.Option{web.WithHistory(web.StoreHistory(a.storeB))}, o.dash...)
+			o.dash = append([]web.Option{web.WithHistory(web.StoreHistory(a.storeB)), web.WithUptimes(web.StoreUptimes(a.storeB))}, o.dash...)
 		}
 		dopts := append([]web.Option{web.WithClock(o.clock), web.WithRegisterer(o.reg),
 			web.WithStarted(o.clock.Now()), web.WithLogger(a.log)}, o.dash...)

@@ -16,12 +16,14 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/aggregator/web"
 	"github.com/p2pbeat/heartbeat/clockwork"
@@ -209,6 +211,13 @@ func (h *changeHook) Write(p []byte) (int, error) {
 
 func startFleet(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, opts ...web.Option) *fleet {
 	t.Helper()
+	return startFleetWith(t, cfg, clock, nil, opts...)
+}
+
+// startFleetWith is startFleet with more aggregator options, made once the
+// aggregator's host (and so its peer id) exists.
+func startFleetWith(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, more func(h host.Host) []aggregator.Option, opts ...web.Option) *fleet {
+	t.Helper()
 	hopts, err := aggregator.HostOptions(cfg, nil)
 	require.NoError(t, err)
 	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, hopts...)...)
@@ -216,7 +225,11 @@ func startFleet(t *testing.T, cfg aggregator.Config, clock clockwork.Clock, opts
 	t.Cleanup(func() { _ = h.Close() })
 	hook := &changeHook{reset: make(chan string, 64)}
 	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: hook, Level: hclog.Debug})
-	a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithClock(clock), aggregator.WithDashboard(opts...))
+	aopts := []aggregator.Option{aggregator.WithLogger(log), aggregator.WithClock(clock), aggregator.WithDashboard(opts...)}
+	if more != nil {
+		aopts = append(aopts, more(h)...)
+	}
+	a, err := aggregator.New(h, cfg, aopts...)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = a.Close() })
 	d := a.Dashboard()
@@ -548,4 +561,53 @@ func TestBrowserTenThousandNodes(t *testing.T) {
 	renderMs := evalAsync[float64](t, b, `(`+framed+`)(() => document.getElementById('next').click())`)
 	require.Empty(t, b.errors(), "console errors")
 	t.Logf("10,000 nodes: sort click to painted %.1f ms; filtered page click to painted %.1f ms", sortMs, renderMs)
+}
+
+// uptimeCellJS evaluates to the text of the uptime column of peer's row.
+func uptimeCellJS(p peer.ID) string {
+	return fmt.Sprintf(`(() => {
+		const i = Array.from(document.querySelectorAll('thead th')).findIndex(th => th.dataset.key === 'uptime');
+		return document.querySelector('#rows tr[data-peer=%q]')?.children[i]?.textContent ?? null })()`, p.String())
+}
+
+// The uptime column over a real aggregator with a real SQLite store: a
+// node the store knows from before the restart shows its 24 h uptime from
+// the flips (Up 18 h of 24: 75.0%), a node with no history in the window
+// shows a dash, not 0%.
+func TestBrowserUptimeColumn(t *testing.T) {
+	chromium(t)
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	clock := clockwork.NewMock(now)
+	b, err := store.OpenSQLite(context.Background(), t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.Close() })
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	require.NoError(t, err)
+	veteran, err := peer.IDFromPrivateKey(key)
+	require.NoError(t, err)
+	h := func(d time.Duration) time.Time { return now.Add(-d * time.Hour) }
+	f := startFleetWith(t, aggregator.Config{}, clock, func(self host.Host) []aggregator.Option {
+		// The aggregator's own record of a node from before a restart,
+		// with its flips: Up, Down at -12 h, Up again at -6 h.
+		require.NoError(t, b.Apply(context.Background(), store.Batch{
+			Nodes: []store.Node{{Peer: veteran, Aggregator: self.ID(), Nickname: "veteran", Head: "{ h }", Height: 5,
+				State: "up", FirstSeen: h(30), LastSeen: h(0).Add(-time.Minute), Updated: h(0).Add(-time.Minute)}},
+			Flips: []store.Flip{
+				{Peer: veteran, Aggregator: self.ID(), At: h(30), From: "joining", To: "up", Reason: "beat"},
+				{Peer: veteran, Aggregator: self.ID(), At: h(12), From: "up", To: "down", Reason: "silence"},
+				{Peer: veteran, Aggregator: self.ID(), At: h(6), From: "down", To: "up", Reason: "beat"},
+			},
+		}))
+		return []aggregator.Option{aggregator.WithStore(b, store.WriterConfig{})}
+	})
+	fresh := f.addSender(t, "fresh", "{ h }", 5)
+
+	br := newBrowser(t, 1280, 800)
+	br.do(t, chromedp.Navigate(f.srv.URL+"/"))
+	br.waitJS(t, "the fresh node Up", fmt.Sprintf(`document.querySelector('#rows tr[data-peer=%q]')?.dataset.state === 'up'`, fresh.id.String()))
+	br.waitJS(t, "the veteran's uptime", uptimeCellJS(veteran)+` === '75.0%'`)
+	// Read after the uptime arrived: the fresh node's first flip is at the
+	// window's end, so nothing is known of it in the window.
+	require.Equal(t, "–", eval[string](t, br, uptimeCellJS(fresh.id)))
+	require.Empty(t, br.errors(), "console errors")
 }

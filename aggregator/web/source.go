@@ -31,6 +31,18 @@ type History interface {
 	NodeHistory(ctx context.Context, peer string, from, to time.Time) (NodeHistory, error)
 }
 
+// Uptimes is the optional source of the node table's uptime column: the
+// store's uptime of every node (StoreUptimes). The dashboard reads it at
+// most once per UptimeInterval, on a goroutine of its own, so a slow
+// database never holds up a refresh.
+type Uptimes interface {
+	// Uptimes returns, by peer id (text), the fraction in [0, 1] of
+	// [from, to) each node spent Up, by the store's definition
+	// (store.Backend.Uptime). A node whose state is unknown for the whole
+	// range is left out: the page shows it as Unknown, not as 0%.
+	Uptimes(ctx context.Context, from, to time.Time) (map[string]float64, error)
+}
+
 // ErrUnknownNode is what a History returns for a peer it does not know;
 // the dashboard answers 404.
 var ErrUnknownNode = errors.New("web: unknown node")
@@ -63,8 +75,11 @@ type Node struct {
 	// RTTMs is the round-trip time in milliseconds; negative when unknown
 	// (the v1 protocol does not measure it).
 	RTTMs float64 `json:"rtt_ms"`
-	// Uptime24h is the fraction of the last 24 h the node was Up, in
-	// [0, 1]; negative when unknown (no store).
+	// Uptime24h is the fraction of the UptimeWindow (24 h) before the last
+	// read of the Uptimes the node was Up, in [0, 1], rounded to 0.001;
+	// negative (Unknown) without Uptimes, before the first read, or for a
+	// node with no known state in the window. A Source may set it itself:
+	// the dashboard fills only the nodes the Source leaves Unknown.
 	Uptime24h float64 `json:"uptime_24h"`
 	// Flags are fixed, aggregator-made markers such as
 	// "duplicate_identity"; never node-supplied text.

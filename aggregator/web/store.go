@@ -55,6 +55,28 @@ func (s storeHistory) NodeHistory(ctx context.Context, id string, from, to time.
 	return h, nil
 }
 
+// StoreUptimes adapts a store.Backend to Uptimes: one store.Backend.Uptimes
+// query for every node, the same definition of uptime as the per-node API
+// (GET /api/nodes/{peer}). Nodes with no known state in the range are left
+// out.
+func StoreUptimes(b store.Backend) Uptimes { return storeUptimes{b} }
+
+type storeUptimes struct{ b store.Backend }
+
+func (s storeUptimes) Uptimes(ctx context.Context, from, to time.Time) (map[string]float64, error) {
+	us, err := s.b.Uptimes(ctx, store.Range{From: from, To: to})
+	if err != nil {
+		return nil, fmt.Errorf("web: uptime of the nodes: %w", err)
+	}
+	out := make(map[string]float64, len(us))
+	for _, u := range us {
+		if u.Known > 0 {
+			out[u.Peer.String()] = u.Fraction()
+		}
+	}
+	return out, nil
+}
+
 // readNewest pages through a ranged query (oldest first) and returns its
 // newest MaxHistoryPoints rows, oldest first; more reports that older rows
 // were left out. Memory is bounded by MaxHistoryPoints plus one page; the

@@ -14,7 +14,7 @@ import (
 // DuplicateIdentity gets the flag FlagDuplicateIdentity, and its learned
 // period is Node.PeriodMs, and the RTT a v2 sender reports is Node.RTTMs
 // (Unknown for v1 nodes). The tracker knows no 24 h uptime: it reads as
-// Unknown.
+// Unknown, and the Dashboard fills it from its Uptimes (WithUptimes).
 //
 // It caches the text form of each peer id (base58 costs more than the
 // rest of the conversion) and forgets the ids the tracker no longer has, so

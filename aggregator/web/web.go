@@ -16,6 +16,13 @@
 // the summary, and the server's time. A new subscriber first gets a "snapshot" of every node.
 // Each event is encoded once and shared by every subscriber.
 //
+// With WithUptimes, the node table's uptime column (Node.Uptime24h) comes
+// from the store: read for every node in one query, at most once per
+// UptimeInterval on the dashboard's clock, and only while someone watches
+// (a refresh finds the last read older than that and starts the next one
+// in the background; the page gets the new values with the refresh that
+// follows). Neither a page load nor an event causes a query of its own.
+//
 // A node whose only change is its last-seen time is sent at most once per
 // LastSeenResolution, so that a steady fleet of 10,000 nodes beating every
 // 3 s costs a subscriber a few hundred nodes a second, not all of them.
@@ -33,9 +40,11 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -85,6 +94,11 @@ const (
 	// MaxHistoryPoints bounds the flips and, separately, the height samples
 	// of one /api/history answer (the newest are kept).
 	MaxHistoryPoints = 5000
+	// UptimeWindow is the window of the node table's uptime column, and
+	// UptimeInterval the least time between two reads of the Uptimes (on
+	// the dashboard's clock); a read still running then is given up.
+	UptimeWindow   = 24 * time.Hour
+	UptimeInterval = time.Minute
 )
 
 // ErrTooManySubscribers is returned by Subscribe (and answered as 503 by
@@ -107,6 +121,7 @@ type options struct {
 	keepAlive    time.Duration
 	writeTimeout time.Duration
 	history      History
+	uptimes      Uptimes
 	started      time.Time
 	reg          prometheus.Registerer
 	log          hclog.Logger
@@ -146,6 +161,10 @@ func WithWriteTimeout(d time.Duration) Option { return func(o *options) { o.writ
 // says "no history").
 func WithHistory(h History) Option { return func(o *options) { o.history = h } }
 
+// WithUptimes sets the source of the node table's uptime column (default
+// none: the column shows Unknown unless the Source fills it).
+func WithUptimes(u Uptimes) Option { return func(o *options) { o.uptimes = u } }
+
 // WithStarted sets the aggregator's start time, from which the page shows
 // its uptime (default: the clock's now at New).
 func WithStarted(t time.Time) Option { return func(o *options) { o.started = t } }
@@ -182,7 +201,10 @@ type Dashboard struct {
 
 	notify chan struct{} // one slot: a pending Notify
 	done   chan struct{}
-	loop   sync.WaitGroup
+	loop   sync.WaitGroup // the refresh goroutine and a read of the Uptimes
+	// ctx ends a read of the Uptimes in flight when Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	closed  bool
@@ -192,6 +214,12 @@ type Dashboard struct {
 	sum     Summary // of the last refresh
 	scratch []Node
 	seen    map[string]struct{} // scratch set of the peers read
+	// uptime is the last read of the Uptimes (nil: none yet, or it
+	// failed), uptimeAt when that read started on the clock, uptimeBusy
+	// whether one is running.
+	uptime     map[string]float64
+	uptimeAt   time.Time
+	uptimeBusy bool
 
 	onRemove func() // test hook, under mu: a subscriber was removed
 
@@ -259,6 +287,7 @@ func New(src Source, opts ...Option) (*Dashboard, error) {
 		prev:   make(map[string]Node),
 		sent:   make(map[string]int64),
 	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	if o.reg != nil {
 		if err := d.register(o.reg); err != nil {
 			return nil, err
@@ -336,6 +365,7 @@ func (d *Dashboard) Close() error {
 	}
 	d.mu.Unlock()
 	close(d.done)
+	d.cancel()
 	d.loop.Wait()
 	return nil
 }
@@ -425,6 +455,7 @@ func (d *Dashboard) refreshLocked() {
 	now := d.opts.clock.Now()
 	d.scratch = d.src.Nodes(d.scratch[:0])
 	sum := d.src.Summary()
+	d.uptimesLocked(now)
 	res := d.opts.lastSeenRes.Milliseconds()
 	var (
 		changed []Node
@@ -462,6 +493,52 @@ func (d *Dashboard) refreshLocked() {
 	for s := range d.subs {
 		d.sendLocked(s, msg)
 	}
+}
+
+// uptimesLocked fills the nodes the Source left without uptime from the
+// last read of the Uptimes, and starts the next read once the last one is
+// UptimeInterval old.
+func (d *Dashboard) uptimesLocked(now time.Time) {
+	if d.opts.uptimes == nil {
+		return
+	}
+	if !d.uptimeBusy && (d.uptimeAt.IsZero() || now.Sub(d.uptimeAt) >= UptimeInterval) {
+		d.uptimeBusy, d.uptimeAt = true, now
+		d.loop.Add(1) // not closed (the callers check under mu): Close waits for it
+		go d.readUptimes(now)
+	}
+	for i := range d.scratch {
+		n := &d.scratch[i]
+		if n.Uptime24h != Unknown {
+			continue
+		}
+		if u, ok := d.uptime[n.Peer]; ok {
+			n.Uptime24h = u
+		}
+	}
+}
+
+// readUptimes reads the Uptimes of the UptimeWindow before now, then asks
+// for a refresh to send them. A failed read is logged and shows every
+// node's uptime as Unknown until the next one.
+func (d *Dashboard) readUptimes(now time.Time) {
+	defer d.loop.Done()
+	ctx, cancel := context.WithTimeout(d.ctx, UptimeInterval)
+	defer cancel()
+	m, err := d.opts.uptimes.Uptimes(ctx, now.Add(-UptimeWindow), now)
+	if err != nil {
+		d.log.Warn("uptime of the nodes not read", "error", err)
+		m = nil
+	}
+	for p, u := range m {
+		// The page shows one decimal of a percent; rounding keeps a node
+		// whose uptime moved less than that out of the next delta.
+		m[p] = math.Round(u*1000) / 1000
+	}
+	d.mu.Lock()
+	d.uptime, d.uptimeBusy = m, false
+	d.mu.Unlock()
+	d.Notify()
 }
 
 // snapshotLocked encodes every node in prev.
