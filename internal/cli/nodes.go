@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -26,6 +28,42 @@ const defaultURL = "http://127.0.0.1:8080"
 
 // clientTimeout bounds one request of nodes and forget.
 const clientTimeout = 30 * time.Second
+
+// maxNickWidth bounds the nickname column of the nodes table, in
+// characters (runes, as text/tabwriter counts them), quotes included: a
+// node may send MaxLabelBytes (256) of nickname, which would push the
+// other columns off the screen.
+const maxNickWidth = 32
+
+// nickCell is a node's nickname as the nodes table shows it: quoted as %q
+// does (node text is untrusted: control characters and invalid UTF-8 stay
+// out of the terminal, escaped), and cut to maxNickWidth characters when
+// longer, the cut marked by "…" after the closing quote. The cut falls
+// between two characters of the nickname, never inside a character or an
+// escape.
+func nickCell(s string) string {
+	q := strconv.Quote(s)
+	if utf8.RuneCountInString(q) <= maxNickWidth {
+		return q
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	width := 3 // the two quotes and "…"
+	for i := 0; i < len(s); {
+		_, size := utf8.DecodeRuneInString(s[i:])
+		piece := strconv.Quote(s[i : i+size])
+		piece = piece[1 : len(piece)-1]
+		w := utf8.RuneCountInString(piece)
+		if width+w > maxNickWidth {
+			break
+		}
+		b.WriteString(piece)
+		width += w
+		i += size
+	}
+	b.WriteString(`"…`) // outside the quotes: not the node's text
+	return b.String()
+}
 
 // maxErrorBody bounds the part of an error answer that is printed.
 const maxErrorBody = 1 << 10
@@ -93,9 +131,7 @@ func runNodes(ctx context.Context, args []string, stdout, _ io.Writer) error {
 			if last == "" {
 				last = "-"
 			}
-			// Node text is untrusted: %q keeps control characters out of
-			// the terminal.
-			fmt.Fprintf(tw, "%s\t%q\t%s\t%s\t%d\t%s\n", nd.PeerID, nd.Nickname, nd.State, nd.Since, nd.Height, last)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", nd.PeerID, nickCell(nd.Nickname), nd.State, nd.Since, nd.Height, last)
 			n++
 		}
 		if cursor = page.Next; cursor == "" {
