@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 )
@@ -420,5 +421,41 @@ func TestBadPageQuery(t *testing.T) {
 		resp, body := get(t, http.MethodGet, f.url+"/api/nodes?"+query)
 		require.Equal(t, http.StatusBadRequest, resp.StatusCode, query)
 		require.Contains(t, body, msg, query)
+	}
+}
+
+// parseRange names the parameter at fault. A year-1 time is given, not
+// missing: it is refused as older than any record, never as "required"
+// (Go's zero time.Time is year 1, which store.Range.Validate reads as
+// unset).
+func TestParseRange(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		q        string
+		from, to time.Time
+		err      string
+	}{
+		{q: "", from: now.Add(-DefaultHistoryRange), to: now},
+		{q: "to=2026-11-29T00:00:00Z", from: time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC), to: time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)},
+		{q: "from=2026-11-30T11:00:00.5Z", from: time.Date(2026, 11, 30, 11, 0, 0, 5e8, time.UTC), to: now},
+		{q: "from=1970-01-01T00:00:00Z&to=1970-01-02T00:00:00Z", from: store.Epoch, to: store.Epoch.Add(24 * time.Hour)},
+		{q: "from=0001-01-01T00:00:00Z", err: `from "0001-01-01T00:00:00Z": before 1970-01-01T00:00:00Z, older than any record`},
+		{q: "to=0001-01-01T00:00:00Z", err: `to "0001-01-01T00:00:00Z": before 1970-01-01T00:00:00Z`},
+		{q: "from=0001-01-01T00:00:00Z&to=0001-01-01T01:00:00Z", err: `to "0001-01-01T01:00:00Z": before 1970`},
+		{q: "from=1969-12-31T23:59:59Z&to=1970-01-01T01:00:00Z", err: `from "1969-12-31T23:59:59Z": before 1970`},
+		{q: "from=yesterday", err: `from "yesterday": want an RFC 3339 time`},
+		{q: "to=2026-13-01T00:00:00Z", err: `to "2026-13-01T00:00:00Z": want an RFC 3339 time`},
+		{q: "from=2026-11-30T12:00:00Z&to=2026-11-30T11:00:00Z", err: "must be before"},
+		{q: "from=2020-01-01T00:00:00Z", err: "longer than the maximum"},
+	} {
+		rg, err := parseRange(httptest.NewRequest(http.MethodGet, "/api/nodes/x/history?"+c.q, nil), now)
+		if c.err != "" {
+			require.ErrorContains(t, err, c.err, c.q)
+			require.NotContains(t, err.Error(), "required", c.q)
+			continue
+		}
+		require.NoError(t, err, c.q)
+		require.True(t, c.from.Equal(rg.From), "%s: from %v", c.q, rg.From)
+		require.True(t, c.to.Equal(rg.To), "%s: to %v", c.q, rg.To)
 	}
 }

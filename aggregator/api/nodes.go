@@ -187,23 +187,32 @@ func (h *handler) node(w http.ResponseWriter, r *http.Request) {
 
 // parseRange reads ?from= and ?to= (RFC 3339; to defaults to now, from to
 // DefaultHistoryRange before to) and checks them with store.Range.Validate.
+// A time before store.Epoch (1970) is refused by name: no record is that
+// old, and the year-1 time would otherwise read as unset ("required").
 func parseRange(r *http.Request, now time.Time) (store.Range, error) {
 	q := r.URL.Query()
 	rg := store.Range{To: now}
-	if v := q.Get("to"); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			return rg, fmt.Errorf("to %s: want an RFC 3339 time such as 2026-01-02T15:04:05Z", quote(v))
+	parse := func(name string, t *time.Time) error {
+		v := q.Get(name)
+		if v == "" {
+			return nil
 		}
-		rg.To = t
+		got, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			return fmt.Errorf("%s %s: want an RFC 3339 time such as 2026-01-02T15:04:05Z", name, quote(v))
+		}
+		if got.Before(store.Epoch) {
+			return fmt.Errorf("%s %s: before %s, older than any record", name, quote(v), store.Epoch.Format(time.RFC3339))
+		}
+		*t = got
+		return nil
+	}
+	if err := parse("to", &rg.To); err != nil {
+		return rg, err
 	}
 	rg.From = rg.To.Add(-DefaultHistoryRange)
-	if v := q.Get("from"); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			return rg, fmt.Errorf("from %s: want an RFC 3339 time such as 2026-01-02T15:04:05Z", quote(v))
-		}
-		rg.From = t
+	if err := parse("from", &rg.From); err != nil {
+		return rg, err
 	}
 	return rg, rg.Validate()
 }

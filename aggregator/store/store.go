@@ -85,12 +85,21 @@ type Range struct {
 	From, To time.Time
 }
 
+// Epoch is the earliest time a record can have: times are kept as Unix
+// milliseconds, 0 reading back as the zero time.Time (unknown). A Range
+// given by a user (an HTTP query) that starts before it names nothing the
+// store can hold, and the year-1 time that Go takes for "unset" is such a
+// time: check against Epoch before Validate, which reads the zero time as
+// missing.
+var Epoch = time.Unix(0, 0).UTC()
+
 // MaxRange bounds a Range given to a query: longer than the longest
 // default retention (flips, 90 days), so any retained history fits in one.
 const MaxRange = 100 * 24 * time.Hour
 
-// Validate returns ErrBadRange (wrapped, with the reason) if r is empty,
-// reversed, or longer than MaxRange.
+// Validate returns ErrBadRange (wrapped, with the reason) if r is empty
+// (From or To the zero time.Time, i.e. unset), reversed, or longer than
+// MaxRange.
 func (r Range) Validate() error {
 	switch {
 	case r.From.IsZero() || r.To.IsZero():

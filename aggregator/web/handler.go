@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"net/http"
 	"time"
+
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 )
 
 // assets holds the page: index.html, app.js, app.css, favicon.svg.
@@ -147,6 +149,11 @@ func (d *Dashboard) history(w http.ResponseWriter, r *http.Request) {
 			t, err := time.Parse(time.RFC3339, v)
 			if err != nil {
 				writeError(w, http.StatusBadRequest, p.name+": want an RFC 3339 time such as 2026-01-02T15:04:05Z")
+				return
+			}
+			if t.Before(store.Epoch) {
+				// No record is that old; the store would take year 1 for unset.
+				writeError(w, http.StatusBadRequest, p.name+": before "+store.Epoch.Format(time.RFC3339)+", older than any record")
 				return
 			}
 			*p.t = t

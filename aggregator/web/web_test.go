@@ -376,6 +376,10 @@ func TestHistoryEndpoint(t *testing.T) {
 		{"?to=2026-13-01T00:00:00Z", "to: want an RFC 3339 time"},
 		{"?from=2026-11-30T12:00:00Z&to=2026-11-30T11:00:00Z", "from must be before to"},
 		{"?from=2025-01-01T00:00:00Z&to=2026-11-30T11:00:00Z", "range longer than"},
+		// Year 1 is Go's zero time, which the store reads as unset: a
+		// clear 400, not the store's refusal as a 500.
+		{"?from=0001-01-01T00:00:00Z&to=0001-01-01T01:00:00Z", "from: before 1970-01-01T00:00:00Z, older than any record"},
+		{"?from=1969-12-31T23:00:00Z&to=1970-01-01T01:00:00Z", "from: before 1970"},
 	} {
 		code, body := get(d, "/api/history/p1"+c.q)
 		require.Equal(t, http.StatusBadRequest, code, c.q)
