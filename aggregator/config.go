@@ -122,6 +122,20 @@ type Config struct {
 	PacingWindow time.Duration
 }
 
+// ConfigError is an invalid Config field (the aggregator's own; an invalid
+// tracker field is a tracker.ConfigError, wrapped): Field names it by its
+// Go name ("IdleTimeout"), Reason says why, naming by their Go names the
+// fields it was checked against.
+type ConfigError struct {
+	Field, Reason string
+}
+
+func (e *ConfigError) Error() string { return "aggregator: Config." + e.Field + " " + e.Reason }
+
+func configErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
 // withDefaults fills zero fields and validates, naming the bad field. The
 // tracker owns the fields it takes (trackerConfig): it validates them and
 // applies its defaults, and the aggregator reads back only the values its
@@ -137,31 +151,31 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxLineBytes = DefaultMaxLineBytes
 	}
 	if c.MaxLineBytes < minLineBytes || c.MaxLineBytes > maxLineBytes {
-		return c, fmt.Errorf("aggregator: Config.MaxLineBytes (%d) must be between %d and %d", c.MaxLineBytes, minLineBytes, maxLineBytes)
+		return c, configErr("MaxLineBytes", "(%d) must be between %d and %d", c.MaxLineBytes, minLineBytes, maxLineBytes)
 	}
 	if c.IdleTimeout < 0 {
-		return c, fmt.Errorf("aggregator: Config.IdleTimeout (%v) must not be negative", c.IdleTimeout)
+		return c, configErr("IdleTimeout", "(%v) must not be negative", c.IdleTimeout)
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.IdleTimeout <= c.ExpectedPeriod {
-		return c, fmt.Errorf("aggregator: Config.IdleTimeout (%v) must be longer than ExpectedPeriod (%v), or beating senders would be cut off", c.IdleTimeout, c.ExpectedPeriod)
+		return c, configErr("IdleTimeout", "(%v) must be longer than ExpectedPeriod (%v), or beating senders would be cut off", c.IdleTimeout, c.ExpectedPeriod)
 	}
 	if c.SweepInterval < 0 {
-		return c, fmt.Errorf("aggregator: Config.SweepInterval (%v) must not be negative", c.SweepInterval)
+		return c, configErr("SweepInterval", "(%v) must not be negative", c.SweepInterval)
 	}
 	if c.SweepInterval == 0 {
 		c.SweepInterval = min(DefaultSweepInterval, c.ExpectedPeriod)
 	}
 	if c.SweepInterval > c.ExpectedPeriod {
-		return c, fmt.Errorf("aggregator: Config.SweepInterval (%v) must not exceed ExpectedPeriod (%v)", c.SweepInterval, c.ExpectedPeriod)
+		return c, configErr("SweepInterval", "(%v) must not exceed ExpectedPeriod (%v)", c.SweepInterval, c.ExpectedPeriod)
 	}
 	if c.RejectLogInterval == 0 {
 		c.RejectLogInterval = DefaultRejectLogInterval
 	}
 	if c.CloseTimeout < 0 {
-		return c, fmt.Errorf("aggregator: Config.CloseTimeout (%v) must not be negative", c.CloseTimeout)
+		return c, configErr("CloseTimeout", "(%v) must not be negative", c.CloseTimeout)
 	}
 	if c.CloseTimeout == 0 {
 		c.CloseTimeout = DefaultCloseTimeout
@@ -172,7 +186,7 @@ func (c Config) withDefaults() (Config, error) {
 	seen := map[string]bool{}
 	for _, p := range c.Protocols {
 		if p != ProtocolV1 && p != ProtocolV2 || seen[p] {
-			return c, fmt.Errorf("aggregator: Config.Protocols (%q) must list %q and/or %q, each once", c.Protocols, ProtocolV1, ProtocolV2)
+			return c, configErr("Protocols", "(%q) must list %q and/or %q, each once", c.Protocols, ProtocolV1, ProtocolV2)
 		}
 		seen[p] = true
 	}
@@ -184,13 +198,13 @@ func (c Config) withDefaults() (Config, error) {
 		c.AcceptRate = -1
 	}
 	if c.AcceptBurst < 0 {
-		return c, fmt.Errorf("aggregator: Config.AcceptBurst (%d) must not be negative", c.AcceptBurst)
+		return c, configErr("AcceptBurst", "(%d) must not be negative", c.AcceptBurst)
 	}
 	if c.AcceptBurst == 0 {
 		c.AcceptBurst = max(1, int(c.AcceptRate))
 	}
 	if c.PacingWindow < 0 || c.PacingWindow > wire2.MaxRetryAfter {
-		return c, fmt.Errorf("aggregator: Config.PacingWindow (%v) must be between 0 and %v", c.PacingWindow, wire2.MaxRetryAfter)
+		return c, configErr("PacingWindow", "(%v) must be between 0 and %v", c.PacingWindow, wire2.MaxRetryAfter)
 	}
 	if c.PacingWindow == 0 {
 		c.PacingWindow = DefaultPacingWindow

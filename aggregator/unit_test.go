@@ -51,6 +51,9 @@ func TestConfigValidation(t *testing.T) {
 		{Config{SweepInterval: 4 * time.Second}, "SweepInterval"},
 		{Config{SuspectAfter: time.Second}, "SuspectAfter"},
 		{Config{DownAfter: 6 * time.Second}, "DownAfter"},
+		// MaxPeriod left to its default (10× ExpectedPeriod) over the
+		// 24 h limit: the field set is at fault.
+		{Config{ExpectedPeriod: 3 * time.Hour}, "ExpectedPeriod"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.field, func(t *testing.T) {
@@ -59,6 +62,16 @@ func TestConfigValidation(t *testing.T) {
 			require.Contains(t, err.Error(), "Config."+tc.field)
 			_, err = HostOptions(tc.cfg, nil)
 			require.ErrorContains(t, err, "Config."+tc.field)
+			var (
+				ae *ConfigError
+				te *tracker.ConfigError
+			)
+			if errors.As(err, &ae) {
+				require.Equal(t, tc.field, ae.Field)
+			} else {
+				require.ErrorAs(t, err, &te)
+				require.Equal(t, tc.field, te.Field)
+			}
 		})
 	}
 	_, err := New(nil, Config{})

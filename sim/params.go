@@ -178,8 +178,17 @@ func (c *config) spanFor(idx int32) time.Duration {
 	return time.Duration(float64(c.tracker.SuspectAfter)*float64(p)/float64(c.tracker.ExpectedPeriod)) + c.net.MaxLatency + c.net.Jitter
 }
 
+// ParamError is an invalid Params field: Field names it by its Go path
+// ("Nodes", "Network.MaxLatency"), Reason says why, naming by their Go
+// names the fields it was checked against.
+type ParamError struct {
+	Field, Reason string
+}
+
+func (e *ParamError) Error() string { return "sim: Params." + e.Field + " " + e.Reason }
+
 func fieldErr(field, format string, args ...any) error {
-	return fmt.Errorf("sim: Params.%s %s", field, fmt.Sprintf(format, args...))
+	return &ParamError{Field: field, Reason: fmt.Sprintf(format, args...)}
 }
 
 // resolve applies the defaults and validates p.

@@ -121,30 +121,45 @@ type Config struct {
 	DownRetention time.Duration
 }
 
+// ConfigError is an invalid Config: Field names the field at fault by its
+// Go name ("DownAfter"), Reason says why, naming by their Go names the
+// fields it was checked against. A field left to its default is never at
+// fault: when a default derived from another field breaks a rule, the
+// error names the field it was derived from.
+type ConfigError struct {
+	Field, Reason string
+}
+
+func (e *ConfigError) Error() string { return "tracker: Config." + e.Field + " " + e.Reason }
+
+func configErr(field, format string, args ...any) error {
+	return &ConfigError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}
+
 func (c Config) withDefaults() (Config, error) {
 	if c.ExpectedPeriod < 0 {
-		return c, fmt.Errorf("tracker: Config.ExpectedPeriod (%v) must not be negative", c.ExpectedPeriod)
+		return c, configErr("ExpectedPeriod", "(%v) must not be negative", c.ExpectedPeriod)
 	}
 	if c.ExpectedPeriod == 0 {
 		c.ExpectedPeriod = DefaultExpectedPeriod
 	}
 	if c.SuspectAfter < 0 {
-		return c, fmt.Errorf("tracker: Config.SuspectAfter (%v) must not be negative", c.SuspectAfter)
+		return c, configErr("SuspectAfter", "(%v) must not be negative", c.SuspectAfter)
 	}
 	if c.SuspectAfter == 0 {
 		c.SuspectAfter = DefaultSuspectFactor * c.ExpectedPeriod
 	}
 	if c.SuspectAfter < c.ExpectedPeriod {
-		return c, fmt.Errorf("tracker: Config.SuspectAfter (%v) must be at least ExpectedPeriod (%v)", c.SuspectAfter, c.ExpectedPeriod)
+		return c, configErr("SuspectAfter", "(%v) must be at least ExpectedPeriod (%v)", c.SuspectAfter, c.ExpectedPeriod)
 	}
 	if c.DownAfter < 0 {
-		return c, fmt.Errorf("tracker: Config.DownAfter (%v) must not be negative", c.DownAfter)
+		return c, configErr("DownAfter", "(%v) must not be negative", c.DownAfter)
 	}
 	if c.DownAfter == 0 {
 		c.DownAfter = DefaultDownFactor * c.ExpectedPeriod
 	}
 	if c.DownAfter <= c.SuspectAfter {
-		return c, fmt.Errorf("tracker: Config.DownAfter (%v) must be greater than SuspectAfter (%v)", c.DownAfter, c.SuspectAfter)
+		return c, configErr("DownAfter", "(%v) must be greater than SuspectAfter (%v)", c.DownAfter, c.SuspectAfter)
 	}
 	switch {
 	case c.StartupGrace == 0:
@@ -153,25 +168,29 @@ func (c Config) withDefaults() (Config, error) {
 		c.StartupGrace = 0
 	}
 	if c.MaxNodes < 0 {
-		return c, fmt.Errorf("tracker: Config.MaxNodes (%d) must not be negative", c.MaxNodes)
+		return c, configErr("MaxNodes", "(%d) must not be negative", c.MaxNodes)
 	}
 	if c.MaxNodes == 0 {
 		c.MaxNodes = DefaultMaxNodes
 	}
 	if c.MinPeriod < 0 || c.MaxPeriod < 0 {
-		return c, fmt.Errorf("tracker: Config.MinPeriod (%v) and MaxPeriod (%v) must not be negative", c.MinPeriod, c.MaxPeriod)
+		return c, configErr("MinPeriod", "(%v) and MaxPeriod (%v) must not be negative", c.MinPeriod, c.MaxPeriod)
 	}
 	if c.MinPeriod == 0 {
 		c.MinPeriod = c.ExpectedPeriod / DefaultMinPeriodDivisor
 	}
 	if c.MaxPeriod == 0 {
 		c.MaxPeriod = DefaultMaxPeriodFactor * c.ExpectedPeriod
+		if c.MaxPeriod > maxPeriodLimit {
+			return c, configErr("ExpectedPeriod", "(%v) must be at most %v: by default a node's learned period may reach %d times it, and no period may exceed %v",
+				c.ExpectedPeriod, maxPeriodLimit/DefaultMaxPeriodFactor, DefaultMaxPeriodFactor, maxPeriodLimit)
+		}
 	}
 	if c.MinPeriod > c.MaxPeriod {
-		return c, fmt.Errorf("tracker: Config.MinPeriod (%v) must not exceed MaxPeriod (%v)", c.MinPeriod, c.MaxPeriod)
+		return c, configErr("MinPeriod", "(%v) must not exceed MaxPeriod (%v)", c.MinPeriod, c.MaxPeriod)
 	}
 	if c.MaxPeriod > maxPeriodLimit {
-		return c, fmt.Errorf("tracker: Config.MaxPeriod (%v) must not exceed %v", c.MaxPeriod, maxPeriodLimit)
+		return c, configErr("MaxPeriod", "(%v) must not exceed %v", c.MaxPeriod, maxPeriodLimit)
 	}
 	switch {
 	case c.ReconnectAllowance == 0:
@@ -183,34 +202,34 @@ func (c Config) withDefaults() (Config, error) {
 		c.DisruptionFraction = DefaultDisruptionFraction
 	}
 	if !(c.DisruptionFraction > 0 && c.DisruptionFraction <= 1) { // NaN too
-		return c, fmt.Errorf("tracker: Config.DisruptionFraction (%v) must be in (0, 1]", c.DisruptionFraction)
+		return c, configErr("DisruptionFraction", "(%v) must be in (0, 1]", c.DisruptionFraction)
 	}
 	if c.DisruptionMinNodes < 0 {
-		return c, fmt.Errorf("tracker: Config.DisruptionMinNodes (%d) must not be negative", c.DisruptionMinNodes)
+		return c, configErr("DisruptionMinNodes", "(%d) must not be negative", c.DisruptionMinNodes)
 	}
 	if c.DisruptionMinNodes == 0 {
 		c.DisruptionMinNodes = DefaultDisruptionMinNodes
 	}
 	if c.DisruptionMaxHold < 0 {
-		return c, fmt.Errorf("tracker: Config.DisruptionMaxHold (%v) must not be negative", c.DisruptionMaxHold)
+		return c, configErr("DisruptionMaxHold", "(%v) must not be negative", c.DisruptionMaxHold)
 	}
 	if c.DisruptionMaxHold == 0 {
 		c.DisruptionMaxHold = DefaultDisruptionMaxHold
 	}
 	if c.DuplicateWindow < 0 {
-		return c, fmt.Errorf("tracker: Config.DuplicateWindow (%v) must not be negative", c.DuplicateWindow)
+		return c, configErr("DuplicateWindow", "(%v) must not be negative", c.DuplicateWindow)
 	}
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = DefaultDuplicateWindow
 	}
 	if c.DuplicateThreshold < 0 || c.DuplicateThreshold > math.MaxUint16-1 {
-		return c, fmt.Errorf("tracker: Config.DuplicateThreshold (%d) must be between 0 and %d", c.DuplicateThreshold, math.MaxUint16-1)
+		return c, configErr("DuplicateThreshold", "(%d) must be between 0 and %d", c.DuplicateThreshold, math.MaxUint16-1)
 	}
 	if c.DuplicateThreshold == 0 {
 		c.DuplicateThreshold = DefaultDuplicateThreshold
 	}
 	if c.DownRetention < 0 {
-		return c, fmt.Errorf("tracker: Config.DownRetention (%v) must not be negative", c.DownRetention)
+		return c, configErr("DownRetention", "(%v) must not be negative", c.DownRetention)
 	}
 	if c.DownRetention == 0 {
 		c.DownRetention = DefaultDownRetention

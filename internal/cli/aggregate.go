@@ -72,7 +72,7 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	// runtime failure of NewHost below (exit 1). HostOptions only checks
 	// and describes: it builds nothing.
 	if _, err := aggregator.HostOptions(s.cfg, gater, hostAggOpts...); err != nil {
-		return nil, usageError("%v", err)
+		return nil, aggregateFlags.usage(err)
 	}
 	var err error
 	// The HTTP port first: a port in use fails the start before the
@@ -135,7 +135,7 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 			// store's failure (loading the nodes), not misuse.
 			return nil, err
 		}
-		return nil, usageError("%v", err)
+		return nil, aggregateFlags.usage(err)
 	}
 	r := &runningAggregator{host: h, agg: agg, store: b, served: make(chan error, 1)}
 	if ln != nil {

@@ -76,7 +76,7 @@ func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	case errors.As(err, &inv):
 		return err // the error says how to replay the seed
 	case rep == nil:
-		return usageError("%v", err) // invalid parameters
+		return simFlags.usage(err) // invalid parameters
 	}
 	return err
 }
