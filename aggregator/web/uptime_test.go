@@ -80,7 +80,7 @@ func TestUptimeColumnIsReadOncePerInterval(t *testing.T) {
 	own := node("c", "up", 1)
 	own.Uptime24h = 0.5
 	src := newFakeSource(node("a", "up", 1), node("b", "down", 1), own)
-	u := &fakeUptimes{m: map[string]float64{"a": 0.75004, "c": 0.9}}
+	u := &fakeUptimes{m: map[string]float64{"a": 0.75004, "c": 0.9, "gone": 1}}
 	d, m := newDash(t, src, WithUptimes(u), WithRefreshInterval(time.Second))
 	ch, cancel, err := d.Subscribe()
 	require.NoError(t, err)
@@ -93,6 +93,9 @@ func TestUptimeColumnIsReadOncePerInterval(t *testing.T) {
 	}
 	recvUptime(t, ch, "a", 0.75) // rounded to 0.001
 	require.Equal(t, [][2]time.Time{{t0.Add(-UptimeWindow), t0}}, u.readsSoFar())
+	d.mu.Lock()
+	require.Equal(t, map[string]float64{"a": 0.75, "c": 0.9}, d.uptime, "only the nodes on the table are kept")
+	d.mu.Unlock()
 
 	// A minute of refreshes, a Notify and a new page: no second read.
 	d.Notify()

@@ -22,6 +22,7 @@
 // (a refresh finds the last read older than that and starts the next one
 // in the background; the page gets the new values with the refresh that
 // follows). Neither a page load nor an event causes a query of its own.
+// The dashboard keeps the figures of the nodes on its table only.
 //
 // A node whose only change is its last-seen time is sent at most once per
 // LastSeenResolution, so that a steady fleet of 10,000 nodes beating every
@@ -536,6 +537,14 @@ func (d *Dashboard) readUptimes(now time.Time) {
 		m[p] = math.Round(u*1000) / 1000
 	}
 	d.mu.Lock()
+	// Keep only the nodes on the table: a store shared by several
+	// aggregators may know many more, and the table is bounded by the
+	// Source (the tracker's MaxNodes).
+	for p := range m {
+		if _, ok := d.prev[p]; !ok {
+			delete(m, p)
+		}
+	}
 	d.uptime, d.uptimeBusy = m, false
 	d.mu.Unlock()
 	d.Notify()
