@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"sync"
 	"testing"
@@ -337,6 +338,43 @@ func TestUptimesOfEveryNode(t *testing.T) {
 		}
 		_, err = b.Uptimes(ctx, Range{From: now, To: now.Add(-time.Hour)})
 		require.ErrorIs(t, err, ErrBadRange)
+	})
+}
+
+// The first uptime queries of a backend, concurrent, share one prepared
+// statement per form and agree.
+func TestUptimeConcurrentFirstUse(t *testing.T) {
+	forEach(t, func(t *testing.T, be backend) {
+		b := be.open(t)
+		apply(t, b, Batch{
+			Nodes: []Node{node(pid(1), aggA, "up", t0.Add(time.Hour))},
+			Flips: []Flip{{Peer: pid(1), Aggregator: aggA, At: t0, From: "joining", To: "up"}},
+		})
+		r := Range{From: t0, To: t0.Add(time.Hour)}
+		errs := make(chan error, 8)
+		for i := range 8 {
+			go func() {
+				var err error
+				if i%2 == 0 {
+					var u Uptime
+					if u, err = b.Uptime(ctx, pid(1), r); err == nil && u.Up != time.Hour {
+						err = fmt.Errorf("up %v", u.Up)
+					}
+				} else {
+					var us []NodeUptime
+					if us, err = b.Uptimes(ctx, r); err == nil && (len(us) != 1 || us[0].Up != time.Hour) {
+						err = fmt.Errorf("uptimes %+v", us)
+					}
+				}
+				errs <- err
+			}()
+		}
+		for range 8 {
+			require.NoError(t, <-errs)
+		}
+		require.NoError(t, b.Close())
+		_, err := b.Uptimes(ctx, r)
+		require.ErrorIs(t, err, ErrClosed)
 	})
 }
 

@@ -592,15 +592,28 @@ func (b *sqlBackend) uptimeStmt(ctx context.Context, onePeer bool) (*sql.Stmt, e
 		i = 1
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
+	st, closed := b.uptime[i], b.closed
+	b.mu.Unlock()
+	switch {
+	case closed:
 		return nil, ErrClosed
+	case st != nil:
+		return st, nil
 	}
-	if b.uptime[i] == nil {
-		st, err := b.db.PrepareContext(ctx, b.d.bind(uptimeSQL(onePeer)))
-		if err != nil {
-			return nil, err
-		}
+	// Prepared outside mu, which Apply takes: a round trip to PostgreSQL.
+	st, err := b.db.PrepareContext(ctx, b.d.bind(uptimeSQL(onePeer)))
+	if err != nil {
+		return nil, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		st.Close()
+		return nil, ErrClosed
+	case b.uptime[i] != nil: // prepared meanwhile by another caller
+		st.Close()
+	default:
 		b.uptime[i] = st
 	}
 	return b.uptime[i], nil
