@@ -220,15 +220,19 @@ func (ls *liveStream) SetReadDeadline(t time.Time) error {
 
 // drain half-closes the stream (the sender reads EOF: an orderly end) and
 // gives the sender until deadline to close its side. A v2 stream first
-// gets goAway (a GoAway frame: when to come back), unless an Ack is being
-// written at that moment: then the sender reads only the EOF.
+// gets goAway (a GoAway frame: when to come back) as its last frame: an Ack
+// being written at that moment goes first, bounded by the same deadline,
+// and no Ack starts after draining is set.
 func (ls *liveStream) drain(deadline time.Time, goAway []byte) {
 	ls.mu.Lock()
 	ls.draining = true
 	_ = ls.s.SetReadDeadline(deadline)
+	// Also bounds an Ack write in flight, so the Lock below cannot outlast
+	// the deadline.
+	_ = ls.s.SetWriteDeadline(deadline)
 	ls.mu.Unlock()
-	if goAway != nil && ls.wmu.TryLock() {
-		_ = ls.s.SetWriteDeadline(deadline)
+	if goAway != nil {
+		ls.wmu.Lock()
 		_, _ = ls.s.Write(goAway)
 		ls.wmu.Unlock()
 	}
