@@ -65,9 +65,10 @@ func (d *serviceDriver) harness() *harness {
 	return d.h
 }
 
-func (d *serviceDriver) Configure(dial, write time.Duration) {
+func (d *serviceDriver) Configure(c scenario.Config) {
 	require.Nil(d.t, d.h, "config comes first")
-	d.hc.opts = append(d.hc.opts, heartbeat.WithTimeouts(dial, write))
+	d.hc.opts = append(d.hc.opts, heartbeat.WithTimeouts(c.DialTimeout, c.WriteTimeout))
+	d.hc.cfg.BeatPeriod = c.BeatPeriod.String()
 }
 
 func (d *serviceDriver) Run() {
@@ -75,8 +76,11 @@ func (d *serviceDriver) Run() {
 	d.sync()
 }
 
-func (d *serviceDriver) Aggregator(up bool) {
-	if up {
+func (d *serviceDriver) Aggregator(a scenario.Aggregator) {
+	if a.V2 {
+		d.t.Skip("the Service does not speak v2 yet")
+	}
+	if a.Up {
 		d.harness().startAggregator()
 	} else {
 		d.harness().stopAggregator()
@@ -121,6 +125,11 @@ func (d *serviceDriver) RemoteEnd(reset bool) {
 	h.settle()
 	d.sync()
 }
+
+func (d *serviceDriver) Ack(uint64)                   { d.t.Skip("the Service does not speak v2 yet") }
+func (d *serviceDriver) Pass(time.Duration)           { d.t.Skip("the Service does not speak v2 yet") }
+func (d *serviceDriver) GoAway(time.Duration, string) { d.t.Skip("the Service does not speak v2 yet") }
+func (d *serviceDriver) BadFrame()                    { d.t.Skip("the Service does not speak v2 yet") }
 
 func (d *serviceDriver) Close() {
 	h := d.harness()
