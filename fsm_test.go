@@ -37,8 +37,10 @@ func init() {
 			notThroughService[i] = "the Service fires only deadlines the machine armed"
 		case t.From == fsm.Any && (t.On == fsm.DialSucceeded || t.On == fsm.WriteSucceeded || t.On == fsm.RemoteClosed):
 			notThroughService[i] = "needs a race the memory network does not produce deterministically"
-		case t.On >= fsm.WelcomeReceived:
-			notThroughService[i] = "protocol v2: the Service does not speak it yet"
+		case t.From == fsm.Any && t.On == fsm.AckOverdue:
+			notThroughService[i] = "the Service fires only deadlines the machine armed"
+		case t.From == fsm.Any && t.On >= fsm.WelcomeReceived:
+			notThroughService[i] = "the Service drops what it reads from a stream it ended"
 		}
 	}
 }
