@@ -159,18 +159,7 @@ func TestEndToEndWithOurAggregator(t *testing.T) {
 	require.NoError(t, err)
 	beats := make(beatLog, 4096)
 	startAgg := func(listen string) (host.Host, *aggregator.Aggregator) {
-		// A v2 sender waits the retry-after of the GoAway a shutdown
-		// sends, drawn from the pacing window (1 min by default).
-		cfg := aggregator.Config{ExpectedPeriod: 50 * time.Millisecond, PacingWindow: 100 * time.Millisecond}
-		opts, err := aggregator.HostOptions(cfg, nil)
-		require.NoError(t, err)
-		h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(key), libp2p.ListenAddrStrings(listen)}, opts...)...)
-		require.NoError(t, err)
-		log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
-		a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true),
-			aggregator.WithClock(clockwork.NewMock(time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC))))
-		require.NoError(t, err)
-		return h, a
+		return startKeyedAggregator(t, key, listen, beats)
 	}
 	aggHost, agg := startAgg("/ip4/127.0.0.1/tcp/0")
 	listen := aggHost.Addrs()[0].String()

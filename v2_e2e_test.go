@@ -198,18 +198,7 @@ func interop(t *testing.T, proto string, want protocol.ID, version uint8) {
 	require.NoError(t, err)
 	beats := make(beatLog, 4096)
 	startAgg := func(listen string) (host.Host, *aggregator.Aggregator) {
-		// A v2 sender waits the retry-after of the GoAway a shutdown
-		// sends, drawn from the pacing window (1 min by default).
-		cfg := aggregator.Config{ExpectedPeriod: 50 * time.Millisecond, PacingWindow: 100 * time.Millisecond}
-		opts, err := aggregator.HostOptions(cfg, nil)
-		require.NoError(t, err)
-		h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(key), libp2p.ListenAddrStrings(listen)}, opts...)...)
-		require.NoError(t, err)
-		log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
-		a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true),
-			aggregator.WithClock(clockwork.NewMock(time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC))))
-		require.NoError(t, err)
-		return h, a
+		return startKeyedAggregator(t, key, listen, beats)
 	}
 	aggHost, agg := startAgg("/ip4/127.0.0.1/tcp/0")
 	listen := aggHost.Addrs()[0].String()
@@ -337,4 +326,79 @@ func TestAutoSenderSpeaksV1ToALegacyReceiver(t *testing.T) {
 	require.Equal(t, line, next(raw), "the restarted receiver's first line")
 	require.Equal(t, protocol.ID(heartbeat.ProtocolID), svc.Status().Protocol)
 	require.GreaterOrEqual(t, svc.Status().Attempt, uint64(2))
+}
+
+// startKeyedAggregator starts our aggregator on a real libp2p host with key,
+// listening on listen, logging each heartbeat to beats. Its clock is a
+// mock the test never moves: what is checked is the path of a heartbeat,
+// not silence detection.
+func startKeyedAggregator(t *testing.T, key crypto.PrivKey, listen string, beats beatLog) (host.Host, *aggregator.Aggregator) {
+	t.Helper()
+	// A v2 sender waits the retry-after of the GoAway a shutdown sends,
+	// drawn from the pacing window (1 min by default).
+	cfg := aggregator.Config{ExpectedPeriod: 50 * time.Millisecond, PacingWindow: 100 * time.Millisecond}
+	opts, err := aggregator.HostOptions(cfg, nil)
+	require.NoError(t, err)
+	h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(key), libp2p.ListenAddrStrings(listen)}, opts...)...)
+	require.NoError(t, err)
+	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
+	a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true),
+		aggregator.WithClock(clockwork.NewMock(time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC))))
+	require.NoError(t, err)
+	return h, a
+}
+
+// A 2019 go-filecoin sender against our aggregator, over real libp2p on
+// loopback: it opens a stream with exactly fil/heartbeat/1.0.0 (no
+// multistream choice) and writes its heartbeat with a plain json.Encoder.
+// The node is Up with its fields, as protocol 1; the aggregator restarts
+// with the same key and address, the sender opens a new stream (as the
+// legacy one did after its ReconnectPeriod) and is Up again.
+func TestLegacySenderWithOurAggregator(t *testing.T) {
+	noLeaks(t)
+	key, _, err := crypto.GenerateEd25519Key(nil)
+	require.NoError(t, err)
+	beats := make(beatLog, 4096)
+	aggHost, agg := startKeyedAggregator(t, key, "/ip4/127.0.0.1/tcp/0", beats)
+	listen := aggHost.Addrs()[0]
+
+	node, err := libp2p.New(libp2p.NoListenAddrs)
+	require.NoError(t, err)
+	defer node.Close()
+	type legacyHeartbeat struct { // go-filecoin 2019, field for field
+		Head         string
+		Height       uint64
+		Nickname     string
+		MinerAddress string
+	}
+	send := func(a *aggregator.Aggregator) {
+		t.Helper()
+		node.Peerstore().AddAddr(aggHost.ID(), listen, time.Hour)
+		s, err := node.NewStream(t.Context(), aggHost.ID(), protocol.ID(heartbeat.ProtocolID))
+		require.NoError(t, err)
+		defer s.Close()
+		enc := json.NewEncoder(s)
+		for range 2 {
+			require.NoError(t, enc.Encode(legacyHeartbeat{Head: "{ bafy2bzaceabc }", Height: 444, Nickname: "BobHoblaw", MinerAddress: "empty"}))
+		}
+		waitBeats(t, beats, []peer.ID{node.ID()}, 2)
+		n, ok := a.Tracker().Node(node.ID())
+		require.True(t, ok)
+		require.Equal(t, tracker.Up, n.State)
+		require.Equal(t, "{ bafy2bzaceabc }", n.Head)
+		require.Equal(t, uint64(444), n.Height)
+		require.Equal(t, "BobHoblaw", n.Nickname)
+		require.Equal(t, uint8(1), n.Protocol)
+	}
+	send(agg)
+
+	require.NoError(t, agg.Close())
+	require.NoError(t, aggHost.Close())
+	for len(beats) > 0 {
+		<-beats
+	}
+	aggHost, agg = startKeyedAggregator(t, key, listen.String(), beats)
+	defer aggHost.Close()
+	defer agg.Close()
+	send(agg)
 }
