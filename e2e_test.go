@@ -159,16 +159,7 @@ func TestEndToEndWithOurAggregator(t *testing.T) {
 	require.NoError(t, err)
 	beats := make(beatLog, 4096)
 	startAgg := func(listen string) (host.Host, *aggregator.Aggregator) {
-		cfg := aggregator.Config{ExpectedPeriod: 50 * time.Millisecond}
-		opts, err := aggregator.HostOptions(cfg, nil)
-		require.NoError(t, err)
-		h, err := libp2p.New(append([]libp2p.Option{libp2p.Identity(key), libp2p.ListenAddrStrings(listen)}, opts...)...)
-		require.NoError(t, err)
-		log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
-		a, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true),
-			aggregator.WithClock(clockwork.NewMock(time.Date(2025, time.January, 1, 0, 0, 0, 0, time.UTC))))
-		require.NoError(t, err)
-		return h, a
+		return startKeyedAggregator(t, key, listen, beats)
 	}
 	aggHost, agg := startAgg("/ip4/127.0.0.1/tcp/0")
 	listen := aggHost.Addrs()[0].String()
@@ -276,6 +267,11 @@ type fleet struct {
 	writes  []atomic.Int64 // heartbeats each sender wrote
 	wrote   []atomic.Int64 // the clock's time (Unix ns) each sender issued its last write at
 	lost    []atomic.Int64 // streams each sender saw end (RemoteReset, RemoteClosed)
+	// v2: the seq of the last Beat each sender issued, and of the last Ack
+	// it took in.
+	seq, acked []atomic.Uint64
+	// protocol is the senders' Config.Protocol ("": auto, v2 with ours).
+	protocol string
 }
 
 func newFleet(t *testing.T) *fleet { return newFleetWith(t, aggregator.Config{}) }
@@ -300,6 +296,8 @@ func newFleetWith(t *testing.T, cfg aggregator.Config) *fleet {
 	f.writes = make([]atomic.Int64, 8)
 	f.wrote = make([]atomic.Int64, 8)
 	f.lost = make([]atomic.Int64, 8)
+	f.seq = make([]atomic.Uint64, 8)
+	f.acked = make([]atomic.Uint64, 8)
 	return f
 }
 
@@ -328,7 +326,7 @@ func (f *fleet) add(key crypto.PrivKey) {
 	}
 	h, err := libp2p.New(opts...)
 	require.NoError(t, err)
-	svc, err := heartbeat.New(h, heartbeat.Config{BeatTarget: f.target, Nickname: fmt.Sprintf("n%d", i)},
+	svc, err := heartbeat.New(h, heartbeat.Config{BeatTarget: f.target, Nickname: fmt.Sprintf("n%d", i), Protocol: f.protocol},
 		func() (heartbeat.ChainHead, error) { return heartbeat.ChainHead{Head: "{ h }", Height: 7}, nil },
 		heartbeat.WithClock(f.mock), heartbeat.WithSeed(uint64(i+1)),
 		heartbeat.WithLogger(hclog.NewNullLogger()),
@@ -338,10 +336,13 @@ func (f *fleet) add(key crypto.PrivKey) {
 				f.writes[i].Add(1)
 			case fsm.RemoteReset, fsm.RemoteClosed:
 				f.lost[i].Add(1)
+			case fsm.AckReceived:
+				f.acked[i].Store(o.Event.Seq)
 			}
 			for _, e := range o.Effects {
 				if e.Kind == fsm.Send {
 					f.wrote[i].Store(o.At.UnixNano())
+					f.seq[i].Store(e.Seq)
 				}
 			}
 			select {
@@ -413,7 +414,11 @@ func (f *fleet) quiet() bool {
 			// after the clock's time when the write was issued (a write
 			// lost on a reset stream is not).
 			seen := n.LastSeen.UnixNano() >= f.wrote[i].Load()
-			if !dead && !seen {
+			// v2: and the sender read its Ack (the aggregator writes it
+			// after it counted the beat), so that no Ack is on its way
+			// when the clock moves.
+			acked := f.acked[i].Load() >= f.seq[i].Load()
+			if !dead && !(seen && acked) {
 				return false
 			}
 		default:
@@ -558,9 +563,25 @@ func rejectedTotal(t *testing.T, a *aggregator.Aggregator, reason string) float6
 // sender is refused too_many_nodes until the node Down the longest has been
 // Down for DownRetention, then it gets in.
 func TestNewcomerGetsInAfterDownRetention(t *testing.T) {
+	// v1: refused by a reset, the newcomer retries every ReconnectPeriod
+	// (10 s, +20% jitter). v2: refused by a GoAway, it waits the retry-after
+	// (up to the aggregator's PacingWindow, +20% jitter).
+	for _, tc := range []struct {
+		protocol string
+		retry    time.Duration
+	}{
+		{heartbeat.ProtocolV1, 13 * time.Second},
+		{heartbeat.ProtocolV2, aggregator.DefaultPacingWindow*12/10 + time.Second},
+	} {
+		t.Run(tc.protocol, func(t *testing.T) { newcomerGetsIn(t, tc.protocol, tc.retry) })
+	}
+}
+
+func newcomerGetsIn(t *testing.T, protocol string, retry time.Duration) {
 	noLeaks(t)
 	const retention = 2 * time.Minute
 	f := newFleetWith(t, aggregator.Config{MaxNodes: 5, DownRetention: retention})
+	f.protocol = protocol
 	for range 5 {
 		f.add(nil)
 	}
@@ -594,6 +615,6 @@ func TestNewcomerGetsInAfterDownRetention(t *testing.T) {
 	// One of the five was evicted for it; the others are still Down.
 	require.Equal(t, 5, f.agg.Tracker().Len())
 	require.True(t, in.After(firstDown.Add(retention)), "in at %s, first Down at %s", in, firstDown)
-	require.LessOrEqual(t, in.Sub(firstDown.Add(retention)), 13*time.Second, "within one retry of the retention's end")
+	require.LessOrEqual(t, in.Sub(firstDown.Add(retention)), retry, "within one retry of the retention's end")
 	require.Positive(t, rejectedTotal(t, f.agg, metrics.ReasonTooManyNodes))
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 var update = flag.Bool("update", false, "rewrite generated docs")
@@ -36,6 +37,10 @@ func init() {
 			notThroughService[i] = "the Service fires only deadlines the machine armed"
 		case t.From == fsm.Any && (t.On == fsm.DialSucceeded || t.On == fsm.WriteSucceeded || t.On == fsm.RemoteClosed):
 			notThroughService[i] = "needs a race the memory network does not produce deterministically"
+		case t.From == fsm.Any && t.On == fsm.AckOverdue:
+			notThroughService[i] = "the Service fires only deadlines the machine armed"
+		case t.From == fsm.Any && t.On >= fsm.WelcomeReceived:
+			notThroughService[i] = "the Service drops what it reads from a stream it ended"
 		}
 	}
 }
@@ -161,4 +166,10 @@ func TestOnlyClockworkImportsTheClockModule(t *testing.T) {
 		return nil
 	})
 	require.NoError(t, err)
+}
+
+// TestProtocolBounds: the state machine restates the protocol's bound on a
+// GoAway's wait, as it imports no codec; the two must agree.
+func TestProtocolBounds(t *testing.T) {
+	require.Equal(t, wire2.MaxRetryAfter, fsm.MaxRetryAfter)
 }

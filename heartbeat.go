@@ -1,8 +1,11 @@
 // Package heartbeat keeps a libp2p node reporting its state to an
-// aggregator: a Service opens a stream with protocol fil/heartbeat/1.0.0 to
-// the aggregator named by a /p2p/ multiaddr and writes one JSON Heartbeat
-// per line every BeatPeriod, reconnecting every ReconnectPeriod when it
-// cannot, with the legacy go-filecoin WARN/DEBUG/ERROR log policy.
+// aggregator: a Service opens a stream to the aggregator named by a /p2p/
+// multiaddr and reports the node's head every BeatPeriod, reconnecting every
+// ReconnectPeriod when it cannot, with the legacy go-filecoin WARN/DEBUG/ERROR
+// log policy. It offers protocol v2 (/fil/heartbeat/2.0.0: a Hello,
+// acknowledged Beats, a Bye) then v1 (fil/heartbeat/1.0.0: one JSON
+// Heartbeat per line, the 2019 format byte for byte), and speaks whichever
+// the aggregator picks (docs/protocol.md).
 //
 // The Service is an actor: one goroutine runs the pure state machine of
 // package fsm and carries out the effects it returns against a transport,
@@ -20,18 +23,35 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // Heartbeat is one report on the wire (see wire.Heartbeat and docs/protocol.md).
 type Heartbeat = wire.Heartbeat
 
-// ProtocolID is the heartbeat protocol, "fil/heartbeat/1.0.0" with no
+// ProtocolID is the heartbeat protocol v1, "fil/heartbeat/1.0.0" with no
 // leading slash, byte for byte the legacy id.
 const ProtocolID = wire.ProtocolID
+
+// ProtocolIDV2 is the heartbeat protocol v2, "/fil/heartbeat/2.0.0".
+const ProtocolIDV2 = wire.ProtocolIDV2
+
+// The values of Config.Protocol.
+const (
+	// ProtocolAuto offers v2, then v1, in one stream negotiation, so the
+	// aggregator picks: the default.
+	ProtocolAuto = "auto"
+	// ProtocolV1 offers v1 only: the 2019 lines, byte for byte.
+	ProtocolV1 = "v1"
+	// ProtocolV2 offers v2 only: an aggregator that speaks only v1 refuses
+	// the stream (a failed attempt).
+	ProtocolV2 = "v2"
+)
 
 // The legacy defaults, owned by package fsm.
 const (
@@ -51,6 +71,13 @@ type Config struct {
 	ReconnectPeriod string `json:"reconnectPeriod"`
 	// Nickname labels the node in the aggregator's views.
 	Nickname string `json:"nickname"`
+	// Protocol is which heartbeat protocols the sender offers: "auto" (v2,
+	// then v1; the default, also for ""), "v1" or "v2". With auto, a
+	// beatPeriod or reconnectPeriod outside v2's bounds (docs/protocol.md:
+	// beat period in [10ms, 1h], reconnect period within 24h) offers v1 only;
+	// with v2 it is a ConfigError. It applies to the Service's own libp2p
+	// transport; a WithTransport dialer decides its own offer.
+	Protocol string `json:"protocol,omitempty"`
 }
 
 // DefaultConfig is the legacy default section: no target, 3 s beats, 10 s reconnects.
@@ -64,11 +91,13 @@ type settings struct {
 	beatPeriod      time.Duration
 	reconnectPeriod time.Duration
 	nickname        string
+	// protocols is what the Service's libp2p dialer offers, in preference order.
+	protocols []protocol.ID
 }
 
 // ConfigError says which field of Config is invalid and why.
 type ConfigError struct {
-	Field string // the JSON name: beatTarget, beatPeriod, reconnectPeriod, nickname
+	Field string // the JSON name: beatTarget, beatPeriod, reconnectPeriod, nickname, protocol
 	Value string
 	Err   error
 }
@@ -110,7 +139,44 @@ func (c Config) parse() (settings, error) {
 	if s.target, err = ParseTarget(c.BeatTarget); err != nil {
 		return s, &ConfigError{Field: "beatTarget", Value: c.BeatTarget, Err: err}
 	}
+	if s.protocols, err = s.parseProtocol(c.Protocol); err != nil {
+		return s, err
+	}
 	return s, nil
+}
+
+// parseProtocol turns Config.Protocol into the ids to offer. v2 needs the
+// periods within what a Hello carries.
+func (s settings) parseProtocol(value string) ([]protocol.ID, error) {
+	v2fits := s.fitsV2()
+	switch value {
+	case "", ProtocolAuto:
+		if v2fits != nil {
+			return []protocol.ID{ProtocolID}, nil
+		}
+		return []protocol.ID{ProtocolIDV2, ProtocolID}, nil
+	case ProtocolV1:
+		return []protocol.ID{ProtocolID}, nil
+	case ProtocolV2:
+		if v2fits != nil {
+			return nil, v2fits
+		}
+		return []protocol.ID{ProtocolIDV2}, nil
+	}
+	return nil, &ConfigError{Field: "protocol", Value: value, Err: errors.New(`want "auto", "v1" or "v2"`)}
+}
+
+// fitsV2 reports the first period a v2 Hello cannot carry (wire2's bounds).
+func (s settings) fitsV2() error {
+	if s.beatPeriod < wire2.MinPeriod || s.beatPeriod > wire2.MaxBeatPeriod {
+		return &ConfigError{Field: "beatPeriod", Value: s.beatPeriod.String(),
+			Err: fmt.Errorf("protocol v2 carries a beat period in [%s, %s]", wire2.MinPeriod, wire2.MaxBeatPeriod)}
+	}
+	if s.reconnectPeriod < wire2.MinPeriod || s.reconnectPeriod > wire2.MaxReconnectPeriod {
+		return &ConfigError{Field: "reconnectPeriod", Value: s.reconnectPeriod.String(),
+			Err: fmt.Errorf("protocol v2 carries a reconnect period in [%s, %s]", wire2.MinPeriod, wire2.MaxReconnectPeriod)}
+	}
+	return nil
 }
 
 // fits checks that every heartbeat of s can be sent: the line with the

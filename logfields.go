@@ -2,7 +2,9 @@ package heartbeat
 
 import (
 	"errors"
+	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/libp2p/go-libp2p/core/network"
 
@@ -12,14 +14,21 @@ import (
 // logFields are a record's key/value pairs (docs/logging.md lists them):
 // attempt; outage in seconds (a number, for queries) and failures on
 // connection lines; the error on one line (libp2p's dial errors list one
-// address per line); and, for a reset stream, its cause.
+// address per line); for a reset stream, its cause; for a GoAway the
+// retry-after asked and the wait granted (seconds) and the reason (quoted
+// if not printable: it is the aggregator's text); for an asked beat period,
+// the period asked and the one used (seconds).
 func logFields(r fsm.LogRecord) []any {
 	args := []any{"attempt", r.Attempt}
-	if r.Kind == fsm.LogConnectFailed || r.Kind == fsm.LogConnected {
+	switch r.Kind {
+	case fsm.LogConnectFailed, fsm.LogConnected, fsm.LogProtocolError:
 		args = append(args, "outage", r.Outage.Seconds(), "failures", r.Failures)
-	}
-	if r.Kind == fsm.LogRemoteReset {
+	case fsm.LogRemoteReset:
 		args = append(args, "cause", resetCause(r.Err))
+	case fsm.LogGoAway:
+		args = append(args, "retry_after", r.Asked.Seconds(), "wait", r.Granted.Seconds(), "reason", printable(r.Reason))
+	case fsm.LogBeatPeriod:
+		args = append(args, "asked_period", r.Asked.Seconds(), "beat_period", r.Granted.Seconds())
 	}
 	if r.Err != nil {
 		args = append(args, "error", strings.Join(strings.Fields(r.Err.Error()), " "))
@@ -49,4 +58,15 @@ func resetCause(err error) string {
 		return causeAggregatorClosedConn
 	}
 	return causeConnectionLost
+}
+
+// printable is v as it is if every rune of it is printable, else Go-quoted,
+// so that a peer's text cannot forge log lines or send terminal escapes.
+func printable(v string) string {
+	for _, r := range v {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(v)
+		}
+	}
+	return v
 }

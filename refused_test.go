@@ -74,7 +74,7 @@ func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, harnessConfig{opts: tc.opts})
 			h.startAggregator()
-			h.net.SetFaults(h.aggID, tc.faults)
+			h.setFaults(tc.faults)
 			h.run()
 			if tc.end != nil {
 				mark := len(h.observations())
@@ -96,7 +96,7 @@ func TestUnprovenStreamEndsAreFailedAttempts(t *testing.T) {
 			warn := h.lines("WARN")[0]
 			require.Equal(t, "Heartbeat service failed to connect", warn.Message)
 			require.Contains(t, warn.Fields["error"], "stream ended before its first heartbeat was acknowledged")
-			h.net.SetFaults(h.aggID, transport.Faults{})
+			h.setFaults(transport.Faults{})
 		})
 	}
 }

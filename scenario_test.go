@@ -1,7 +1,6 @@
 package heartbeat_test
 
 import (
-	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/p2pbeat/heartbeat/internal/scenario"
 	"github.com/p2pbeat/heartbeat/transport"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // TestScenarios runs every scenario file (fsm/testdata/scenarios) on the
@@ -30,7 +30,7 @@ import (
 func TestScenarios(t *testing.T) {
 	scenario.RunAll(t, func(t *testing.T, rec *scenario.Recorder) scenario.Driver {
 		noLeaks(t)
-		return &serviceDriver{t: t, rec: rec, remoteEnded: map[uint64]bool{}, ends: map[*transport.ServerStream]error{}}
+		return &serviceDriver{t: t, rec: rec, remoteEnded: map[uint64]bool{}}
 	})
 }
 
@@ -47,9 +47,7 @@ type serviceDriver struct {
 	logsSeen int        // of them, checked against hclog lines
 	received int        // heartbeat lines the aggregator read
 
-	adopted     []uint64                  // attempts whose stream the Service adopted, in order
-	streams     []*transport.ServerStream // the aggregator's accepted streams, in order
-	ends        map[*transport.ServerStream]error
+	adopted     []uint64        // attempts whose stream the Service adopted, in order
 	remoteEnded map[uint64]bool // attempts whose stream the aggregator ended itself
 }
 
@@ -65,9 +63,10 @@ func (d *serviceDriver) harness() *harness {
 	return d.h
 }
 
-func (d *serviceDriver) Configure(dial, write time.Duration) {
+func (d *serviceDriver) Configure(c scenario.Config) {
 	require.Nil(d.t, d.h, "config comes first")
-	d.hc.opts = append(d.hc.opts, heartbeat.WithTimeouts(dial, write))
+	d.hc.opts = append(d.hc.opts, heartbeat.WithTimeouts(c.DialTimeout, c.WriteTimeout))
+	d.hc.cfg.BeatPeriod = c.BeatPeriod.String()
 }
 
 func (d *serviceDriver) Run() {
@@ -75,17 +74,21 @@ func (d *serviceDriver) Run() {
 	d.sync()
 }
 
-func (d *serviceDriver) Aggregator(up bool) {
-	if up {
-		d.harness().startAggregator()
-	} else {
-		d.harness().stopAggregator()
+func (d *serviceDriver) Aggregator(a scenario.Aggregator) {
+	h := d.harness()
+	switch {
+	case !a.Up:
+		h.stopAggregator()
+	case h.listener != nil:
+		h.setMode(a) // up already: answer differently from now on
+	default:
+		h.startAggregatorWith(a)
 	}
 }
 
 func (d *serviceDriver) Faults(f scenario.Faults) {
 	h := d.harness()
-	h.net.SetFaults(h.aggID, transport.Faults{HangDials: f.HangDials, StallWrites: f.StallWrites, WriteErr: f.WriteErr})
+	h.setFaults(transport.Faults{HangDials: f.HangDials, StallWrites: f.StallWrites, WriteErr: f.WriteErr})
 }
 
 func (d *serviceDriver) Advance() bool {
@@ -122,6 +125,63 @@ func (d *serviceDriver) RemoteEnd(reset bool) {
 	d.sync()
 }
 
+// current is the aggregator's side of the open stream.
+func (d *serviceDriver) current() (uint64, *srvStream) {
+	h := d.harness()
+	st := h.svc.Status()
+	require.Equal(d.t, fsm.Beating, st.State, "no open stream")
+	return st.Attempt, h.srvStreamOf(d.stream(st.Attempt))
+}
+
+func (d *serviceDriver) Ack(seq uint64) {
+	h := d.harness()
+	_, ss := d.current()
+	var acks []wire2.Ack
+	h.aggMu.Lock()
+	if seq == 0 {
+		acks, ss.unacked = ss.unacked, nil
+	} else {
+		acks = []wire2.Ack{{Seq: seq, Time: h.clk.Now().Add(h.mode.Skew).UnixNano()}}
+	}
+	h.aggMu.Unlock()
+	for i := range acks {
+		h.writeFrame(ss, &acks[i])
+	}
+	h.settle()
+	d.sync()
+}
+
+func (d *serviceDriver) Pass(dur time.Duration) {
+	h := d.harness()
+	clockwork.AdvanceTo(h.clk, h.clk.Now().Add(dur))
+	h.settle()
+	d.sync()
+}
+
+func (d *serviceDriver) GoAway(after time.Duration, reason string) {
+	h := d.harness()
+	a, ss := d.current()
+	d.remoteEnded[a] = true
+	mark := len(h.observations())
+	h.writeFrame(ss, &wire2.GoAway{RetryAfter: after, Reason: reason})
+	require.NoError(d.t, ss.s.Close(), "the aggregator closes after its GoAway")
+	h.waitFor(mark, fsm.GoAwayReceived)
+	h.settle()
+	d.sync()
+}
+
+// BadFrame sends a Hello, which only a sender may send.
+func (d *serviceDriver) BadFrame() {
+	h := d.harness()
+	a, ss := d.current()
+	d.remoteEnded[a] = true // reset by the sender on it; not an end to check
+	mark := len(h.observations())
+	h.writeFrame(ss, &wire2.Hello{BootID: wire2.BootID{1}, BeatPeriod: time.Second})
+	h.waitFor(mark, fsm.BadFrame)
+	h.settle()
+	d.sync()
+}
+
 func (d *serviceDriver) Close() {
 	h := d.harness()
 	require.NoError(d.t, h.svc.Close())
@@ -141,11 +201,16 @@ func (d *serviceDriver) Close() {
 func (d *serviceDriver) Status() scenario.Status {
 	h := d.harness()
 	st := h.svc.Status()
-	return scenario.Status{
+	out := scenario.Status{
 		State: st.State, Attempt: st.Attempt, Beats: st.BeatsSent, Failures: st.Failures,
 		NextRetry: st.NextRetry.Sub(start), RetryArmed: !st.NextRetry.IsZero(), LastError: st.LastError,
-		Parked: h.net.Blocked(),
+		Parked: h.net.Blocked() - h.liveReaders(),
 	}
+	if st.Protocol == heartbeat.ProtocolIDV2 {
+		out.Protocol, out.Seq, out.Acks, out.BeatPeriod = fsm.V2, st.Seq, st.Acks, st.StreamBeatPeriod
+		out.RTT, out.SRTT, out.Skew, out.HasRTT = st.RTT, st.SmoothedRTT, st.ClockSkew, st.Acks > 0
+	}
+	return out
 }
 
 // sync records the observations made since the last sync and checks what
@@ -225,9 +290,16 @@ func (d *serviceDriver) checkEnd(e fsm.Effect) {
 	if d.remoteEnded[e.Attempt] || !adopted(d.adopted, e.Attempt) {
 		return
 	}
-	err := d.end(d.stream(e.Attempt))
+	s := d.stream(e.Attempt)
+	err := d.end(s)
 	if e.Kind == fsm.CloseStream {
 		require.ErrorIs(d.t, err, io.EOF, "attempt %d's stream ends in order", e.Attempt)
+		if ss := d.h.srvStreamOf(s); ss.v2 {
+			d.h.aggMu.Lock()
+			bye := ss.bye
+			d.h.aggMu.Unlock()
+			require.Equal(d.t, e.Bye, bye, "attempt %d: a Bye before the end of a clean stop, only then", e.Attempt)
+		}
 	} else {
 		require.ErrorIs(d.t, err, transport.ErrReset, "attempt %d's stream is reset", e.Attempt)
 	}
@@ -253,30 +325,11 @@ func (d *serviceDriver) stream(attempt uint64) *transport.ServerStream {
 		}
 	}
 	require.GreaterOrEqual(d.t, k, 0, "attempt %d has no stream", attempt)
-	for len(d.streams) <= k {
-		select {
-		case s := <-d.h.accepted:
-			d.streams = append(d.streams, s)
-		case <-time.After(guard):
-			d.t.Fatalf("the aggregator never accepted attempt %d's stream", attempt)
-		}
-	}
-	return d.streams[k]
+	return d.h.acceptedStream(k).s
 }
 
 // end waits until the aggregator's reader of s ended, and returns why.
 func (d *serviceDriver) end(s *transport.ServerStream) error {
 	d.t.Helper()
-	for {
-		if err, ok := d.ends[s]; ok {
-			return err
-		}
-		select {
-		case e := <-d.h.ends:
-			d.ends[e.stream] = e.err
-		case <-time.After(guard):
-			d.t.Fatal("the aggregator's reader never ended")
-			return errors.New("unreachable")
-		}
-	}
+	return d.h.streamEnd(d.h.srvStreamOf(s))
 }

@@ -14,11 +14,13 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/transport"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // Observation is what the Service did with one event: a plain value for
@@ -50,6 +52,22 @@ type Status struct {
 	// NextRetry is when the next attempt is due, zero unless in Backoff.
 	NextRetry time.Time
 	BeatsSent uint64
+	// Protocol is the protocol id the current (or the last) stream
+	// negotiated, "" before the first: ProtocolID or ProtocolIDV2.
+	Protocol protocol.ID
+	// v2 only, zero until the first Ack: RTT is the last round trip (a Beat
+	// written to its Ack read), SmoothedRTT its RFC 6298 average (7/8 of the
+	// previous plus 1/8 of the new), ClockSkew how far the aggregator's clock
+	// is ahead of this node's (negative: behind), estimated from the last
+	// Ack as its receive time minus the Beat's send time plus RTT/2.
+	RTT, SmoothedRTT, ClockSkew time.Duration
+	// Seq is the seq of the last v2 Beat written (1, 2, 3… across the
+	// streams of this Service), Acks how many Acks came back.
+	Seq, Acks uint64
+	// StreamBeatPeriod is the period the current (or the last) stream
+	// beats at: BeatPeriod, or what a v2 aggregator asked for in its
+	// Welcome, within [BeatPeriod, fsm.MaxPeriodFactor×BeatPeriod].
+	StreamBeatPeriod time.Duration
 }
 
 // ErrAlreadyRunning is returned by Run on a Service that is (or was) running.
@@ -69,9 +87,15 @@ type Service struct {
 	head    HeadFunc
 	machine *fsm.Machine
 
+	// bootID is this Service's v2 boot id, drawn in New; hello is the
+	// Hello every v2 stream starts with, but for the miner address.
+	bootID wire2.BootID
+	hello  wire2.Hello
+
 	// Owned by the actor goroutine.
 	timer    *clockwork.Timer // armed at the machine's NextDeadline
-	streams  map[uint64]transport.Stream
+	streams  map[uint64]*stream
+	proto    protocol.ID // of the last adopted stream
 	dials    map[uint64]context.CancelFunc
 	lastHead ChainHead // the last head sent (the getter's, and its line fitted)
 	headDown bool
@@ -96,6 +120,40 @@ type Service struct {
 type result struct {
 	ev     fsm.Event
 	stream transport.Stream // a dial's stream
+}
+
+// stream is a stream the Service holds. Its fields are the actor's but for
+// ended and endErr (the v2 reader's) and the frame buffer while a write of
+// it is in flight (the writer's).
+type stream struct {
+	st transport.Stream
+	v2 bool
+	// quit is closed when the Service ends the stream: from then on what
+	// its reader or watcher sees is not news (and is not posted).
+	quit   chan struct{}
+	quitOK bool
+	// v2: ended is closed by the reader when the stream ended, endErr
+	// (set before) says how: io.EOF for an orderly end.
+	ended  chan struct{}
+	endErr error
+	// v2: the frames of the stream, encoded with one Encoder into one
+	// buffer (no allocation once warm); hello says the Hello was written.
+	enc   wire2.Encoder
+	buf   []byte
+	beat  wire2.Beat
+	hello bool
+}
+
+func newStream(st transport.Stream) *stream {
+	return &stream{st: st, v2: st.Protocol() == ProtocolIDV2, quit: make(chan struct{}), ended: make(chan struct{})}
+}
+
+// release marks the stream ended by the Service (actor only).
+func (ss *stream) release() {
+	if !ss.quitOK {
+		ss.quitOK = true
+		close(ss.quit)
+	}
 }
 
 // New returns a Service that will send heartbeats to cfg.BeatTarget from
@@ -136,12 +194,11 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 		}
 		// The machine's timers own the timeouts; the transport's wall-clock
 		// deadlines are only a backstop, clearly longer so they never race.
-		// The Service speaks v1 only (it writes v1 lines): it must not let
-		// multistream-select pick v2.
+		// The Service speaks both protocols; Config.Protocol says which to offer.
 		d, err := transport.NewLibp2p(h,
 			transport.WithDialTimeout(transport.BackstopFactor*o.policy.DialTimeout),
 			transport.WithWriteTimeout(transport.BackstopFactor*o.policy.WriteTimeout),
-			transport.WithProtocols(wire.ProtocolID))
+			transport.WithProtocols(s.protocols...))
 		if err != nil {
 			return nil, fmt.Errorf("heartbeat: %w", err)
 		}
@@ -158,14 +215,14 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 	if h != nil {
 		ids = append(ids, "peer_id", h.ID().String())
 	}
-	return &Service{
+	svc := &Service{
 		cfg:     s,
 		opts:    o,
 		log:     o.logger.Named(o.name).With(ids...),
 		dialer:  o.dialer,
 		head:    head,
 		machine: machine,
-		streams: make(map[uint64]transport.Stream),
+		streams: make(map[uint64]*stream),
 		dials:   make(map[uint64]context.CancelFunc),
 		results: make(chan result),
 		stopped: make(chan struct{}),
@@ -173,7 +230,10 @@ func New(h host.Host, cfg Config, head HeadFunc, opts ...Option) (*Service, erro
 		done:    make(chan struct{}),
 		status: Status{Name: o.name, Target: s.target.ID,
 			BeatPeriod: s.beatPeriod, ReconnectPeriod: s.reconnectPeriod},
-	}, nil
+	}
+	svc.bootID = newBootID()
+	svc.hello = svc.newHello()
+	return svc, nil
 }
 
 // Run connects at once and sends heartbeats until ctx is done or Close is
@@ -273,8 +333,9 @@ func (s *Service) shutdown(cancel context.CancelFunc) {
 	close(s.stopped)
 	cancel()
 	s.ops.Wait()
-	for a, st := range s.streams {
-		_ = st.Reset()
+	for a, ss := range s.streams {
+		ss.release()
+		_ = ss.st.Reset()
 		delete(s.streams, a)
 	}
 }
@@ -323,14 +384,20 @@ func (s *Service) handle(r result) {
 			delete(s.dials, r.ev.Attempt)
 		}
 		if r.stream != nil {
-			s.streams[r.ev.Attempt] = r.stream
+			s.streams[r.ev.Attempt] = newStream(r.stream)
 		}
 	}
 	o := s.step(r.ev)
 	if r.ev.Kind == fsm.DialSucceeded {
-		// The machine adopted the stream unless it reset it: watch its end.
-		if st, ok := s.streams[r.ev.Attempt]; ok {
-			s.watch(r.ev.Attempt, st)
+		// The machine adopted the stream unless it reset it: read its
+		// frames (v2) or watch its end (v1).
+		if ss, ok := s.streams[r.ev.Attempt]; ok {
+			s.proto = ss.st.Protocol()
+			if ss.v2 {
+				s.read(r.ev.Attempt, ss)
+			} else {
+				s.watch(r.ev.Attempt, ss)
+			}
 		}
 	}
 	s.publish(o)
@@ -397,15 +464,21 @@ func (s *Service) execute(e fsm.Effect) {
 			delete(s.dials, e.Attempt)
 		}
 	case fsm.Send:
-		s.send(e.Attempt)
+		s.send(e)
 	case fsm.ResetStream:
-		if st, ok := s.streams[e.Attempt]; ok {
-			_ = st.Reset()
+		if ss, ok := s.streams[e.Attempt]; ok {
+			ss.release()
+			_ = ss.st.Reset()
 			delete(s.streams, e.Attempt)
 		}
 	case fsm.CloseStream:
-		if st, ok := s.streams[e.Attempt]; ok {
-			s.closeStream(st)
+		if ss, ok := s.streams[e.Attempt]; ok {
+			ss.release()
+			if ss.v2 {
+				s.closeStreamV2(ss, e.Bye)
+			} else {
+				s.closeStream(ss.st)
+			}
 			delete(s.streams, e.Attempt)
 		}
 	case fsm.ArmTimer, fsm.CancelTimer:
@@ -462,18 +535,32 @@ func (s *Service) dial(attempt uint64) {
 			s.post(result{ev: fsm.Event{Kind: fsm.DialFailed, Attempt: attempt, Err: err}})
 			return
 		}
-		s.post(result{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt}, stream: st})
+		proto := fsm.V1
+		if st.Protocol() == ProtocolIDV2 {
+			proto = fsm.V2
+		}
+		s.post(result{ev: fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt, Protocol: proto}, stream: st})
 	}()
 }
 
-func (s *Service) send(attempt uint64) {
-	st, ok := s.streams[attempt]
+func (s *Service) send(e fsm.Effect) {
+	attempt := e.Attempt
+	ss, ok := s.streams[attempt]
 	if !ok {
 		// Cannot happen: the machine only sends on the stream it adopted.
 		s.log.Error("no stream to send on", "attempt", attempt)
 		return
 	}
-	line, err := s.line()
+	st := ss.st
+	var (
+		line []byte
+		err  error
+	)
+	if ss.v2 {
+		line, err = s.frames(ss, e)
+	} else {
+		line, err = s.line()
+	}
 	s.ops.Add(1)
 	go func() {
 		defer s.ops.Done()
@@ -488,13 +575,13 @@ func (s *Service) send(attempt uint64) {
 	}()
 }
 
-// watch reports the end of attempt's stream as soon as the remote closes or
-// resets it, without waiting for the next write.
-func (s *Service) watch(attempt uint64, st transport.Stream) {
+// watch reports the end of attempt's v1 stream as soon as the remote closes
+// or resets it, without waiting for the next write.
+func (s *Service) watch(attempt uint64, ss *stream) {
 	s.ops.Add(1)
 	go func() {
 		defer s.ops.Done()
-		err := st.WaitRemote()
+		err := ss.st.WaitRemote()
 		switch {
 		case err == nil:
 			return // closed by us: nothing to report
@@ -585,7 +672,11 @@ func hclogLevel(l fsm.Level) hclog.Level {
 // publish updates the status snapshot and tells the observer.
 func (s *Service) publish(o Observation) {
 	m := s.machine
+	rtt, srtt, skew, _ := m.RTT()
 	s.mu.Lock()
+	s.status.Protocol = s.proto
+	s.status.RTT, s.status.SmoothedRTT, s.status.ClockSkew = rtt, srtt, skew
+	s.status.Seq, s.status.Acks, s.status.StreamBeatPeriod = m.Seq(), m.Acks(), m.BeatPeriod()
 	s.status.State = m.State()
 	s.status.Since = m.Since()
 	s.status.Attempt = m.Attempt()

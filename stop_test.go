@@ -192,7 +192,7 @@ func TestStopDuringAStalledWriteResetsAfterTheCloseTimeout(t *testing.T) {
 	h.run()
 	h.advanceUntil(4 * time.Second) // beats at 0, 3
 	server := h.nextLine().stream
-	h.net.SetFaults(h.aggID, transport.Faults{StallWrites: true})
+	h.setFaults(transport.Faults{StallWrites: true})
 	require.Equal(t, 6*time.Second, h.advance()) // this write stalls
 	require.Equal(t, 1, h.net.Blocked())
 	closed := make(chan error, 1)

@@ -101,3 +101,19 @@ func (p BackoffPolicy) Rejoin(window time.Duration, u float64) time.Duration {
 	}
 	return d
 }
+
+// After is the wait a GoAway asks for: retryAfter raised to floor (the
+// machine passes its BeatPeriod, so that an aggregator answering "retry
+// after 0" cannot make the sender redial in a tight loop), scaled by the
+// jitter with the draw u in [0, 1) like Delay, and never more than ceiling (the
+// machine passes MaxRetryAfter, the protocol's bound: whatever the
+// aggregator asks, the sender comes back within it). The aggregator already
+// spreads its retry-afters over its pacing window; the jitter keeps senders
+// that got the same one from returning together.
+func (p BackoffPolicy) After(retryAfter, floor, ceiling time.Duration, u float64) time.Duration {
+	d := float64(min(max(retryAfter, floor), ceiling))
+	if p.Jitter > 0 {
+		d *= 1 + p.Jitter*(2*u-1)
+	}
+	return max(min(time.Duration(d), ceiling), 0)
+}

@@ -54,3 +54,33 @@ func BenchmarkStepOutage(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkStepV2 is one steady-state v2 beat: the beat timer fires (Send
+// with seq and RTT, the write deadline, the next beat, the ack deadline),
+// the write succeeds and the Ack comes back (RTT, skew, the deadline
+// disarmed). It must not allocate.
+func BenchmarkStepV2(b *testing.B) {
+	m, err := New(DefaultConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := t0
+	mustStep := func(ev Event) {
+		if _, err := m.Step(now, ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+	mustStep(Event{Kind: Start})
+	mustStep(Event{Kind: DialSucceeded, Attempt: 1, Protocol: V2})
+	mustStep(Event{Kind: WriteSucceeded, Attempt: 1})
+	mustStep(Event{Kind: AckReceived, Attempt: 1, Seq: 1, RemoteTime: now})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		now = now.Add(3 * time.Second)
+		mustStep(Event{Kind: BeatDue})
+		mustStep(Event{Kind: WriteSucceeded, Attempt: 1})
+		mustStep(Event{Kind: AckReceived, Attempt: 1, Seq: m.Seq(), RemoteTime: now})
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(3*b.N), "ns/step")
+}

@@ -12,11 +12,14 @@ func drawn(t Transition) bool { return t.From != Any }
 
 func edgeLabel(t Transition) string {
 	label := t.On.String()
-	if t.When == WriteBusy || t.When == Unproven {
+	if t.When == WriteBusy || t.When == Unproven || t.When == Invalid {
 		label += " (" + t.When.String() + ")"
 	}
-	if t.Do.Retry() == RetryRejoin {
+	switch t.Do.Retry() {
+	case RetryRejoin:
 		label += " / rejoin"
+	case RetryGoAway:
+		label += " / retry-after"
 	}
 	return label
 }
@@ -96,18 +99,30 @@ func Markdown() string {
 	b.WriteString("A row for a specific state takes precedence over a row for `*` (any state).\n")
 	b.WriteString("Guards: *awaited* is the result or timer the machine waits for now (the\n")
 	b.WriteString("current attempt, an armed timer that is due); *stale* is anything else of\n")
-	b.WriteString("that kind (an abandoned attempt's result, a cancelled timer); *write busy*\n")
-	b.WriteString("is a beat that comes due while the previous write is still in flight;\n")
-	b.WriteString("*unproven* is an awaited event about a stream that has not yet survived its\n")
-	b.WriteString("first beat (proven: the beat after a successful write came due with the\n")
-	b.WriteString("stream still open). An event with no row is returned as a\n")
+	b.WriteString("that kind (an abandoned attempt's result, a cancelled timer, a frame read\n")
+	b.WriteString("from a dropped stream); *write busy* is a beat that comes due while the\n")
+	b.WriteString("previous write is still in flight; *unproven* is an awaited event about a\n")
+	b.WriteString("stream that has not yet proven itself (v1, which has no acknowledgement:\n")
+	b.WriteString("the beat after a successful write came due with the stream still open; v2:\n")
+	b.WriteString("its first Ack arrived); *invalid* is an Ack for a Beat not sent on the\n")
+	b.WriteString("stream or already acknowledged. An event with no row is returned as a\n")
 	b.WriteString("`*fsm.RejectedError`, never a panic.\n\n")
+	b.WriteString("The v2 events (`WelcomeReceived`, `AckReceived`, `GoAwayReceived`,\n")
+	b.WriteString("`BadFrame`) come from the stream's reader, `AckOverdue` from the ack timer,\n")
+	b.WriteString("armed when a Beat is written with none awaiting its Ack: it fires when the\n")
+	b.WriteString("oldest unacknowledged Beat got no Ack within 2×BeatPeriod plus the last RTT\n")
+	b.WriteString("(docs/protocol.md, rules for a v2 sender). On a v1 stream they never occur.\n\n")
 	b.WriteString("The *next attempt* column is the delay the row arms (`fsm.Action.Retry`):\n")
 	b.WriteString("after a failed attempt, or a stream that ended unproven (refused), the\n")
 	b.WriteString("backoff (`BackoffPolicy.Delay`: ReconnectPeriod, jittered); after losing a\n")
 	b.WriteString("proven stream, a *rejoin* within one BeatPeriod (`BackoffPolicy.Rejoin`:\n")
 	b.WriteString(`uniform in [0, BeatPeriod), BeatPeriod/2 without jitter), marked "/ rejoin"`)
-	b.WriteString("\nin the diagram. Only the rejoin is fast: when it fails, the backoff applies.\n\n")
+	b.WriteString("\nin the diagram. Only the rejoin is fast: when it fails, the backoff applies.\n")
+	b.WriteString("After a GoAway, the *retry-after* it asked for (`BackoffPolicy.After`: at\n")
+	b.WriteString("least BeatPeriod, at most `fsm.MaxRetryAfter` (1 h, the protocol's bound),\n")
+	b.WriteString("jittered), marked\n")
+	b.WriteString(`"/ retry-after".`)
+	b.WriteString("\n\n")
 	b.WriteString("| # | from | event | guard | to | action | next attempt | why |\n")
 	b.WriteString("|---|---|---|---|---|---|---|---|\n")
 	for i, t := range table {

@@ -32,7 +32,7 @@ func TestDOT(t *testing.T) {
 		}
 	}
 	require.True(t, seen["Beating->Beating"])
-	require.Contains(t, dot, `Beating -> Beating [label="BeatDue\nBeatDue (write busy)\nBeatDue (unproven)\nWriteSucceeded"];`)
+	require.Contains(t, dot, `Beating -> Beating [label="BeatDue\nBeatDue (write busy)\nBeatDue (unproven)\nWriteSucceeded\nAckReceived (unproven)\nAckReceived\nWelcomeReceived"];`)
 	require.True(t, seen["start->Disconnected"])
 	require.True(t, seen["Stopped->end"], "the end state is marked")
 	require.Contains(t, dot, "end [shape=doublecircle")

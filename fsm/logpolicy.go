@@ -34,6 +34,18 @@ const (
 	LogRemoteReset
 	// LogBeatSkipped: a beat came due while the previous write was still in flight (DEBUG).
 	LogBeatSkipped
+	// LogAckOverdue: a proven v2 stream stopped acknowledging Beats; it is
+	// reset (WARN).
+	LogAckOverdue
+	// LogProtocolError: the aggregator broke the v2 protocol; the stream is
+	// reset and the attempt counted as failed (WARN, DEBUG or ERROR by the
+	// policy).
+	LogProtocolError
+	// LogGoAway: the aggregator sent GoAway; the sender waits before dialing
+	// again (INFO the first time in an outage, DEBUG after).
+	LogGoAway
+	// LogBeatPeriod: the aggregator's Welcome asked for a beat period (INFO).
+	LogBeatPeriod
 )
 
 // LogRecord is a log line decided by the machine. The shell renders it with
@@ -51,6 +63,12 @@ type LogRecord struct {
 	Failures uint64
 	// Err is the failure, if any.
 	Err error
+	// Asked is what the aggregator asked for (LogGoAway: the retry-after;
+	// LogBeatPeriod: the period), Granted what the sender does (the wait
+	// before the next attempt; the period it beats at), within its bounds.
+	Asked, Granted time.Duration
+	// Reason is the GoAway's reason, as the aggregator sent it (untrusted text).
+	Reason string
 }
 
 // Message is the log line's text: constant for a kind, with the facts in
@@ -75,6 +93,14 @@ func (r LogRecord) Message() string {
 		return "heartbeat stream reset"
 	case LogBeatSkipped:
 		return "heartbeat skipped: the previous write is still in flight"
+	case LogAckOverdue:
+		return "disconnecting from aggregator, heartbeats not acknowledged"
+	case LogProtocolError:
+		return "disconnecting from aggregator, it broke the heartbeat protocol"
+	case LogGoAway:
+		return "aggregator asked to come back later"
+	case LogBeatPeriod:
+		return "aggregator asked for another beat period"
 	}
 	return fmt.Sprintf("LogKind(%d)", uint8(r.Kind))
 }
@@ -82,8 +108,14 @@ func (r LogRecord) Message() string {
 // String renders the record for traces and scenario files.
 func (r LogRecord) String() string {
 	s := fmt.Sprintf("%s %q attempt=%d", r.Level, r.Message(), r.Attempt)
-	if r.Kind == LogConnected || r.Kind == LogConnectFailed {
+	if r.Kind == LogConnected || r.Kind == LogConnectFailed || r.Kind == LogProtocolError {
 		s += fmt.Sprintf(" outage=%s failures=%d", r.Outage, r.Failures)
+	}
+	switch r.Kind {
+	case LogGoAway:
+		s += fmt.Sprintf(" retry_after=%s wait=%s reason=%q", r.Asked, r.Granted, r.Reason)
+	case LogBeatPeriod:
+		s += fmt.Sprintf(" asked=%s beat_period=%s", r.Asked, r.Granted)
 	}
 	if r.Err != nil {
 		s += fmt.Sprintf(" error=%q", r.Err.Error())
@@ -101,6 +133,7 @@ type logPolicy struct {
 	loggedAt   time.Time // the last WARN or ERROR of this outage
 	lostAt     time.Time // when an open stream was lost; zero if none
 	failures   uint64
+	goneAway   bool // a GoAway was logged at INFO in this outage
 }
 
 // connectFailed records a failed attempt at now and returns its level and
@@ -120,6 +153,20 @@ func (p *logPolicy) connectFailed(now time.Time) (Level, time.Duration) {
 
 // lost records that an open stream ended at now.
 func (p *logPolicy) lost(now time.Time) { p.lostAt = now }
+
+// goAway records a GoAway at now, which is no failure: it starts an outage
+// unless one is under way, and returns its level (INFO the first time in the
+// outage, DEBUG after: an aggregator that stays full does not flood the log).
+func (p *logPolicy) goAway(now time.Time) Level {
+	if p.lostAt.IsZero() && p.failedAt.IsZero() {
+		p.lostAt = now
+	}
+	if p.goneAway {
+		return LevelDebug
+	}
+	p.goneAway = true
+	return LevelInfo
+}
 
 // connected records a success at now. It reports whether an outage just
 // ended, how long it lasted and how many attempts failed in it, and starts

@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -20,6 +21,9 @@ var (
 	errRefused  = errors.New("connection refused")
 	errReset    = errors.New("stream reset")
 	errCanceled = errors.New("context canceled")
+	// errUnexpected is the cause the Service's reader gives a frame only a
+	// sender sends (heartbeat.ErrUnexpectedFrame).
+	errUnexpected = errors.New("heartbeat v2 frame that an aggregator does not send")
 )
 
 // world is the pure driver of the scenarios: a synchronous shell around one
@@ -32,13 +36,24 @@ type world struct {
 	m      *fsm.Machine
 	now    time.Time
 	queue  []fsm.Event
-	up     bool
+	agg    scenario.Aggregator
 	faults scenario.Faults
-	dials  []time.Time
+	// v2: the attempt whose Hello the aggregator read (it answers the
+	// first Beat of a stream with a Welcome first), and the Beats it read
+	// and has not acked yet (acks=manual).
+	welcomed uint64
+	unacked  []readBeat
+	dials    []time.Time
 	// The attempts whose dial or write a fault parked (0: none), released
 	// as the memory network releases them: a cancelled dial, a reset or
 	// closed stream.
 	parkedDial, parkedWrite uint64
+}
+
+// readBeat is a v2 Beat the aggregator read, at its read time.
+type readBeat struct {
+	attempt, seq uint64
+	at           time.Time
 }
 
 func newWorld(t *testing.T, rec *scenario.Recorder, c fsm.Config) *world {
@@ -70,10 +85,14 @@ func (w *world) step(ev fsm.Event) {
 			switch {
 			case w.faults.HangDials:
 				w.parkedDial = e.Attempt
-			case !w.up:
+			case !w.agg.Up:
 				w.queue = append(w.queue, fsm.Event{Kind: fsm.DialFailed, Attempt: e.Attempt, Err: errRefused})
 			default:
-				w.queue = append(w.queue, fsm.Event{Kind: fsm.DialSucceeded, Attempt: e.Attempt})
+				proto := fsm.V1
+				if w.agg.V2 {
+					proto = fsm.V2
+				}
+				w.queue = append(w.queue, fsm.Event{Kind: fsm.DialSucceeded, Attempt: e.Attempt, Protocol: proto})
 			}
 		case fsm.Send:
 			switch {
@@ -83,6 +102,9 @@ func (w *world) step(ev fsm.Event) {
 				w.parkedWrite = e.Attempt
 			default:
 				w.queue = append(w.queue, fsm.Event{Kind: fsm.WriteSucceeded, Attempt: e.Attempt})
+				if e.Seq != 0 {
+					w.read(e)
+				}
 			}
 		case fsm.CancelDial:
 			if w.parkedDial == e.Attempt {
@@ -95,7 +117,26 @@ func (w *world) step(ev fsm.Event) {
 				w.parkedWrite = 0
 				w.queue = append(w.queue, fsm.Event{Kind: fsm.WriteFailed, Attempt: e.Attempt, Err: errReset})
 			}
+			w.unacked = slices.DeleteFunc(w.unacked, func(b readBeat) bool { return b.attempt == e.Attempt })
 		}
+	}
+}
+
+// read is the v2 aggregator reading the Beat e (after the Hello, on the
+// stream's first write) and answering as it is told.
+func (w *world) read(e fsm.Effect) {
+	if w.agg.Hung {
+		return
+	}
+	if w.welcomed != e.Attempt {
+		w.welcomed = e.Attempt
+		w.queue = append(w.queue, fsm.Event{Kind: fsm.WelcomeReceived, Attempt: e.Attempt, BeatPeriod: w.agg.Period})
+	}
+	switch w.agg.Acks {
+	case scenario.AcksAuto:
+		w.queue = append(w.queue, fsm.Event{Kind: fsm.AckReceived, Attempt: e.Attempt, Seq: e.Seq, RemoteTime: w.now.Add(w.agg.Skew)})
+	case scenario.AcksManual:
+		w.unacked = append(w.unacked, readBeat{e.Attempt, e.Seq, w.now})
 	}
 }
 
@@ -108,11 +149,11 @@ func (w *world) drain() {
 	}
 }
 
-func (w *world) Configure(dial, write time.Duration) {
+func (w *world) Configure(sc scenario.Config) {
 	require.Zero(w.t, w.m.Attempt(), "config comes first")
 	c := fsm.DefaultConfig()
 	c.Backoff.Jitter = 0
-	c.DialTimeout, c.WriteTimeout = dial, write
+	c.DialTimeout, c.WriteTimeout, c.BeatPeriod = sc.DialTimeout, sc.WriteTimeout, sc.BeatPeriod
 	*w = *newWorld(w.t, w.rec, c)
 }
 
@@ -121,9 +162,39 @@ func (w *world) Run() {
 	w.drain()
 }
 
-func (w *world) Aggregator(up bool)       { w.up = up }
-func (w *world) Faults(f scenario.Faults) { w.faults = f }
-func (w *world) Now() time.Duration       { return w.now.Sub(start) }
+func (w *world) Aggregator(a scenario.Aggregator) { w.agg = a }
+func (w *world) Faults(f scenario.Faults)         { w.faults = f }
+
+func (w *world) Ack(seq uint64) {
+	if seq != 0 {
+		w.step(fsm.Event{Kind: fsm.AckReceived, Attempt: w.m.Attempt(), Seq: seq, RemoteTime: w.now.Add(w.agg.Skew)})
+	} else {
+		acks := w.unacked
+		w.unacked = nil
+		for _, b := range acks {
+			w.step(fsm.Event{Kind: fsm.AckReceived, Attempt: b.attempt, Seq: b.seq, RemoteTime: b.at.Add(w.agg.Skew)})
+		}
+	}
+	w.drain()
+}
+
+func (w *world) Pass(d time.Duration) { w.now = w.now.Add(d) }
+
+func (w *world) GoAway(after time.Duration, reason string) {
+	require.Equal(w.t, fsm.Beating, w.m.State(), "no open stream")
+	a := w.m.Attempt()
+	w.step(fsm.Event{Kind: fsm.GoAwayReceived, Attempt: a, RetryAfter: after, Reason: reason})
+	// The aggregator closes the stream after its GoAway.
+	w.step(fsm.Event{Kind: fsm.RemoteClosed, Attempt: a})
+	w.drain()
+}
+
+func (w *world) BadFrame() {
+	require.Equal(w.t, fsm.Beating, w.m.State(), "no open stream")
+	w.step(fsm.Event{Kind: fsm.BadFrame, Attempt: w.m.Attempt(), Err: errUnexpected})
+	w.drain()
+}
+func (w *world) Now() time.Duration { return w.now.Sub(start) }
 func (w *world) NextDeadline() (time.Duration, bool) {
 	_, at, ok := w.m.NextDeadline()
 	return at.Sub(start), ok
@@ -165,10 +236,13 @@ func (w *world) Close() {
 
 func (w *world) Status() scenario.Status {
 	at, armed := w.m.Deadline(fsm.RetryTimer)
+	rtt, srtt, skew, ok := w.m.RTT()
 	return scenario.Status{
 		State: w.m.State(), Attempt: w.m.Attempt(), Beats: w.m.Beats(), Failures: w.m.Failures(),
 		NextRetry: at.Sub(start), RetryArmed: armed, LastError: w.m.LastError(),
-		Parked: btoi(w.parkedDial != 0) + btoi(w.parkedWrite != 0),
+		Parked:   btoi(w.parkedDial != 0) + btoi(w.parkedWrite != 0),
+		Protocol: w.m.Protocol(), Seq: w.m.Seq(), Acks: w.m.Acks(), BeatPeriod: w.m.BeatPeriod(),
+		RTT: rtt, SRTT: srtt, Skew: skew, HasRTT: ok,
 	}
 }
 

@@ -23,14 +23,18 @@ const (
 	// WriteBusy: a beat came due while the previous write is still in flight.
 	WriteBusy // write busy
 	// Unproven: the awaited event concerns a stream that has not yet
-	// survived its first beat (see Machine: a stream is proven when the beat
-	// after a successful write comes due and the stream is still open). A
-	// stream that ends unproven was refused, not lost.
+	// proven itself. A v1 stream is proven when the beat after a successful
+	// write comes due and the stream is still open; a v2 stream by its first
+	// Ack (Machine.onStream). A stream that ends unproven was refused, not
+	// lost.
 	Unproven // unproven
+	// Invalid: an Ack for a Beat that was not sent on the stream, or was
+	// already acknowledged: the aggregator broke the protocol.
+	Invalid // invalid
 )
 
 // numGuards counts the guards (an int, so that stringer does not name it).
-const numGuards = int(Unproven) + 1
+const numGuards = int(Invalid) + 1
 
 // Action names what a transition does besides changing state. The effects
 // each action produces are listed in docs/state-machine.md.
@@ -45,9 +49,19 @@ const (
 	// BeginBeating sends the first heartbeat at once; the stream is on
 	// probation until ConfirmStream.
 	BeginBeating // begin beating
-	// ConfirmStream marks the stream proven (it survived its first beat),
+	// ConfirmStream marks a v1 stream proven (it survived its first beat),
 	// logs a recovery, resets the failure count, then as SendBeat.
 	ConfirmStream // confirm stream
+	// ProveStream marks a v2 stream proven by its first Ack, logs a
+	// recovery, resets the failure count, then as CountAck.
+	ProveStream // prove stream
+	// CountAck measures the RTT (last and smoothed, RFC 6298) and the clock
+	// skew from an Ack, and re-arms the ack deadline for the oldest Beat
+	// still unacknowledged (or disarms it).
+	CountAck // count ack
+	// ApplyWelcome beats at the period the Welcome asks for, clamped to
+	// [BeatPeriod, MaxPeriodFactor×BeatPeriod] (none asked: nothing changes).
+	ApplyWelcome // apply welcome
 	// SendBeat writes a heartbeat and arms the write deadline and the next beat.
 	SendBeat // send beat
 	// SkipBeat logs that the previous write is still in flight and arms the next beat.
@@ -58,7 +72,8 @@ const (
 	ConnectFailed // connect failed
 	// AbandonDial cancels a dial that outlived its deadline, then as ConnectFailed.
 	AbandonDial // abandon dial
-	// DropStream resets the stream after a failed or timed-out write, logs WARN and arms the rejoin.
+	// DropStream resets the stream after a failed or timed-out write or an
+	// overdue Ack, logs WARN and arms the rejoin.
 	DropStream // drop stream
 	// RemoteEnded closes (orderly end) or resets (reset) the stream, logs it and arms the rejoin.
 	RemoteEnded // remote ended
@@ -71,6 +86,15 @@ const (
 	// not a refusal, and an aggregator that ends every new stream in order
 	// is not redialled at once.
 	ClosedUnproven // closed unproven
+	// GoneAway closes a stream the aggregator sent GoAway on and waits the
+	// retry-after it asked for; not a failure: INFO the first time in an
+	// outage, DEBUG after.
+	GoneAway // gone away
+	// ProtocolError resets a stream on which the aggregator broke the
+	// protocol (a bad frame, an Ack for a Beat not sent) and counts a failed
+	// attempt (the log policy, the backoff): a broken aggregator is not
+	// redialled at once, proven stream or not.
+	ProtocolError // protocol error
 	// ResetStale resets the stream a stale dial brought back.
 	ResetStale // reset stale stream
 	// Shutdown releases whatever the state holds: the dial, the stream, the timers.
@@ -94,6 +118,9 @@ const (
 	// RetryBackoff: a failed attempt waits the backoff delay
 	// (BackoffPolicy.Delay: ReconnectPeriod, jittered).
 	RetryBackoff // ReconnectPeriod
+	// RetryGoAway: the GoAway's retry-after, at least BeatPeriod, at most
+	// MaxRetryAfter (the protocol's bound), jittered (BackoffPolicy.After).
+	RetryGoAway // retry-after
 )
 
 // actionRetry says which delay each action arms: the backoff rule as data,
@@ -103,8 +130,10 @@ var actionRetry = [numActions]Retry{
 	AbandonDial:    RetryBackoff,
 	Refused:        RetryBackoff,
 	ClosedUnproven: RetryBackoff,
+	ProtocolError:  RetryBackoff,
 	DropStream:     RetryRejoin,
 	RemoteEnded:    RetryRejoin,
+	GoneAway:       RetryGoAway,
 }
 
 // Retry is the delay a arms before the next connection attempt.
@@ -146,7 +175,7 @@ var table = []Transition{
 
 	{Beating, BeatDue, Awaited, Beating, SendBeat, "one heartbeat every BeatPeriod"},
 	{Beating, BeatDue, WriteBusy, Beating, SkipBeat, "never queue writes behind a slow one"},
-	{Beating, BeatDue, Unproven, Beating, ConfirmStream, "the stream survived its first beat: connected, the outage ends"},
+	{Beating, BeatDue, Unproven, Beating, ConfirmStream, "v1: the stream survived its first beat: connected, the outage ends (a v2 stream waits for its first Ack)"},
 	{Beating, WriteSucceeded, Awaited, Beating, CountBeat, "the heartbeat went out"},
 	{Beating, WriteFailed, Awaited, Backoff, DropStream, "reset this stream only (the legacy closed the connection); rejoin at once"},
 	{Beating, WriteTimedOut, Awaited, Backoff, DropStream, "a stalled write counts as a failed one; rejoin at once"},
@@ -156,7 +185,15 @@ var table = []Transition{
 	{Beating, WriteTimedOut, Unproven, Backoff, Refused, "stalled before its first beat survived: a failed attempt"},
 	{Beating, RemoteClosed, Unproven, Backoff, ClosedUnproven, "ended in order before its first beat survived (the aggregator shuts down): no rejoin, no failure"},
 	{Beating, RemoteReset, Unproven, Backoff, Refused, "refused (too_many_nodes, not_allowed, line_too_long): a failed attempt, never a rejoin"},
-	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order (reset it if a write is in flight)"},
+	{Beating, AckReceived, Unproven, Same, ProveStream, "v2: the first Ack proves the stream: connected, the outage ends"},
+	{Beating, AckReceived, Awaited, Same, CountAck, "v2: RTT and clock skew measured; the ack deadline moves on"},
+	{Beating, AckReceived, Invalid, Backoff, ProtocolError, "v2: an Ack for a Beat not sent (or acknowledged twice): a broken aggregator, a failed attempt"},
+	{Beating, AckOverdue, Awaited, Backoff, DropStream, "v2: a proven stream stopped acknowledging (a hung or black-holed aggregator); rejoin at once"},
+	{Beating, AckOverdue, Unproven, Backoff, Refused, "v2: no Ack for the first Beat within 2×BeatPeriod (a hung aggregator): a failed attempt"},
+	{Beating, WelcomeReceived, Awaited, Same, ApplyWelcome, "v2: beat at the period the aggregator asks for, within the sender's bounds"},
+	{Beating, GoAwayReceived, Awaited, Backoff, GoneAway, "v2: the aggregator is full or shedding load: come back after its retry-after, no failure"},
+	{Beating, BadFrame, Awaited, Backoff, ProtocolError, "v2: a malformed, unknown or unexpected frame: a broken aggregator, a failed attempt"},
+	{Beating, Stop, Always, Stopped, Shutdown, "close the stream in order, v2 saying Bye first (reset it if a write is in flight)"},
 
 	{Backoff, RetryDue, Awaited, Connecting, OpenStream, "next attempt"},
 	{Backoff, Stop, Always, Stopped, Shutdown, "cancel the retry"},
@@ -173,6 +210,11 @@ var table = []Transition{
 	{Any, RetryDue, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
 	{Any, DialTimedOut, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
 	{Any, WriteTimedOut, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
+	{Any, AckOverdue, Stale, Same, Nothing, "a timer that was re-armed or cancelled"},
+	{Any, WelcomeReceived, Stale, Same, Nothing, "a frame read from a dropped stream"},
+	{Any, AckReceived, Stale, Same, Nothing, "a frame read from a dropped stream"},
+	{Any, GoAwayReceived, Stale, Same, Nothing, "a frame read from a dropped stream"},
+	{Any, BadFrame, Stale, Same, Nothing, "a frame read from a dropped stream"},
 }
 
 // noRow marks a (state, event, guard) triple that has no transition.

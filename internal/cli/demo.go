@@ -363,8 +363,11 @@ func (d *demo) newSender(i int, target string) (*demoSender, error) {
 		chain.fork = "fork"
 	}
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, JSONFormat: true, Output: logWriter{t: d.tl, who: s.name}})
+	// v1 for now: the demo's timeline (the stop seen as an orderly close,
+	// the first retry failing) is v1's; showing v2 (RTT, the shutdown's
+	// GoAway) is the demo's own change (issue 10).
 	s.svc, err = heartbeat.New(h, heartbeat.Config{
-		BeatTarget: target, BeatPeriod: "1s", ReconnectPeriod: "2s", Nickname: s.name,
+		BeatTarget: target, BeatPeriod: "1s", ReconnectPeriod: "2s", Nickname: s.name, Protocol: heartbeat.ProtocolV1,
 	}, chain.head,
 		heartbeat.WithLogger(log),
 		heartbeat.WithObserver(func(o heartbeat.Observation) {

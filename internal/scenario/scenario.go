@@ -11,15 +11,31 @@
 //
 // # Commands
 //
-//	config dial-timeout=D write-timeout=D
-//	                        the sender's timeouts (before anything else)
+//	config dial-timeout=D write-timeout=D beat-period=D
+//	                        the sender's timeouts and period (before anything else)
 //	run                     start the sender (Step Start, or Service.Run)
-//	aggregator up|down      the aggregator listens, or not (dials are refused)
+//	aggregator up|down [v2] [acks=auto|manual|never] [hung] [period=D] [skew=D]
+//	                        the aggregator listens, or not (dials are refused);
+//	                        v2: it speaks protocol v2 (else v1 only): it
+//	                        answers the Hello with a Welcome asking for period
+//	                        (default none) and acks every Beat at once (auto),
+//	                        on the ack command (manual) or never; hung: it
+//	                        accepts streams and never reads nor answers; skew:
+//	                        its clock is that far ahead. Given while up, it
+//	                        changes how the aggregator answers from then on,
+//	                        keeping the open stream.
+//	ack [seq=N]             the aggregator acks every Beat it read and has not
+//	                        acked yet, stamped when it read them; or sends an
+//	                        Ack for seq N
+//	pass D                  virtual time passes D (before the next deadline)
 //	faults hang-dials|stall-writes|write-error=TEXT|none
 //	                        replace the network's faults toward the aggregator
 //	advance                 move virtual time to the next deadline ("now +T")
 //	advance-until D         advance while the next deadline is before +D
-//	remote reset|close      the aggregator resets or closes the open stream
+//	remote reset|close|bad-frame|goaway [retry-after=D] [reason=TEXT]
+//	                        the aggregator resets or closes the open stream,
+//	                        sends a frame the protocol forbids (a Hello), or a
+//	                        GoAway (then closes the stream)
 //	close                   stop the sender (Step Stop, or Service.Close)
 //	status                  the sender's state, attempt, beats, failures,
 //	                        next retry, last error, and how many dials and
@@ -65,17 +81,58 @@ type Status struct {
 	LastError                error
 	// Parked counts the dials and writes blocked by a fault.
 	Parked int
+	// v2, shown once a v2 stream opened: the protocol of the last stream,
+	// the last Beat seq, the Acks taken in, the period beaten at, and the
+	// RTT (last, smoothed) and skew once measured.
+	Protocol        fsm.Protocol
+	Seq, Acks       uint64
+	BeatPeriod      time.Duration
+	RTT, SRTT, Skew time.Duration
+	HasRTT          bool
+}
+
+// Config is the sender's configuration a scenario may set.
+type Config struct {
+	DialTimeout, WriteTimeout, BeatPeriod time.Duration
+}
+
+// AckMode is when a v2 aggregator acknowledges Beats.
+type AckMode uint8
+
+// The ack modes.
+const (
+	AcksAuto   AckMode = iota // each Beat as it is read
+	AcksManual                // on the ack command
+	AcksNever                 // never
+)
+
+// Aggregator is how the aggregator behaves.
+type Aggregator struct {
+	Up, V2 bool
+	Acks   AckMode
+	// Hung: it accepts streams and never reads nor answers (v2).
+	Hung bool
+	// Period is the beat period its Welcome asks for (0: none).
+	Period time.Duration
+	// Skew is how far its clock is ahead of the sender's.
+	Skew time.Duration
 }
 
 // Driver carries out the commands on one sender. Every method returns once
 // the sender is quiescent: every result it can get without time moving has
 // been handled. Effects are reported to the Recorder the driver was made with.
 type Driver interface {
-	// Configure sets the timeouts; it comes before any other command.
-	Configure(dialTimeout, writeTimeout time.Duration)
+	// Configure sets the timeouts and period; it comes before any other command.
+	Configure(Config)
 	Run()
-	Aggregator(up bool)
+	// Aggregator starts or stops the aggregator, or, when it stays up,
+	// changes how it answers.
+	Aggregator(Aggregator)
 	Faults(Faults)
+	// Ack acks every Beat read and not yet acked (seq 0), or sends Ack seq.
+	Ack(seq uint64)
+	// Pass moves virtual time by d; no deadline falls within it.
+	Pass(d time.Duration)
 	// Advance moves to the next deadline; false if none is armed.
 	Advance() bool
 	// NextDeadline is the next armed deadline, since the start.
@@ -83,6 +140,10 @@ type Driver interface {
 	// Now is the virtual time since the start.
 	Now() time.Duration
 	RemoteEnd(reset bool)
+	// GoAway sends a GoAway on the open stream, then closes it.
+	GoAway(retryAfter time.Duration, reason string)
+	// BadFrame sends a frame the protocol forbids on the open stream.
+	BadFrame()
 	Close()
 	Status() Status
 }
@@ -109,14 +170,25 @@ func execute(t *testing.T, td *datadriven.TestData, d Driver, rec *Recorder) str
 	var head string
 	switch td.Cmd {
 	case "config":
-		dial, write := fsm.DefaultDialTimeout, fsm.DefaultWriteTimeout
-		td.MaybeScanArgs(t, "dial-timeout", &dial)
-		td.MaybeScanArgs(t, "write-timeout", &write)
-		d.Configure(dial, write)
+		c := Config{DialTimeout: fsm.DefaultDialTimeout, WriteTimeout: fsm.DefaultWriteTimeout, BeatPeriod: fsm.DefaultBeatPeriod}
+		td.MaybeScanArgs(t, "dial-timeout", &c.DialTimeout)
+		td.MaybeScanArgs(t, "write-timeout", &c.WriteTimeout)
+		td.MaybeScanArgs(t, "beat-period", &c.BeatPeriod)
+		d.Configure(c)
 	case "run":
 		d.Run()
 	case "aggregator":
-		d.Aggregator(onlyArg(t, td, "up", "down") == "up")
+		d.Aggregator(aggregator(t, td))
+	case "ack":
+		var seq uint64
+		td.MaybeScanArgs(t, "seq", &seq)
+		d.Ack(seq)
+	case "pass":
+		dur := duration(t, td)
+		if at, ok := d.NextDeadline(); ok && at <= d.Now()+dur {
+			td.Fatalf(t, "pass %s crosses the deadline at %s: advance first", dur, since(at))
+		}
+		d.Pass(dur)
 	case "faults":
 		var f Faults
 		for _, a := range td.CmdArgs {
@@ -148,7 +220,21 @@ func execute(t *testing.T, td *datadriven.TestData, d Driver, rec *Recorder) str
 			d.Advance()
 		}
 	case "remote":
-		d.RemoteEnd(onlyArg(t, td, "reset", "close") == "reset")
+		if len(td.CmdArgs) == 0 {
+			td.Fatalf(t, "remote wants reset, close, bad-frame or goaway")
+		}
+		switch td.CmdArgs[0].Key {
+		case "goaway":
+			var after time.Duration
+			reason := "busy"
+			td.MaybeScanArgs(t, "retry-after", &after)
+			td.MaybeScanArgs(t, "reason", &reason)
+			d.GoAway(after, reason)
+		case "bad-frame":
+			d.BadFrame()
+		default:
+			d.RemoteEnd(onlyArg(t, td, "reset", "close") == "reset")
+		}
 	case "close":
 		d.Close()
 	case "status":
@@ -159,6 +245,50 @@ func execute(t *testing.T, td *datadriven.TestData, d Driver, rec *Recorder) str
 		td.Fatalf(t, "unknown command %q", td.Cmd)
 	}
 	return head + rec.Flush()
+}
+
+// aggregator parses the aggregator command.
+func aggregator(t *testing.T, td *datadriven.TestData) Aggregator {
+	if len(td.CmdArgs) == 0 {
+		td.Fatalf(t, "aggregator wants up or down")
+	}
+	var a Aggregator
+	for i, arg := range td.CmdArgs {
+		switch {
+		case i == 0 && (arg.Key == "up" || arg.Key == "down"):
+			a.Up = arg.Key == "up"
+		case arg.Key == "v2":
+			a.V2 = true
+		case arg.Key == "hung":
+			a.Hung = true
+		case arg.Key == "acks":
+			switch arg.SingleVal(t) {
+			case "auto":
+				a.Acks = AcksAuto
+			case "manual":
+				a.Acks = AcksManual
+			case "never":
+				a.Acks = AcksNever
+			default:
+				td.Fatalf(t, "acks wants auto, manual or never")
+			}
+		case arg.Key == "period":
+			a.Period = durationArg(t, td, arg)
+		case arg.Key == "skew":
+			a.Skew = durationArg(t, td, arg)
+		default:
+			td.Fatalf(t, "unknown aggregator argument %q", arg.Key)
+		}
+	}
+	return a
+}
+
+func durationArg(t *testing.T, td *datadriven.TestData, arg datadriven.CmdArg) time.Duration {
+	d, err := time.ParseDuration(arg.SingleVal(t))
+	if err != nil {
+		td.Fatalf(t, "%s: %v", arg.Key, err)
+	}
+	return d
 }
 
 func onlyArg(t *testing.T, td *datadriven.TestData, choices ...string) string {
@@ -196,8 +326,15 @@ func (s Status) String() string {
 	if s.LastError != nil {
 		last = fmt.Sprintf("%q", RootCause(s.LastError).Error())
 	}
-	return fmt.Sprintf("state=%s attempt=%d beats=%d failures=%d next-retry=%s last-error=%s parked=%d\n",
-		s.State, s.Attempt, s.Beats, s.Failures, retry, last, s.Parked)
+	v2 := ""
+	if s.Protocol == fsm.V2 {
+		v2 = fmt.Sprintf(" protocol=v2 seq=%d acks=%d beat-period=%s", s.Seq, s.Acks, s.BeatPeriod)
+		if s.HasRTT {
+			v2 += fmt.Sprintf(" rtt=%s srtt=%s skew=%s", s.RTT, s.SRTT, s.Skew)
+		}
+	}
+	return fmt.Sprintf("state=%s attempt=%d beats=%d failures=%d next-retry=%s last-error=%s parked=%d%s\n",
+		s.State, s.Attempt, s.Beats, s.Failures, retry, last, s.Parked, v2)
 }
 
 // RootCause is err's innermost cause: following Unwrap, and the last error
