@@ -17,11 +17,13 @@ import (
 )
 
 func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
-	fs := newFlagSet("beat", "--target MULTIADDR [--nickname N] [--beat-period D] [--reconnect-period D] [--key FILE] [--log-level L] [--log-json]")
+	fs := newFlagSet("beat", "--target MULTIADDR [--nickname N] [--beat-period D] [--reconnect-period D] [--protocol auto|v1|v2] [--key FILE] [--log-level L] [--log-json]")
 	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required)")
 	nickname := fs.String("nickname", "", "the node's nickname in the aggregator's views")
 	beatPeriod := fs.Duration("beat-period", heartbeat.DefaultBeatPeriod, "time between heartbeats")
 	reconnectPeriod := fs.Duration("reconnect-period", heartbeat.DefaultReconnectPeriod, "time between connection attempts (±20% jitter)")
+	proto := fs.String("protocol", heartbeat.ProtocolAuto,
+		"protocols to offer: auto (v2, then v1: the aggregator picks), v1 (the 2019 lines) or v2 (acknowledged beats; a v1-only aggregator refuses it)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing)")
 	var lf logFlags
 	lf.register(fs, "info")
@@ -41,7 +43,7 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 		return err
 	}
 	defer func() { err = lf.failed(log, "sender", err) }()
-	cfg := heartbeat.Config{BeatTarget: *target, BeatPeriod: beatPeriod.String(), ReconnectPeriod: reconnectPeriod.String(), Nickname: *nickname}
+	cfg := heartbeat.Config{BeatTarget: *target, BeatPeriod: beatPeriod.String(), ReconnectPeriod: reconnectPeriod.String(), Nickname: *nickname, Protocol: *proto}
 
 	opts := []libp2p.Option{libp2p.NoListenAddrs}
 	if *keyPath != "" {
@@ -79,6 +81,7 @@ func newSender(h host.Host, cfg heartbeat.Config, chain syntheticChain, log hclo
 var configFlags = map[string]string{
 	"beatTarget": "target", "nickname": "nickname",
 	"beatPeriod": "beat-period", "reconnectPeriod": "reconnect-period",
+	"protocol": "protocol",
 }
 
 // flagError says a Config error in terms of the flag the user gave.

@@ -82,3 +82,53 @@ func TestBeatStopsArriveAsOrderlyEnds(t *testing.T) {
 	require.Zero(t, closed[metrics.ClosedReset], "%v", closed)
 	require.Equal(t, stops, agg.Tracker().Summary().ByState[tracker.Left])
 }
+
+// `heartbeat beat --protocol` picks what the sender offers: auto (the
+// default) and v2 get protocol v2 from our aggregator, which serves both,
+// and v1 the 2019 lines; the aggregator's view of the node says which.
+func TestBeatProtocolFlag(t *testing.T) {
+	beats := make(beatLines, 1)
+	cfg := aggregator.Config{}
+	opts, err := aggregator.HostOptions(cfg, nil)
+	require.NoError(t, err)
+	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
+	require.NoError(t, err)
+	defer h.Close()
+	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
+	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true))
+	require.NoError(t, err)
+	defer agg.Close()
+	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+
+	for _, tc := range []struct {
+		args []string
+		want uint8
+	}{
+		{nil, 2},
+		{[]string{"--protocol", "auto"}, 2},
+		{[]string{"--protocol", "v2"}, 2},
+		{[]string{"--protocol", "v1"}, 1},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		code := make(chan int, 1)
+		nick := strings.Join(append([]string{"p"}, tc.args...), "")
+		args := append([]string{"beat", "--target", target, "--nickname", nick, "--beat-period", "1h", "--log-level", "error"}, tc.args...)
+		go func() { code <- Main(ctx, args, io.Discard, io.Discard) }()
+		select {
+		case <-beats:
+		case <-time.After(30 * time.Second):
+			cancel()
+			t.Fatal("the aggregator logged no heartbeat")
+		}
+		cancel()
+		require.Equal(t, 0, <-code)
+		var got *tracker.Node
+		for _, n := range agg.Tracker().Nodes(nil) {
+			if n.Nickname == nick {
+				got = &n
+			}
+		}
+		require.NotNil(t, got, "%v", tc.args)
+		require.Equal(t, tc.want, got.Protocol, "%v", tc.args)
+	}
+}

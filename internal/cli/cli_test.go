@@ -173,6 +173,8 @@ func TestDemoShortRun(t *testing.T) {
 	require.Regexp(t, `node-\d +WARN  Heartbeat service failed to connect outage=0\.0s failures=1 error="…: [^"]*"\n`, out, "the WARN of the outage, short")
 	requireStopSeenByEachSender(t, out)
 	require.Contains(t, out, "INFO  Heartbeat service connected to aggregator outage=", "the INFO of the recovery")
+	// The senders speak v2 (the default), so each measured its round trip.
+	require.Regexp(t, `round trip \(v2 acks\)\s+node-1 \d[.\dµms]*, node-2 \d[.\dµms]*, node-3 \d[.\dµms]*, node-4 \d[.\dµms]*, node-5 \d[.\dµms]*\n`, out)
 	require.Regexp(t, `all senders beating\s+\d[.\dms]* after the restart`, out)
 	require.Regexp(t, `all nodes up\s+\d[.\dms]* after the restart \(aggregator's view\)`, out)
 	for _, line := range strings.Split(out, "\n") {
@@ -193,8 +195,9 @@ func TestDemoShortRun(t *testing.T) {
 }
 
 // requireStopSeenByEachSender checks that the stop shows in every sender's
-// log: normally as the aggregator's orderly close; a stream its shutdown
-// still had to reset says so. A sender whose rejoin (within one beat
+// log: normally as the aggregator's GoAway (v2: "asked to come back
+// later") or orderly close (v1); a stream its shutdown still had to reset
+// says so. A sender whose rejoin (within one beat
 // period) lands while the aggregator is closing gets its new stream ended
 // too, so it may show the stop once more per stream it opened during the
 // outage, and no more.
@@ -206,7 +209,7 @@ func requireStopSeenByEachSender(t *testing.T, out string) {
 	outage := out[from:to]
 	for i := 1; i <= demoNodes; i++ {
 		node := fmt.Sprintf("node-%d", i)
-		ended := regexp.MustCompile(node+` +(INFO  aggregator closed the heartbeat stream|WARN  heartbeat stream reset cause=.*)\n`).FindAllString(outage, -1)
+		ended := regexp.MustCompile(node+` +(INFO  aggregator asked to come back later.*|INFO  aggregator closed the heartbeat stream|WARN  heartbeat stream reset cause=.*)\n`).FindAllString(outage, -1)
 		opened := regexp.MustCompile(node+` +[A-Za-z >-]*-> Beating\b`).FindAllString(outage, -1)
 		require.NotEmpty(t, ended, "%s did not see the stop:\n%s", node, out)
 		require.LessOrEqual(t, len(ended), 1+len(opened), "%s saw the stop more often than it had streams:\n%s", node, out)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +17,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	"golang.org/x/term"
 
 	"github.com/p2pbeat/heartbeat"
@@ -34,6 +34,9 @@ const (
 	// demoTick paces the demo's phases and the live table; no time the
 	// demo reports is rounded to it.
 	demoTick = 250 * time.Millisecond
+	// demoPacingWindow is the aggregator's pacing window in the demo: the
+	// senders' reconnect period.
+	demoPacingWindow = 2 * time.Second
 )
 
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -105,16 +108,14 @@ type demo struct {
 }
 
 type demoSender struct {
-	name    string
-	fork    bool
-	host    host.Host
-	svc     *heartbeat.Service
-	beating chan struct{} // a transition into Beating, for the pinger
+	name string
+	fork bool
+	host host.Host
+	svc  *heartbeat.Service
 
 	mu       sync.Mutex
 	state    fsm.State
 	beatings int // transitions into Beating
-	rtt      time.Duration
 }
 
 func newDemo(out io.Writer, start time.Time, table bool) *demo {
@@ -177,12 +178,6 @@ func (d *demo) run(ctx context.Context) error {
 	d.say("node-%d is on a fork on purpose (same heights, other heads), so it shows \"in dispute\":", demoNodes)
 	d.say("an Up node whose head is not the one most Up nodes report")
 
-	pingCtx, stopPings := context.WithCancel(context.Background())
-	var pings sync.WaitGroup
-	defer func() {
-		stopPings()
-		pings.Wait()
-	}()
 	// Every sender exists before any starts: their observers read the list.
 	for i := 1; i <= demoNodes; i++ {
 		s, err := d.newSender(i, target)
@@ -196,10 +191,6 @@ func (d *demo) run(ctx context.Context) error {
 		if err := s.svc.Start(context.Background()); err != nil {
 			d.shutdown()
 			return err
-		}
-		if d.table != nil {
-			pings.Add(1)
-			go func() { defer pings.Done(); d.pinger(pingCtx, s) }()
 		}
 	}
 
@@ -307,7 +298,10 @@ func (d *demo) startAggregator() error {
 	d.mu.Unlock()
 	r, err := startAggregator(aggregatorSetup{
 		key: d.key, listen: d.listen, http: d.http, log: log, data: d.data,
-		cfg: aggregator.Config{ExpectedPeriod: time.Second, MaxNodes: 100},
+		// The senders' GoAway at the stop spreads their return over
+		// demoPacingWindow, not the default minute, which would outlast
+		// the run.
+		cfg: aggregator.Config{ExpectedPeriod: time.Second, MaxNodes: 100, PacingWindow: demoPacingWindow},
 	})
 	if err != nil {
 		return err
@@ -356,18 +350,18 @@ func (d *demo) newSender(i int, target string) (*demoSender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sender host: %w", err)
 	}
-	s := &demoSender{name: fmt.Sprintf("node-%d", i), host: h, beating: make(chan struct{}, 1), fork: i == demoNodes}
+	s := &demoSender{name: fmt.Sprintf("node-%d", i), host: h, fork: i == demoNodes}
 	// 30 s epochs, as Filecoin's; the last node is on a fork: in dispute.
 	chain := syntheticChain{genesis: mainnetGenesis, period: 30 * time.Second, now: time.Now}
 	if s.fork {
 		chain.fork = "fork"
 	}
 	log := hclog.New(&hclog.LoggerOptions{Level: hclog.Info, JSONFormat: true, Output: logWriter{t: d.tl, who: s.name}})
-	// v1 for now: the demo's timeline (the stop seen as an orderly close,
-	// the first retry failing) is v1's; showing v2 (RTT, the shutdown's
-	// GoAway) is the demo's own change (issue 10).
+	// Protocol v2 (auto, the default): the table's RTT is the senders' own
+	// Beat-to-Ack round trip, and the aggregator's stop reaches them as a
+	// GoAway with a retry-after.
 	s.svc, err = heartbeat.New(h, heartbeat.Config{
-		BeatTarget: target, BeatPeriod: "1s", ReconnectPeriod: "2s", Nickname: s.name, Protocol: heartbeat.ProtocolV1,
+		BeatTarget: target, BeatPeriod: "1s", ReconnectPeriod: "2s", Nickname: s.name,
 	}, chain.head,
 		heartbeat.WithLogger(log),
 		heartbeat.WithObserver(func(o heartbeat.Observation) {
@@ -382,10 +376,6 @@ func (d *demo) newSender(i int, target string) (*demoSender, error) {
 			}
 			s.mu.Unlock()
 			if o.To == fsm.Beating {
-				select {
-				case s.beating <- struct{}{}:
-				default:
-				}
 				d.senderBeating(o.At)
 			}
 		}),
@@ -406,42 +396,6 @@ func (d *demo) senderBeating(at time.Time) {
 	defer d.mu.Unlock()
 	if !d.restartedAt.IsZero() && d.sendersBackAt.IsZero() && at.After(d.restartedAt) {
 		d.sendersBackAt = at
-	}
-}
-
-// pinger measures a sender's round trip to the aggregator with libp2p's
-// ping protocol, once a second while the sender beats, for the live table.
-func (d *demo) pinger(ctx context.Context, s *demoSender) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.beating:
-		}
-		pctx, cancel := context.WithCancel(ctx)
-		results := ping.Ping(pctx, s.host, d.aggID)
-		tick := time.NewTicker(time.Second)
-		for ok := true; ok; {
-			r, open := <-results
-			if !open || r.Error != nil {
-				break
-			}
-			s.mu.Lock()
-			s.rtt = r.RTT
-			s.mu.Unlock()
-			select {
-			case <-pctx.Done():
-				ok = false
-			case <-tick.C:
-			}
-		}
-		tick.Stop()
-		cancel()
-		for range results { // let the ping goroutine end
-		}
-		s.mu.Lock()
-		s.rtt = 0
-		s.mu.Unlock()
 	}
 }
 
@@ -525,6 +479,7 @@ func (d *demo) report() {
 	}
 	fmt.Fprintf(w, "  heartbeats received     %d%s\n", received, note)
 	fmt.Fprintf(w, "  reconnects              %d\n", reconnects)
+	fmt.Fprintf(w, "  round trip (v2 acks)    %s\n", d.roundTrips())
 	switch {
 	case d.stoppedAt.IsZero() && d.interrupted:
 		fmt.Fprintf(w, "  recovery                not tested: interrupted before the aggregator stop due at +%s\n", d.stopAt)
@@ -541,6 +496,16 @@ func (d *demo) report() {
 		d.since(d.stoppedAt), d.since(d.restartedAt))
 	fmt.Fprintf(w, "  all senders beating     %s\n", d.after(sendersBackAt))
 	fmt.Fprintf(w, "  all nodes up            %s (aggregator's view)\n", d.after(nodesUpAt))
+}
+
+// roundTrips lists each sender's smoothed Beat-to-Ack round trip (RFC
+// 6298), "-" for one that has none (no Ack yet, or it spoke v1).
+func (d *demo) roundTrips() string {
+	parts := make([]string, 0, len(d.senders))
+	for _, s := range d.senders {
+		parts = append(parts, s.name+" "+rttText(s.svc.Status().SmoothedRTT))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (d *demo) since(t time.Time) time.Duration { return t.Sub(d.start).Round(10 * time.Millisecond) }

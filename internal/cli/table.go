@@ -17,7 +17,7 @@ type demoRow struct {
 	name      string
 	state     fsm.State     // the sender's own state
 	beats     uint64        // heartbeats it sent
-	rtt       time.Duration // libp2p ping round trip; 0 when unknown
+	rtt       time.Duration // smoothed Beat-to-Ack round trip (v2); 0 when unknown
 	tracked   bool          // the aggregator knows the node
 	aggState  tracker.State // the aggregator's view
 	height    uint64        // the height the aggregator last heard
@@ -83,6 +83,14 @@ func (t *liveTable) finish(rows []demoRow, status string) {
 	t.mu.Unlock()
 }
 
+// rttText shows a round trip to 10 µs, "-" when unknown (0).
+func rttText(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return d.Round(10 * time.Microsecond).String()
+}
+
 // renderTable lays out the table: a status line, one row per sender, the
 // latest events. It always has the same number of lines, so a redraw
 // covers the last one exactly.
@@ -90,10 +98,7 @@ func renderTable(rows []demoRow, status string, events []string) []string {
 	out := []string{status, ""}
 	out = append(out, fmt.Sprintf("%-8s %-12s %6s %9s   %-10s %9s  %s", "node", "sender", "beats", "RTT", "aggregator", "height", "head"))
 	for _, r := range rows {
-		rtt := "-"
-		if r.rtt > 0 {
-			rtt = r.rtt.Round(10 * time.Microsecond).String()
-		}
+		rtt := rttText(r.rtt)
 		agg, height, head := "-", "-", ""
 		if r.tracked {
 			agg = r.aggState.String()
@@ -137,9 +142,13 @@ func (d *demo) rows() []demoRow {
 	}
 	rows := make([]demoRow, 0, len(d.senders))
 	for _, s := range d.senders {
-		r := demoRow{name: s.name, beats: s.svc.Status().BeatsSent, fork: s.fork}
+		st := s.svc.Status()
+		r := demoRow{name: s.name, beats: st.BeatsSent, fork: s.fork}
+		if st.State == fsm.Beating {
+			r.rtt = st.SmoothedRTT
+		}
 		s.mu.Lock()
-		r.state, r.rtt = s.state, s.rtt
+		r.state = s.state
 		s.mu.Unlock()
 		if n, ok := nodes[s.name]; ok {
 			r.tracked, r.aggState, r.height = true, n.State, n.Height
