@@ -1,8 +1,12 @@
 package sim
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 )
@@ -23,6 +27,56 @@ func (s *sim) aggStart() {
 	}
 	ag.up, ag.tr, ag.started = true, tr, s.now
 	s.up = 0
+	if s.c.anyV2() {
+		ag.lim = nil
+		if pc := s.c.pacing; pc.AcceptRate > 0 {
+			ag.lim = rate.NewLimiter(rate.Limit(pc.AcceptRate), pc.AcceptBurst)
+		}
+		s.pace = append(s.pace, paceRec{start: s.now, upInWindow: -1})
+		s.q.push(int64(s.c.pacing.PacingWindow), event{kind: evWindow, gen: ag.inc})
+	}
+}
+
+// onWindow records, one pacing window after the aggregator (re)started,
+// the share of the running nodes Up at it.
+func (s *sim) onWindow(ev event) {
+	if !s.agg.up || ev.gen != s.agg.inc || len(s.pace) == 0 {
+		return
+	}
+	live := len(s.nodes) - s.crashedN
+	if live > 0 {
+		s.pace[len(s.pace)-1].upInWindow = float64(s.up) / float64(live)
+	}
+}
+
+// countAccept counts a stream the aggregator admitted (v2: past the
+// pacer), per second since its start.
+func (s *sim) countAccept(v2 bool) {
+	if len(s.pace) == 0 {
+		return
+	}
+	p := &s.pace[len(s.pace)-1]
+	sec := int((s.now - p.start) / int64(time.Second))
+	for len(p.v2) <= sec {
+		p.v2, p.v1 = append(p.v2, 0), append(p.v1, 0)
+	}
+	if v2 {
+		p.v2[sec]++
+	} else {
+		p.v1[sec]++
+	}
+}
+
+// goAway answers n's v2 stream sgen with GoAway (a retry-after drawn
+// uniformly from the pacing window, as aggregator.pacer does) and closes
+// it in order, so that the sender reads the frame before the EOF.
+func (s *sim) goAway(n *node, sgen uint32, reason uint8) {
+	w := int64(s.c.pacing.PacingWindow / time.Microsecond)
+	after := uint32(s.paceRng.Int64N(max(w, 1)))
+	s.downSendCode(n, msgGoAway, reason, sgen, after)
+	s.downSend(n, msgClose, sgen, 0)
+	s.tr.begin(s.now, "agg").str(" goaway ").str(string(n.id)).str(" stream=").int(int64(sgen)).
+		str(" retry-after=").dur(time.Duration(after) * time.Microsecond).str(" reason=").str(goAwayReasons[reason]).end()
 }
 
 // aggStop takes the aggregator down. A crash resets every connection; an
@@ -36,7 +90,9 @@ func (s *sim) aggStop(orderly bool) {
 	for i := range s.nodes {
 		n := &s.nodes[i]
 		a := &ag.st[i]
-		if orderly && a.open {
+		if orderly && a.open && a.v2 && !a.imp {
+			s.goAway(n, a.sgen, goAwayShutdown) // GoAway, then the close
+		} else if orderly && a.open {
 			s.downSend(n, msgClose, a.sgen, 0)
 		}
 		if n.conn.alive {
@@ -70,6 +126,17 @@ func (s *sim) onUp(ev event) {
 		if h := s.c.hooks; h != nil && h.dropLine != nil && h.dropLine(int(ev.node), s.nowT) {
 			return
 		}
+		if a.v2 {
+			// arg is the Beat's seq; a stream delivers in order, so the
+			// unread backlog is the seqs up to it.
+			if s.agg.stall > 0 {
+				a.unread++
+				a.upto = ev.arg
+				return
+			}
+			s.aggReadV2(n, a, ev.arg, 1)
+			return
+		}
 		if s.agg.stall > 0 {
 			a.unread += ev.arg
 			return
@@ -98,6 +165,9 @@ func (s *sim) onUp(ev event) {
 // aggOpen runs the handler's start for a new stream: a newer stream from
 // the same peer supersedes (resets) the older one.
 func (s *sim) aggOpen(n *node, a *astream, sgen uint32) bool {
+	if s.paced(n, a, sgen) {
+		return false
+	}
 	if a.open {
 		old, imp := a.sgen, a.imp
 		s.aggEnd(n, a, false)
@@ -108,16 +178,109 @@ func (s *sim) aggOpen(n *node, a *astream, sgen uint32) bool {
 		}
 		s.superseded(n)
 	}
-	*a = astream{id: a.id, sgen: sgen, dead: a.dead, idleSeq: a.idleSeq + 1, open: true, lastRead: s.now}
+	*a = astream{id: a.id, sgen: sgen, dead: a.dead, idleSeq: a.idleSeq + 1, open: true, lastRead: s.now, v2: n.v2, boot: n.inc}
+	if sgen < n.firstSgen {
+		// A stream of a process that has since crashed, delivered late
+		// (held by a partition): its Hello carries the older boot id.
+		a.boot = n.inc - 1
+	}
 	if err := s.agg.tr.StreamOpened(n.id, s.nowT); err != nil {
 		a.open = false
-		s.downSend(n, msgReset, sgen, 0)
+		if n.v2 && errors.Is(err, tracker.ErrFull) {
+			s.goAway(n, sgen, goAwayFull) // as aggregator.serveV2
+		} else {
+			s.downSend(n, msgReset, sgen, 0)
+		}
 		s.tr.begin(s.now, "agg").str(" refuse ").str(string(n.id)).str(" error=").quote(err.Error()).end()
 		return false
 	}
+	s.countAccept(n.v2)
 	s.tr.begin(s.now, "agg").str(" open ").str(string(n.id)).str(" stream=").int(int64(sgen)).end()
-	s.q.push(int64(s.c.net.IdleTimeout), event{node: n.idx, kind: evIdle, gen: sgen, arg: a.idleSeq})
+	s.q.push(int64(s.idleTimeout(n)), event{node: n.idx, kind: evIdle, gen: sgen, arg: a.idleSeq})
 	return true
+}
+
+// paced applies the aggregator's pacing to n's new stream sgen, before
+// anything else (aggregator.handleStreamV2): a v2 stream past the accept
+// rate gets GoAway and an orderly close, reaches neither the tracker nor
+// an older stream of the node, and is counted as paced. v1 streams are
+// never paced.
+func (s *sim) paced(n *node, a *astream, sgen uint32) bool {
+	if !n.v2 || s.agg.lim == nil || s.agg.lim.AllowN(s.nowT, 1) {
+		return false
+	}
+	if !a.open {
+		a.sgen = sgen // what else arrives on it is dropped
+	}
+	s.pacedN++
+	if len(s.pace) > 0 {
+		s.pace[len(s.pace)-1].paced++
+	}
+	s.goAway(n, sgen, goAwayBusy)
+	return true
+}
+
+// idleTimeout is the aggregator's read deadline on n's streams: at least
+// three declared periods on v2 (aggregator.frameLoop), so that a node with
+// a long period is not cut off between two beats.
+func (s *sim) idleTimeout(n *node) time.Duration {
+	if n.v2 {
+		return max(s.c.net.IdleTimeout, 3*s.c.periodFor(n.idx))
+	}
+	return s.c.net.IdleTimeout
+}
+
+// aggReadV2 reads k v2 frames of a's stream, the Beats up to seq upto
+// (the first one after the Hello, which is answered with Welcome), into
+// the tracker, and acknowledges each Beat.
+func (s *sim) aggReadV2(n *node, a *astream, upto, k uint32) {
+	if !a.hello {
+		a.hello = true
+		var boot [16]byte
+		binary.LittleEndian.PutUint64(boot[:], nodeSeed(s.c.Seed, n.idx, a.boot))
+		binary.LittleEndian.PutUint32(boot[8:], a.boot+1)
+		if _, err := s.agg.tr.Hello(n.id, tracker.HelloInfo{BootID: boot, Period: s.c.periodFor(n.idx)}, s.nowT); err != nil {
+			s.violate(n, RuleRejected, "tracker.Hello: %v", err)
+			return
+		}
+		s.downSend(n, msgWelcome, a.sgen, 0)
+	}
+	s.epochHead()
+	s.hb.Nickname = string(a.id)
+	for seq := upto - k + 1; seq <= upto && s.err == nil; seq++ {
+		if a.lastSeq != 0 && seq != a.lastSeq+1 {
+			s.violate(n, RuleSeq, "the aggregator read seq %d after seq %d on one stream, want %d", seq, a.lastSeq, a.lastSeq+1)
+		} else if n.aggInc == a.boot && n.aggSeq != 0 && seq <= n.aggSeq {
+			s.violate(n, RuleSeq, "the aggregator read seq %d after seq %d of the same boot", seq, n.aggSeq)
+		}
+		a.lastSeq = seq
+		if a.boot >= n.aggInc { // not a late stream of an older boot
+			n.aggSeq, n.aggInc = seq, a.boot
+		}
+		ch, changed, err := s.agg.tr.BeatV2(a.id, &s.hb, tracker.BeatInfo{Seq: uint64(seq)}, s.nowT)
+		if err != nil {
+			s.violate(n, RuleRejected, "tracker.BeatV2: %v", err)
+			return
+		}
+		if changed {
+			s.onChange(ch)
+		}
+		ack := seq
+		if h := s.c.hooks; h != nil && h.ackSeq != nil {
+			ack = h.ackSeq(int(n.idx), seq)
+		}
+		s.downSend(n, msgAck, a.sgen, ack)
+	}
+	s.received += uint64(k)
+	if s.c.TraceBeats {
+		s.tr.begin(s.now, "agg").str(" recv ").str(string(n.id)).str(" seq=").int(int64(upto)).end()
+	}
+	a.lastRead = s.now
+	a.consumed += k * uint32(s.c.frameSize)
+	if a.consumed >= uint32(s.c.net.SendWindow/2) {
+		s.downSend(n, msgCredit, a.sgen, a.consumed)
+		a.consumed = 0
+	}
 }
 
 // aggRead reads k lines of a's stream into the tracker and returns window
@@ -126,12 +289,7 @@ func (s *sim) aggRead(n *node, a *astream, k uint32) {
 	// Every node reports the same chain (one head per epoch) under its own
 	// nickname. One shared heartbeat, relabelled per line, keeps this
 	// memory hot; the tracker keeps no reference into it.
-	if s.now >= s.epochEnd {
-		e := (s.now - s.start) / int64(epoch)
-		s.hb.Height = uint64(e) + heightBase
-		s.hb.Head = s.head(s.hb.Height)
-		s.epochEnd = s.start + (e+1)*int64(epoch)
-	}
+	s.epochHead()
 	s.hb.Nickname = string(a.id)
 	for range k {
 		ch, changed, err := s.agg.tr.Beat(a.id, &s.hb, s.nowT)
@@ -152,6 +310,16 @@ func (s *sim) aggRead(n *node, a *astream, k uint32) {
 	if a.consumed >= uint32(s.c.net.SendWindow/2) {
 		s.downSend(n, msgCredit, a.sgen, a.consumed)
 		a.consumed = 0
+	}
+}
+
+// epochHead moves the shared heartbeat to the current epoch's head.
+func (s *sim) epochHead() {
+	if s.now >= s.epochEnd {
+		e := (s.now - s.start) / int64(epoch)
+		s.hb.Height = uint64(e) + heightBase
+		s.hb.Head = s.head(s.hb.Height)
+		s.epochEnd = s.start + (e+1)*int64(epoch)
 	}
 }
 
@@ -179,7 +347,7 @@ func (s *sim) onIdle(ev event) {
 		return
 	}
 	n := &s.nodes[ev.node]
-	deadline := a.lastRead + int64(s.c.net.IdleTimeout)
+	deadline := a.lastRead + int64(s.idleTimeout(n))
 	if s.now < deadline {
 		s.q.push(deadline-s.now, ev)
 		return
@@ -205,7 +373,11 @@ func (s *sim) aggResume() {
 		if a.unread > 0 {
 			k := a.unread
 			a.unread = 0
-			s.aggRead(n, a, k)
+			if a.v2 {
+				s.aggReadV2(n, a, a.upto, k)
+			} else {
+				s.aggRead(n, a, k)
+			}
 		}
 		a.lastRead = s.now
 		if a.closing {
@@ -213,7 +385,7 @@ func (s *sim) aggResume() {
 			continue
 		}
 		a.idleSeq++
-		s.q.push(int64(s.c.net.IdleTimeout), event{node: n.idx, kind: evIdle, gen: a.sgen, arg: a.idleSeq})
+		s.q.push(int64(s.idleTimeout(n)), event{node: n.idx, kind: evIdle, gen: a.sgen, arg: a.idleSeq})
 	}
 }
 

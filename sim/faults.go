@@ -1,6 +1,10 @@
 package sim
 
-import "time"
+import (
+	"time"
+
+	"github.com/p2pbeat/heartbeat/fsm"
+)
 
 // onFault begins (ev.sub 0) or heals (ev.sub 1) script action ev.arg, and
 // records a sample right after, so that the counts over time show faults
@@ -44,6 +48,9 @@ func (s *sim) onFault(ev event) {
 		if begin {
 			s.globalActive++
 			s.agg.stall++
+			if s.agg.stall == 1 && s.agg.up {
+				s.watchStall()
+			}
 			s.sample()
 			return
 		}
@@ -52,6 +59,9 @@ func (s *sim) onFault(ev event) {
 		s.silenceQuiet = max(s.silenceQuiet, s.now)
 		s.agg.stall--
 		if s.agg.stall == 0 {
+			for i := range s.nodes {
+				s.nodes[i].stallWatch = false
+			}
 			s.aggResume()
 		}
 	case AggregatorResetAll:
@@ -153,6 +163,35 @@ func (s *sim) onFault(ev event) {
 		s.healedFault(a, false)
 	}
 	s.sample()
+}
+
+// watchStall starts measuring how long the senders Beating on a proven
+// stream take to notice the stall that begins now (Report.StallV2).
+func (s *sim) watchStall() {
+	s.stallAt = s.now
+	for i := range s.nodes {
+		n := &s.nodes[i]
+		if n.m == nil || n.m.State() != fsm.Beating || !n.proven {
+			continue
+		}
+		n.stallWatch = true
+		if n.v2 {
+			s.watchV2++
+		} else {
+			s.watchV1++
+		}
+	}
+}
+
+// stallNoticed records that n, watched since a stall began, dropped its
+// stream.
+func (s *sim) stallNoticed(n *node) {
+	n.stallWatch = false
+	if n.v2 {
+		s.stallV2 = append(s.stallV2, time.Duration(s.now-s.stallAt))
+	} else {
+		s.stallV1++
+	}
 }
 
 // forNodes calls f for each node a selects (all when a.Nodes is nil).

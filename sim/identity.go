@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/p2pbeat/heartbeat/fsm"
 )
 
 // Identity faults: a second sender with a node's key (Impostor) and a flood
@@ -161,6 +163,12 @@ func (s *sim) sybilFill() {
 // retention, the newcomer's next retry, a handshake and a sweep.
 func (c *config) sybilBound() time.Duration {
 	maxLat := c.net.MaxLatency + c.net.Jitter
+	retry := c.sender.Backoff.Delay(1, 1)
+	if c.v2(int32(c.Nodes - 1)) {
+		// A full aggregator answers a v2 newcomer with GoAway, whose
+		// retry-after is drawn from the pacing window.
+		retry = max(retry, c.sender.Backoff.After(c.pacing.PacingWindow, c.sender.BeatPeriod, fsm.MaxRetryAfter, 1))
+	}
 	return c.detectionBound(c.tracker.MaxPeriod) + c.tracker.DownRetention +
-		c.sender.Backoff.Delay(1, 1) + 6*maxLat + c.net.SweepEvery + max(c.sender.BeatPeriod, c.slowPeriod)
+		retry + 6*maxLat + c.net.SweepEvery + max(c.sender.BeatPeriod, c.slowPeriod)
 }

@@ -38,6 +38,20 @@ const (
 	// run (reset-storm: no false Suspect; node-crash: every crash detected
 	// within its bound; ...).
 	RuleScenario = "scenario-expectation"
+	// RuleSeq (v2): a sender's Beat seqs are 1, 2, 3… per boot, one more
+	// per Beat written, across reconnects; the aggregator reads them in
+	// that order: one more per Beat on a stream, and growing across the
+	// streams of one boot.
+	RuleSeq = "v2-seq"
+	// RuleAck (v2): every Ack a sender reads acknowledges a Beat written on
+	// that stream and not yet acknowledged, and no sender logs a protocol
+	// error (the simulated aggregator keeps the protocol).
+	RuleAck = "v2-ack"
+	// RuleGoAway (v2): a sender that got GoAway does not dial again before
+	// its retry-after (raised to its BeatPeriod, less the jitter the
+	// policy allows: BackoffPolicy.After with the lowest draw), nor, unless
+	// paused, after the longest the policy allows.
+	RuleGoAway = "v2-goaway-retry-after"
 )
 
 // InvariantError is the error Run returns when an invariant breaks. Its
@@ -80,8 +94,14 @@ func (s *sim) violate(n *node, rule, format string, args ...any) {
 	c := s.c
 	replay := fmt.Sprintf("go run ./cmd/heartbeat sim --nodes %d --duration %s --seed %d --scenario %s",
 		c.Nodes, c.Duration, c.Seed, scenarioName(c.Scenario))
+	if c.Protocol != ProtocolV1 {
+		replay += " --protocol " + c.Protocol.String()
+		if c.Pacing != (Pacing{}) {
+			replay += fmt.Sprintf(" --accept-rate %g --pacing-window %s", c.pacing.AcceptRate, c.pacing.PacingWindow)
+		}
+	}
 	if c.Sender != (fsm.Config{}) || c.Network != (Network{}) || c.Tracker != (tracker.Config{}) ||
-		len(c.Script) > 0 || c.StartWithin != DefaultStartWithin || c.hooks != nil {
+		len(c.Script) > 0 || c.StartWithin != DefaultStartWithin || c.hooks != nil || c.Pacing.AcceptBurst != 0 {
 		replay = "sim.Run with the same Params (they set fields the command line does not): " + replay
 	}
 	e := &InvariantError{
@@ -104,13 +124,22 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 	if from != to {
 		s.states[from]--
 		s.states[to]++
+		if from == fsm.Beating && n.stallWatch && s.agg.stall > 0 {
+			s.stallNoticed(n)
+		}
 		switch to {
 		case fsm.Beating:
 			n.beatingSince = s.now
 			s.watch()
 		case fsm.Backoff:
 			n.failAt, n.pausedSinceFail = s.now, false
-			if ev.Kind == fsm.DialFailed || ev.Kind == fsm.DialTimedOut || logsKind(effs, fsm.LogConnectFailed) {
+			n.goAway = ev.Kind == fsm.GoAwayReceived
+			if n.goAway {
+				// Not a failure: the retry-after it asked for, and an
+				// outage (the recovery logs INFO).
+				n.goAsked = ev.RetryAfter
+				n.inOutage = true
+			} else if ev.Kind == fsm.DialFailed || ev.Kind == fsm.DialTimedOut || logsKind(effs, fsm.LogConnectFailed) {
 				// A failed attempt, or a stream refused before its first
 				// beat survived (logged as a connect failure).
 				n.connFailures++
@@ -154,10 +183,14 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 	if to == fsm.Beating && from != fsm.Beating {
 		n.proven = false
 	}
-	// A stream is proven when the beat after its first write comes due with
-	// the stream still open (docs/state-machine.md): the recovery is logged
-	// then, not when the stream opens.
-	recovered := ev.Kind == fsm.BeatDue && from == fsm.Beating && to == fsm.Beating && sent && !n.proven
+	// A v1 stream is proven when the beat after its first write comes due
+	// with the stream still open, a v2 stream by its first Ack
+	// (docs/state-machine.md): the recovery is logged then, not when the
+	// stream opens.
+	recovered := ev.Kind == fsm.BeatDue && from == fsm.Beating && to == fsm.Beating && sent && !n.proven && !n.v2
+	if n.v2 {
+		recovered = ev.Kind == fsm.AckReceived && ev.Attempt == n.m.Attempt() && from == fsm.Beating && to == fsm.Beating && !n.proven
+	}
 	want := 0
 	if recovered && n.inOutage {
 		want = 1
@@ -169,6 +202,7 @@ func (s *sim) checkStep(n *node, ev fsm.Event, from fsm.State, effs []fsm.Effect
 	if recovered {
 		n.proven = true
 		n.inOutage, n.outFailures, n.loudAt, n.connFailures = false, 0, 0, 0
+		n.goneAway = false
 	}
 	if k := n.openStreams(); k > 1 {
 		s.violate(n, RuleOneStream, "%d live streams after %s", k, ev.Kind)
@@ -182,12 +216,30 @@ var logLevels = map[fsm.LogKind]fsm.Level{
 	fsm.LogRemoteClosed: fsm.LevelInfo,
 	fsm.LogRemoteReset:  fsm.LevelWarn,
 	fsm.LogBeatSkipped:  fsm.LevelDebug,
+	fsm.LogAckOverdue:   fsm.LevelWarn,
+	fsm.LogBeatPeriod:   fsm.LevelInfo,
 }
 
 // checkLog checks one log line against the policy. A connect failure is
 // WARN if it is the first of the outage, ERROR if strictly more than
 // ErrorEvery passed since the outage's last WARN/ERROR, DEBUG otherwise.
 func (s *sim) checkLog(n *node, r fsm.LogRecord) {
+	switch r.Kind {
+	case fsm.LogProtocolError:
+		s.violate(n, RuleAck, "the sender saw the simulated aggregator break the protocol: %v", r.Err)
+		return
+	case fsm.LogGoAway:
+		// INFO the first time in an outage, DEBUG after.
+		want := fsm.LevelInfo
+		if n.goneAway {
+			want = fsm.LevelDebug
+		}
+		n.goneAway = true
+		if r.Level != want {
+			s.violate(n, RuleLogPolicy, "GoAway line logged at %s, want %s (INFO once per outage)", r.Level, want)
+		}
+		return
+	}
 	if r.Kind != fsm.LogConnectFailed {
 		if want, ok := logLevels[r.Kind]; !ok || r.Level != want {
 			s.violate(n, RuleLogPolicy, "%s line logged at %s, want %s", logKindName(r.Kind), r.Level, want)
@@ -232,6 +284,10 @@ func (s *sim) checkLog(n *node, r fsm.LogRecord) {
 // failure; n = 0 is the rejoin after a lost proven stream, within one of
 // the node's own BeatPeriod.
 func (s *sim) retryBounds(node *node, n uint64) (lo, hi time.Duration) {
+	if node.goAway {
+		p := s.c.periodFor(node.idx)
+		return s.c.policy.After(node.goAsked, p, fsm.MaxRetryAfter, 0), s.c.policy.After(node.goAsked, p, fsm.MaxRetryAfter, 1)
+	}
 	if n == 0 {
 		p := s.c.periodFor(node.idx)
 		return s.c.policy.Rejoin(p, 0), s.c.policy.Rejoin(p, 1)
@@ -252,6 +308,10 @@ func logsKind(effs []fsm.Effect, k fsm.LogKind) bool {
 func (s *sim) checkRetryDelay(n *node, at time.Time) {
 	d := time.Duration(at.UnixNano() - s.now)
 	if lo, hi := s.retryBounds(n, n.failN); d < lo || d > hi {
+		if n.goAway {
+			s.violate(n, RuleGoAway, "retry armed %s after a GoAway asking %s, outside [%s, %s]", d, n.goAsked, lo, hi)
+			return
+		}
 		s.violate(n, RuleBackoff, "retry armed %s after failure #%d, outside [%s, %s]", d, n.failN, lo, hi)
 	}
 }
@@ -262,6 +322,10 @@ func (s *sim) checkRetryDelay(n *node, at time.Time) {
 func (s *sim) checkRetryGap(n *node) {
 	gap := time.Duration(s.now - n.failAt)
 	if lo, hi := s.retryBounds(n, n.failN); gap < lo || (gap > hi && !n.pausedSinceFail) {
+		if n.goAway {
+			s.violate(n, RuleGoAway, "dialled %s after a GoAway asking %s, outside [%s, %s]", gap, n.goAsked, lo, hi)
+			return
+		}
 		s.violate(n, RuleBackoff, "dialled %s after failure #%d, outside [%s, %s]", gap, n.failN, lo, hi)
 	}
 }

@@ -8,8 +8,11 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"golang.org/x/time/rate"
+
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // The run: its state, setup from the Params, and the loop that pops the
@@ -33,6 +36,7 @@ const (
 	evSample           // record the counts over time
 	evLiveness         // the liveness check after the last fault healed
 	evImpostor         // an impostor's step (sub: impOpen or impBeat; gen: its generation)
+	evWindow           // the end of the pacing window after an aggregator start (gen: its incarnation)
 )
 
 // event is one entry of the virtual clock (queue): 16 bytes, no pointers,
@@ -43,7 +47,8 @@ type event struct {
 	node int32
 	kind evKind
 	sub  uint8
-	_    [2]byte
+	code uint8 // a GoAway's reason (goAway...)
+	_    byte
 	gen  uint32
 	arg  uint32
 }
@@ -58,10 +63,14 @@ type astream struct {
 	unread   uint32 // lines arrived, not read (while stalled)
 	consumed uint32 // bytes read since the last window update
 	open     bool
-	closing  bool // an orderly end arrived while stalled
-	imp      bool // the open stream is an impostor's (see Impostor)
+	closing  bool   // an orderly end arrived while stalled
+	imp      bool   // the open stream is an impostor's (see Impostor)
+	v2       bool   // the open stream speaks protocol v2
+	hello    bool   // its Hello was read (and answered with Welcome)
+	lastSeq  uint32 // v2: the last Beat seq read on it
 	lastRead int64
-	_        [15]byte // 64 bytes: one cache line per node
+	upto     uint32 // v2: the last Beat seq arrived (unread while stalled)
+	boot     uint32 // v2: the incarnation of the process that opened it
 }
 
 type aggregator struct {
@@ -72,6 +81,8 @@ type aggregator struct {
 	tr      *tracker.Tracker
 	started int64
 	st      []astream
+	// lim paces new v2 streams (nil: no pacing); a restart starts it full.
+	lim *rate.Limiter
 }
 
 // sim is one run.
@@ -80,6 +91,7 @@ type sim struct {
 	q        *queue
 	loc      *time.Location
 	rng      *rand.Rand // the network's draws
+	paceRng  *rand.Rand // the aggregator's retry-after draws (v2)
 	start    int64
 	end      int64
 	now      int64
@@ -118,8 +130,10 @@ func newSim(c *config) (*sim, error) {
 		end:   c.start.Add(c.Duration).UnixNano(),
 		nowT:  c.start,
 		rng:   rand.New(rand.NewPCG(mix(c.Seed), mix(c.Seed^0x6e6574))), // "net"
-		nodes: make([]node, c.Nodes),
-		colds: make([]nodeCold, c.Nodes),
+		// A stream of its own, so that v1 runs draw what they always drew.
+		paceRng: rand.New(rand.NewPCG(mix(c.Seed^0x70616365), mix(c.Seed))), // "pace"
+		nodes:   make([]node, c.Nodes),
+		colds:   make([]nodeCold, c.Nodes),
 	}
 	s.now = s.start
 	// Each node queues about 2.5 events per beat period (a beat timer, its
@@ -166,6 +180,7 @@ func newSim(c *config) (*sim, error) {
 	s.agg.st = make([]astream, c.Nodes)
 	for i := range s.agg.st {
 		s.agg.st[i].id = s.nodes[i].id
+		s.nodes[i].v2 = c.v2(int32(i))
 	}
 	s.aggStart()
 
@@ -254,6 +269,9 @@ func (s *sim) loop() {
 		case evImpostor:
 			s.events++
 			s.onImpostor(ev)
+		case evWindow:
+			s.events++
+			s.onWindow(ev)
 		case evLiveness:
 			s.events++
 			s.checkLiveness("after the last fault healed")
@@ -325,6 +343,16 @@ func (s *sim) head(h uint64) string {
 		s.heads = append(s.heads, fmt.Sprintf("bafy2bzacea%051d", heightBase+len(s.heads)))
 	}
 	return s.heads[k]
+}
+
+// defaultFrameSize is the encoded size of a simulated v2 Beat frame.
+func defaultFrameSize() int {
+	b, err := new(wire2.Encoder).Append(nil, &wire2.Beat{Seq: 1 << 20, Time: DefaultStart.UnixNano(),
+		Head: fmt.Sprintf("bafy2bzacea%051d", heightBase), Height: heightBase, RTT: 100 * time.Millisecond})
+	if err != nil {
+		return 96
+	}
+	return len(b)
 }
 
 // defaultLineSize is the encoded size of a simulated heartbeat line.

@@ -18,7 +18,20 @@ const (
 	msgClose                 // an orderly end of a stream (gen: the stream)
 	msgConnDead              // a connection reset; down: gen is the connection, up: arg is the last stream on it
 	msgCredit                // down: a window update of arg bytes on stream gen
+	msgWelcome               // down (v2): the Welcome answering stream gen's Hello
+	msgAck                   // down (v2): the Ack of Beat seq arg on stream gen
+	msgGoAway                // down (v2): GoAway on stream gen, retry-after arg µs, reason code
 )
+
+// The reasons of a GoAway (event.code of msgGoAway), as the aggregator
+// sends them.
+const (
+	goAwayBusy     uint8 = iota // past the accept rate
+	goAwayShutdown              // an orderly stop
+	goAwayFull                  // the tracker is full (too_many_nodes)
+)
+
+var goAwayReasons = [...]string{"busy", "shutdown", "too_many_nodes"}
 
 // How a dial ends (event.sub of evDialDone).
 const (
@@ -73,8 +86,11 @@ func (s *sim) upSend(n *node, sub uint8, gen, arg uint32) {
 }
 
 // downSend sends a message from the aggregator to n, as upSend.
-func (s *sim) downSend(n *node, sub uint8, gen, arg uint32) {
-	ev := event{node: n.idx, kind: evDown, sub: sub, gen: gen, arg: arg}
+func (s *sim) downSend(n *node, sub uint8, gen, arg uint32) { s.downSendCode(n, sub, 0, gen, arg) }
+
+// downSendCode is downSend with a code (a GoAway's reason).
+func (s *sim) downSendCode(n *node, sub, code uint8, gen, arg uint32) {
+	ev := event{node: n.idx, kind: evDown, sub: sub, code: code, gen: gen, arg: arg}
 	if n.partitioned > 0 {
 		n.held = append(n.held, held{ev: ev})
 		return
@@ -84,9 +100,10 @@ func (s *sim) downSend(n *node, sub uint8, gen, arg uint32) {
 	s.q.push(t-s.now, ev)
 }
 
-// send writes one heartbeat line: at once while the send window has room,
-// otherwise the write blocks until a window update makes room.
-func (s *sim) send(n *node, attempt uint64) {
+// send writes one heartbeat (a v1 line, or the v2 Beat seq, preceded by
+// the Hello on a stream's first write): at once while the send window has
+// room, otherwise the write blocks until a window update makes room.
+func (s *sim) send(n *node, attempt, seq uint64) {
 	s.sent++
 	st := n.stream(attempt)
 	if n.m.State() != fsm.Beating || st == nil {
@@ -97,14 +114,40 @@ func (s *sim) send(n *node, attempt uint64) {
 		s.violate(n, RuleBeatOutsideBeating, "Send on attempt %d in state %s, with %s", attempt, n.m.State(), state)
 		return
 	}
-	size := int32(s.c.lineSize)
+	arg := uint32(1) // v1: one line
+	if n.v2 {
+		s.sentSeq(n, st, seq)
+		arg = st.last
+	}
+	size := s.msgSize(n)
 	if st.inflight+size > int32(s.c.net.SendWindow) {
 		st.blocked = true
 		return
 	}
 	st.inflight += size
-	s.upSend(n, msgData, st.sgen, 1)
+	s.upSend(n, msgData, st.sgen, arg)
 	n.pendingWrite = uint32(attempt)
+}
+
+// msgSize is the size of one of n's heartbeats on the wire.
+func (s *sim) msgSize(n *node) int32 {
+	if n.v2 {
+		return int32(s.c.frameSize)
+	}
+	return int32(s.c.lineSize)
+}
+
+// sentSeq checks that a v2 Beat's seq is the next of the process's boot
+// (1, 2, 3…, across reconnects) and notes it on the stream.
+func (s *sim) sentSeq(n *node, st *sstream, seq uint64) {
+	if seq != uint64(n.seq)+1 {
+		s.violate(n, RuleSeq, "Beat seq %d written after seq %d of the same boot, want %d", seq, n.seq, n.seq+1)
+	}
+	n.seq = uint32(seq)
+	if st.seq0 == 0 {
+		st.seq0 = n.seq
+	}
+	st.last = n.seq
 }
 
 // dial starts attempt: a stream on the live connection at once, or a new
@@ -197,7 +240,7 @@ func (s *sim) openStream(n *node, attempt uint64) {
 	}
 	n.sgen++
 	*slot = sstream{attempt: uint32(attempt), sgen: n.sgen, conn: n.conn.gen, open: true}
-	s.step(n, fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt})
+	s.step(n, fsm.Event{Kind: fsm.DialSucceeded, Attempt: attempt, Protocol: n.protocol()})
 	// The only place a node gains a stream: the machine must have adopted
 	// it in place of none, or reset it (a stale attempt's).
 	if k := n.openStreams(); k > 1 && s.err == nil {
@@ -232,11 +275,15 @@ func (s *sim) onDown(n *node, ev event) {
 			return
 		}
 		st.inflight -= int32(ev.arg)
-		size := int32(s.c.lineSize)
+		size := s.msgSize(n)
 		if st.blocked && st.inflight+size <= int32(s.c.net.SendWindow) {
 			st.blocked = false
 			st.inflight += size
-			s.upSend(n, msgData, st.sgen, 1)
+			arg := uint32(1)
+			if n.v2 {
+				arg = st.last
+			}
+			s.upSend(n, msgData, st.sgen, arg)
 			s.step(n, fsm.Event{Kind: fsm.WriteSucceeded, Attempt: uint64(st.attempt)})
 		}
 	case msgReset, msgClose:
@@ -249,7 +296,33 @@ func (s *sim) onDown(n *node, ev event) {
 				s.remoteEnd(n, st, false)
 			}
 		}
+	case msgWelcome:
+		if st := n.streamGen(ev.gen); st != nil {
+			s.step(n, fsm.Event{Kind: fsm.WelcomeReceived, Attempt: uint64(st.attempt)})
+		}
+	case msgAck:
+		if st := n.streamGen(ev.gen); st != nil {
+			s.onAck(n, st, ev.arg)
+		}
+	case msgGoAway:
+		if st := n.streamGen(ev.gen); st != nil {
+			s.step(n, fsm.Event{Kind: fsm.GoAwayReceived, Attempt: uint64(st.attempt),
+				RetryAfter: time.Duration(ev.arg) * time.Microsecond, Reason: goAwayReasons[ev.code]})
+		}
 	}
+}
+
+// onAck hands the Ack of Beat seq to n's machine, after checking that it
+// acknowledges a Beat written on that stream and not yet acknowledged:
+// the simulated aggregator must never send another (the machine would
+// count it as a broken aggregator).
+func (s *sim) onAck(n *node, st *sstream, seq uint32) {
+	if st.seq0 == 0 || seq < st.seq0 || seq > st.last || seq <= st.acked {
+		s.violate(n, RuleAck, "Ack for seq %d on a stream that wrote seqs %d to %d, acknowledged up to %d", seq, st.seq0, st.last, st.acked)
+		return
+	}
+	st.acked = seq
+	s.step(n, fsm.Event{Kind: fsm.AckReceived, Attempt: uint64(st.attempt), Seq: uint64(seq)})
 }
 
 // remoteEnd reports the end of st from the other side to n's machine, then
@@ -310,7 +383,7 @@ func (s *sim) releaseHeld(n *node) {
 		if m.up {
 			s.upSend(n, m.ev.sub, m.ev.gen, m.ev.arg)
 		} else {
-			s.downSend(n, m.ev.sub, m.ev.gen, m.ev.arg)
+			s.downSendCode(n, m.ev.sub, m.ev.code, m.ev.gen, m.ev.arg)
 		}
 	}
 }

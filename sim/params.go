@@ -6,8 +6,10 @@ import (
 	"io"
 	"time"
 
+	hbaggregator "github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // MaxNodes bounds Params.Nodes: node ids are five or more digits and node
@@ -71,6 +73,13 @@ type Params struct {
 	// DefaultStart.
 	Start time.Time
 
+	// Protocol is what the senders speak (default ProtocolV1); the
+	// simulated aggregator serves both, as aggregator.DefaultProtocols.
+	Protocol Protocol
+	// Pacing is the simulated aggregator's reconnect pacing of new v2
+	// streams; zero fields take the real aggregator's defaults.
+	Pacing Pacing
+
 	// hooks lets tests inside the package break things on purpose.
 	hooks *hooks
 }
@@ -119,6 +128,63 @@ const (
 	DefaultStartWithin       = 10 * time.Second
 )
 
+// Protocol is the heartbeat protocol the simulated senders speak.
+type Protocol uint8
+
+// The protocol mixes. Every v2 sender drives its machine with the v2
+// events (Welcome, Ack, Ack overdue, GoAway); the aggregator answers it as
+// aggregator/v2.go does.
+const (
+	// ProtocolV1: every sender speaks fil/heartbeat/1.0.0 (JSON lines, no
+	// acknowledgement). The default, so that every run, trace and figure
+	// from before v2 replays byte for byte.
+	ProtocolV1 Protocol = iota
+	// ProtocolV2: every sender speaks /fil/heartbeat/2.0.0.
+	ProtocolV2
+	// ProtocolMixed: nodes 0 to Nodes/2-1 speak v1, the others v2 (by
+	// index, not drawn, so a trace tells them apart: the upper half is v2).
+	ProtocolMixed
+)
+
+var protocolNames = [...]string{"v1", "v2", "mixed"}
+
+// String is the name ParseProtocol takes: "v1", "v2" or "mixed".
+func (p Protocol) String() string {
+	if int(p) < len(protocolNames) {
+		return protocolNames[p]
+	}
+	return fmt.Sprintf("Protocol(%d)", uint8(p))
+}
+
+// ParseProtocol parses "v1", "v2" or "mixed".
+func ParseProtocol(s string) (Protocol, error) {
+	for i, n := range protocolNames {
+		if s == n {
+			return Protocol(i), nil
+		}
+	}
+	return 0, fmt.Errorf("sim: protocol %q: want v1, v2 or mixed", s)
+}
+
+// Pacing is the simulated aggregator's reconnect pacing, as
+// aggregator.Config's AcceptRate, AcceptBurst and PacingWindow: new v2
+// streams are admitted by a token bucket (golang.org/x/time/rate, on the
+// virtual clock, full when the aggregator starts); past it a new v2 stream
+// gets GoAway with a retry-after drawn uniformly from [0, PacingWindow)
+// and is closed in order. v1 streams are never paced and take no token,
+// as in the real aggregator: a v1 sender cannot be told when to come back.
+type Pacing struct {
+	// AcceptRate is new v2 streams per second; 0 takes
+	// aggregator.DefaultAcceptRate, negative turns pacing off.
+	AcceptRate float64
+	// AcceptBurst is the bucket's size; 0 takes max(1, AcceptRate), the
+	// aggregator's default (aggregator.Config.AcceptBurst).
+	AcceptBurst int
+	// PacingWindow is the window GoAway's retry-after is drawn from, at
+	// most wire2.MaxRetryAfter; 0 takes aggregator.DefaultPacingWindow.
+	PacingWindow time.Duration
+}
+
 // hooks are test-only ways to make the simulator misbehave, so the tests can
 // prove the invariants catch it.
 type hooks struct {
@@ -132,6 +198,9 @@ type hooks struct {
 	// checkerPolicy, if set, is the backoff policy the invariant checker
 	// believes in (the machines run with Params.Sender's).
 	checkerPolicy *fsm.BackoffPolicy
+	// ackSeq, if set, is the seq the aggregator acknowledges when it read
+	// node's Beat seq (a buggy v2 handler).
+	ackSeq func(node int, seq uint32) uint32
 }
 
 // config is Params with every default applied, validated.
@@ -153,7 +222,19 @@ type config struct {
 	// newcomer, when set, starts the last node just after the warm-up
 	// (scenario sybil-fill: an honest sender arriving after a flood).
 	newcomer bool
+	// pacing with its defaults applied; rate 0 means no pacing.
+	pacing Pacing
+	// v2From is the index of the first v2 node (Nodes: none).
+	v2From int32
+	// frameSize is the size of one v2 Beat frame in bytes.
+	frameSize int
 }
+
+// v2 reports whether node idx speaks protocol v2.
+func (c *config) v2(idx int32) bool { return idx >= c.v2From }
+
+// anyV2 reports whether some node speaks protocol v2.
+func (c *config) anyV2() bool { return int(c.v2From) < c.Nodes }
 
 // senderFor is node idx's machine configuration.
 func (c *config) senderFor(idx int32) fsm.Config {
@@ -322,6 +403,38 @@ func (p Params) resolve() (*config, error) {
 		return nil, fieldErr("SampleEvery", "(%s) gives more than a million samples over %s", c.sample, p.Duration)
 	}
 
+	switch p.Protocol {
+	case ProtocolV1:
+		c.v2From = int32(p.Nodes)
+	case ProtocolV2:
+		c.v2From = 0
+	case ProtocolMixed:
+		c.v2From = int32(p.Nodes / 2)
+	default:
+		return nil, fieldErr("Protocol", "must be ProtocolV1, ProtocolV2 or ProtocolMixed, got %d", p.Protocol)
+	}
+	pc := p.Pacing
+	switch {
+	case pc.AcceptRate == 0:
+		pc.AcceptRate = hbaggregator.DefaultAcceptRate
+	case pc.AcceptRate < 0:
+		pc.AcceptRate = 0
+	}
+	if pc.AcceptBurst < 0 {
+		return nil, fieldErr("Pacing.AcceptBurst", "must not be negative, got %d", pc.AcceptBurst)
+	}
+	if pc.AcceptBurst == 0 {
+		pc.AcceptBurst = max(1, int(pc.AcceptRate))
+	}
+	if pc.PacingWindow < 0 || pc.PacingWindow > wire2.MaxRetryAfter {
+		return nil, fieldErr("Pacing.PacingWindow", "must be between 0 and %s, got %s", wire2.MaxRetryAfter, pc.PacingWindow)
+	}
+	if pc.PacingWindow == 0 {
+		pc.PacingWindow = hbaggregator.DefaultPacingWindow
+	}
+	c.pacing = pc
+	c.frameSize = defaultFrameSize()
+
 	c.liveness = livenessBound(c)
 	// A node has beaten normally for this long when the tracker must see it
 	// Up: one SuspectAfter of silence plus the slowest delivery.
@@ -343,7 +456,29 @@ func livenessBound(c *config) time.Duration {
 	if b := c.sender.Backoff; b.Growth > 1 {
 		retry = b.Delay(1<<20, 1) // saturated at Max (+jitter)
 	}
-	return detect + retry + 6*maxLat + max(c.sender.BeatPeriod, c.slowPeriod) + c.net.SweepEvery + 5*time.Second
+	bound := detect + retry + 6*maxLat + max(c.sender.BeatPeriod, c.slowPeriod) + c.net.SweepEvery + 5*time.Second
+	if c.anyV2() {
+		bound += c.pacingBound()
+	}
+	return bound
+}
+
+// pacingBound is what v2 adds to the liveness bound: the time the
+// aggregator's pacing needs to admit every v2 node at its accept rate,
+// plus two longest GoAway waits (the window, jittered): one for a GoAway
+// at shutdown or from a busy aggregator, one more for a node paced again
+// on its return. It is not a worst case (a node can be paced any number
+// of times: the draws are random), but with the accept rate above the
+// fleet's return rate a third GoAway in a row is rare; a seed that hits
+// one fails liveness and says so.
+func (c *config) pacingBound() time.Duration {
+	wait := c.sender.Backoff.After(c.pacing.PacingWindow, c.sender.BeatPeriod, fsm.MaxRetryAfter, 1)
+	var admit time.Duration
+	if c.pacing.AcceptRate > 0 {
+		v2 := float64(c.Nodes - int(c.v2From))
+		admit = time.Duration(v2 / c.pacing.AcceptRate * float64(time.Second))
+	}
+	return admit + 2*wait
 }
 
 // roundUp rounds d up to a round sampling period.

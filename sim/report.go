@@ -50,12 +50,31 @@ type stats struct {
 	throwaways int     // SybilFill identities so far
 	fillAt     int64   // the last SybilFill
 	newcomerUp int64   // when the newcomer (sybil-fill) was first Up
+
+	// v2: the streams paced, the accepts per aggregator incarnation, and
+	// the stall detections (see Report.StallV2).
+	pacedN                    uint64
+	pace                      []paceRec
+	stallAt                   int64
+	stallV2                   []time.Duration
+	stallV1, watchV1, watchV2 int
+}
+
+// paceRec is one aggregator incarnation's admissions (runs with v2
+// senders): v2 and v1 streams accepted per second since its start, the v2
+// streams paced, and the share of running nodes Up one pacing window after
+// its start (-1: not measured).
+type paceRec struct {
+	start      int64
+	v2, v1     []uint32
+	paced      uint64
+	upInWindow float64
 }
 
 func (st *stats) init(c *config) {
 	st.dialsPerSec = make([]uint32, 0, int(c.Duration/time.Second)+1)
 	st.samples = make([]Sample, 0, int(c.Duration/c.sample)+2)
-	st.recoveries = append(st.recoveries, Recovery{Fault: "start", Beating99: -1, AllBeating: -1, AllUp: -1})
+	st.recoveries = append(st.recoveries, Recovery{Fault: "start", Beating99: -1, AllBeating: -1, AllUp: -1, Up99: -1, pace: -1})
 	st.pending = append(st.pending, 0)
 }
 
@@ -106,6 +125,22 @@ type Recovery struct {
 	// the seconds from the restart until every node was Beating again.
 	Restart           bool
 	DialPeak, DialP99 int
+	// Up99 is the time until 99% of the running nodes were Up at the
+	// aggregator (printed for runs with v2 senders).
+	Up99 time.Duration
+	// For an aggregator restart in a run with v2 senders, its pacing:
+	// AcceptFirst is the v2 streams it accepted in the first second after
+	// the restart (at most AcceptBurst plus AcceptRate: the token bucket
+	// starts full), AcceptPeak the most in any later second until every
+	// node was Up; AcceptV1Peak the most v1 streams in one second (never
+	// paced); Paced the v2 streams answered with GoAway past the rate while
+	// it ran; UpInWindow the share of the running nodes Up one
+	// PacingWindow after the restart (-1: not measured, the aggregator or
+	// the run ended first).
+	AcceptFirst, AcceptPeak, AcceptV1Peak int
+	Paced                                 uint64
+	UpInWindow                            float64
+	pace                                  int // index in stats.pace, -1: none
 }
 
 // LevelStats counts the senders' log lines of one level.
@@ -166,6 +201,27 @@ type Report struct {
 	// impostors). NewcomerAdmitted is, in scenario sybil-fill, the time
 	// from the flood to the newcomer's first Up (-1 if never).
 	DuplicateFlagged, NewcomerAdmitted time.Duration
+	// Protocol is the senders' protocol mix ("v1", "v2", "mixed") and
+	// V2Nodes how many speak v2; Pacing the aggregator's pacing of new v2
+	// streams (defaults applied; AcceptRate 0: none), and Paced how many
+	// new v2 streams it answered with GoAway past the rate.
+	Protocol string
+	V2Nodes  int
+	Pacing   Pacing
+	Paced    uint64
+	// StallV2 holds, sorted, for each v2 sender that was Beating on a
+	// proven stream when an aggregator stall began, the time until it
+	// dropped that stream (an Ack overdue), and StallV2Watched how many
+	// were watched; StallV1Noticed and StallV1Watched count the same for
+	// v1 senders (which notice only once their send window is full).
+	// StallBound is what the aggregator-stall scenario requires of v2:
+	// 3×BeatPeriod + the longest round trip (the first unread Beat goes
+	// out within a period of the stall's begin, and its Ack is overdue
+	// 2×BeatPeriod + the last RTT later).
+	StallV2                        []time.Duration
+	StallV2Watched                 int
+	StallV1Noticed, StallV1Watched int
+	StallBound                     time.Duration
 	// Events counts the events processed: every machine Step, every
 	// message delivered to the aggregator, every sweep, read deadline,
 	// keepalive verdict, fault and sample. HeapPops counts the virtual
@@ -202,6 +258,9 @@ func (s *sim) watch() {
 		if r.Beating99 < 0 && beating >= need99 {
 			r.Beating99 = el - r.HealedAt
 		}
+		if r.Up99 < 0 && s.agg.up && s.up >= need99 {
+			r.Up99 = el - r.HealedAt
+		}
 		if r.AllBeating < 0 && beating >= live {
 			r.AllBeating = el - r.HealedAt
 		}
@@ -220,8 +279,11 @@ func (s *sim) watch() {
 func (s *sim) healedFault(a *Action, restart bool) {
 	s.recoveries = append(s.recoveries, Recovery{
 		Fault: a.String(), HealedAt: time.Duration(s.now - s.start),
-		Beating99: -1, AllBeating: -1, AllUp: -1, Restart: restart,
+		Beating99: -1, AllBeating: -1, AllUp: -1, Restart: restart, Up99: -1, pace: -1, UpInWindow: -1,
 	})
+	if restart && len(s.pace) > 0 {
+		s.recoveries[len(s.recoveries)-1].pace = len(s.pace) - 1
+	}
 	s.pending = append(s.pending, len(s.recoveries)-1)
 	s.watch()
 }
@@ -266,7 +328,14 @@ func (s *sim) report(wall time.Duration) *Report {
 		TraceLines: s.tr.lines, TraceHash: s.tr.hash, Wall: wall,
 		Suspects: s.suspects, Downs: s.downs, FalseSuspects: s.falseSuspect, FalseDowns: s.falseDown,
 		Disruptions: s.disruptions, Crashes: s.crashes, Detections: slices.Clone(s.detections),
+		Protocol: c.Protocol.String(), V2Nodes: c.Nodes - int(c.v2From), Paced: s.pacedN,
+		StallV2: slices.Clone(s.stallV2), StallV2Watched: s.watchV2, StallV1Noticed: s.stallV1, StallV1Watched: s.watchV1,
+		StallBound: c.stallBound(),
 	}
+	if c.anyV2() {
+		r.Pacing = c.pacing
+	}
+	slices.Sort(r.StallV2)
 	for _, i := range s.dupWatch {
 		n := &s.nodes[i]
 		if n.flaggedAt == 0 {
@@ -315,6 +384,9 @@ func (s *sim) report(wall time.Duration) *Report {
 		if from > to {
 			continue
 		}
+		if rec.pace >= 0 {
+			s.paceFigures(rec)
+		}
 		win := slices.Clone(s.dialsPerSec[from : to+1])
 		slices.Sort(win)
 		rec.DialPeak = int(win[len(win)-1])
@@ -325,6 +397,26 @@ func (s *sim) report(wall time.Duration) *Report {
 	return r
 }
 
+// paceFigures fills rec's pacing figures from its aggregator incarnation's
+// counts, over the seconds from the restart until every node was Up (all
+// of them if that never happened).
+func (s *sim) paceFigures(rec *Recovery) {
+	p := &s.pace[rec.pace]
+	end := len(p.v2)
+	if rec.AllUp >= 0 {
+		end = min(end, int(rec.AllUp/time.Second)+1)
+	}
+	for sec := 0; sec < end; sec++ {
+		if sec == 0 {
+			rec.AcceptFirst = int(p.v2[0])
+		} else {
+			rec.AcceptPeak = max(rec.AcceptPeak, int(p.v2[sec]))
+		}
+		rec.AcceptV1Peak = max(rec.AcceptV1Peak, int(p.v1[sec]))
+	}
+	rec.Paced, rec.UpInWindow = p.paced, p.upInWindow
+}
+
 // WriteText writes the report as text: the run, the faults, the counts over
 // time, the recoveries, the log lines, the events and the trace hash, and
 // last the wall time and rate (the only lines that vary between runs).
@@ -332,6 +424,14 @@ func (r *Report) WriteText(w io.Writer) error {
 	b := bufio.NewWriter(w)
 	p := func(format string, args ...any) { fmt.Fprintf(b, format, args...) }
 	p("heartbeat simulation: scenario %s, %d nodes, %s of virtual time, seed %d\n", r.Scenario, r.Nodes, r.Duration, r.Seed)
+	if r.V2Nodes > 0 {
+		p("protocol %s: %d v2 senders, %d v1; ", r.Protocol, r.V2Nodes, r.Nodes-r.V2Nodes)
+		if r.Pacing.AcceptRate > 0 {
+			p("new v2 streams paced at %g/s (burst %d), GoAway retry-after in [0, %s)\n", r.Pacing.AcceptRate, r.Pacing.AcceptBurst, r.Pacing.PacingWindow)
+		} else {
+			p("no pacing\n")
+		}
+	}
 	if len(r.Faults) == 0 {
 		p("faults: none\n")
 	} else {
@@ -373,6 +473,24 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 		p("  restart at %-10s peak %6d/s   p99 %6d/s\n", fmtDur(rec.HealedAt), rec.DialPeak, rec.DialP99)
 	}
+	if r.V2Nodes > 0 {
+		first := true
+		for _, rec := range r.Recoveries {
+			if !rec.Restart || rec.pace < 0 {
+				continue
+			}
+			if first {
+				p("\nstreams the aggregator accepted per second after each restart (v2 paced, v1 never), until all nodes were Up:\n")
+				first = false
+			}
+			win := "-"
+			if rec.UpInWindow >= 0 {
+				win = fmt.Sprintf("%.2f%%", 100*rec.UpInWindow)
+			}
+			p("  restart at %-10s v2 first second %5d, then at most %5d/s; v1 at most %5d/s; %d paced; 99%% Up after %s, Up at +%s: %s\n",
+				fmtDur(rec.HealedAt), rec.AcceptFirst, rec.AcceptPeak, rec.AcceptV1Peak, rec.Paced, fmtOpt(rec.Up99), fmtDur(r.Pacing.PacingWindow), win)
+		}
+	}
 
 	p("\nsender log lines by level (per node: min / mean / max):\n")
 	for l, ls := range r.Logs {
@@ -383,6 +501,13 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.Crashes > 0 {
 		p("crash detection (crash to Down): %d of %d crashed nodes detected, p50 %s, p99 %s, max %s\n",
 			len(r.Detections), r.Crashes, fmtOpt(r.DetectionP50), fmtOpt(r.DetectionP99), fmtOpt(r.DetectionMax))
+	}
+	if r.StallV2Watched+r.StallV1Watched > 0 && r.V2Nodes > 0 {
+		p("aggregator stall noticed (stall begin to the sender dropping its stream): v2 %d of %d", len(r.StallV2), r.StallV2Watched)
+		if k := len(r.StallV2); k > 0 {
+			p(", p50 %s, p99 %s, max %s (bound %s)", r.StallV2[max((50*k+99)/100, 1)-1], r.StallV2[max((99*k+99)/100, 1)-1], r.StallV2[k-1], r.StallBound)
+		}
+		p("; v1 %d of %d\n", r.StallV1Noticed, r.StallV1Watched)
 	}
 	if r.DuplicateFlagged != 0 {
 		p("duplicate identity flagged (impostor start to flag, slowest): %s\n", fmtOpt(r.DuplicateFlagged))

@@ -164,7 +164,7 @@ var scenarios = []scenario{
 		build: func(*config, *rand.Rand, time.Duration, time.Duration) ([]Action, time.Duration, error) {
 			return nil, 0, nil
 		}},
-	{info: ScenarioInfo{"aggregator-restart", "the aggregator crashes a third of the way in and restarts 30s later with an empty tracker"},
+	{info: ScenarioInfo{"aggregator-restart", "the aggregator crashes a third of the way in and restarts 30s later with an empty tracker (v2 senders: paced at --accept-rate)"},
 		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < 2*restartAfter {
 				return nil, 2 * restartAfter, errTooShort
@@ -180,13 +180,14 @@ var scenarios = []scenario{
 			at := w0 + (w1-w0-restartAfter)/3
 			return []Action{{At: at, Fault: AggregatorShutdown, For: restartAfter}}, 0, nil
 		}},
-	{info: ScenarioInfo{"aggregator-stall", "the aggregator stops reading for 80% of the run; writers block only once a 256 KiB window fills (about 1h40m of beats)"},
+	{info: ScenarioInfo{"aggregator-stall", "the aggregator stops reading for 80% of the run; v1 writers block only once a 256 KiB window fills (about 1h40m of beats), v2 senders notice within 3 beats (no Acks)"},
 		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
 			if w1-w0 < time.Minute {
 				return nil, time.Minute, errTooShort
 			}
 			return []Action{{At: w0 + (w1-w0)/10, Fault: AggregatorStall, For: (w1 - w0) * 8 / 10}}, 0, nil
-		}},
+		},
+		check: stallNoticedByV2},
 	{info: ScenarioInfo{"reset-storm", "the aggregator resets every stream at once, three times: no node turns Suspect or Down (each reconnects within its allowance)"},
 		check: noFalseVerdicts,
 		build: func(_ *config, _ *rand.Rand, w0, w1 time.Duration) ([]Action, time.Duration, error) {
@@ -372,6 +373,32 @@ var scenarios = []scenario{
 			}
 			return chaos(rng, w0, w1), 0, nil
 		}},
+}
+
+// stallNoticedByV2 requires every v2 sender Beating on a proven stream
+// when the stall began to drop that stream within StallBound (an Ack
+// overdue); v1 senders are only counted.
+func stallNoticedByV2(s *sim) string {
+	if s.watchV2 == 0 {
+		return ""
+	}
+	if len(s.stallV2) != s.watchV2 {
+		return fmt.Sprintf("%d of %d v2 senders noticed the stall", len(s.stallV2), s.watchV2)
+	}
+	b := s.c.stallBound()
+	for _, d := range s.stallV2 {
+		if d > b {
+			return fmt.Sprintf("a v2 sender noticed the stall %s after it began, bound %s", d, b)
+		}
+	}
+	return ""
+}
+
+// stallBound is how soon after a stall begins a v2 sender Beating on a
+// proven stream drops it: its first unread Beat goes out within one
+// period, and its Ack is overdue 2×BeatPeriod plus the last RTT later.
+func (c *config) stallBound() time.Duration {
+	return 3*max(c.sender.BeatPeriod, c.slowPeriod) + 2*(c.net.MaxLatency+c.net.Jitter)
 }
 
 // noFalseVerdicts requires that no healthy node was marked Suspect or Down.

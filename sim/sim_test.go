@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -403,6 +404,15 @@ func TestReportAndCSV(t *testing.T) {
 	require.Equal(t, 1, restarts)
 }
 
+// The hot part of a node and the aggregator's per-node state are sized
+// for the cache (see node and astream): a field added carelessly shows here.
+func TestNodeIsTwoCacheLines(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, uintptr(128), unsafe.Sizeof(node{}))
+	require.Equal(t, uintptr(64), unsafe.Sizeof(astream{}))
+	require.Equal(t, uintptr(16), unsafe.Sizeof(event{}))
+}
+
 func TestRunStartsNoGoroutine(t *testing.T) {
 	// Not parallel, so no other test starts goroutines meanwhile; one from
 	// an earlier test may still be ending, hence at most, not equal.
@@ -485,20 +495,32 @@ var update = flag.Bool("update", false, "rewrite the golden report in testdata")
 //	go test ./sim -run TestGoldenReport -update
 func TestGoldenReport(t *testing.T) {
 	t.Parallel()
-	rep, err := Run(small("chaos", 1))
-	require.NoError(t, err)
-	rep.Wall = 0
-	var got bytes.Buffer
-	require.NoError(t, rep.WriteText(&got))
-	path := filepath.Join("testdata", "chaos-16-nodes-seed-1.golden")
-	if *update {
-		require.NoError(t, os.MkdirAll("testdata", 0o755))
-		require.NoError(t, os.WriteFile(path, got.Bytes(), 0o644))
+	mixed := small("chaos", 1)
+	mixed.Protocol = ProtocolMixed
+	mixed.Pacing = Pacing{AcceptRate: 1, AcceptBurst: 4, PacingWindow: 20 * time.Second}
+	for _, tc := range []struct {
+		file string
+		p    Params
+	}{
+		{"chaos-16-nodes-seed-1.golden", small("chaos", 1)},
+		// Protocol v2 beside v1, paced hard enough for GoAways at 16 nodes.
+		{"chaos-16-nodes-mixed-paced-seed-1.golden", mixed},
+	} {
+		rep, err := Run(tc.p)
+		require.NoError(t, err)
+		rep.Wall = 0
+		var got bytes.Buffer
+		require.NoError(t, rep.WriteText(&got))
+		path := filepath.Join("testdata", tc.file)
+		if *update {
+			require.NoError(t, os.MkdirAll("testdata", 0o755))
+			require.NoError(t, os.WriteFile(path, got.Bytes(), 0o644))
+		}
+		want, err := os.ReadFile(path)
+		require.NoError(t, err, "run with -update to create it")
+		require.Equal(t, string(want), got.String(),
+			"the simulation's behaviour changed; if that is intended: go test ./sim -run TestGoldenReport -update")
 	}
-	want, err := os.ReadFile(path)
-	require.NoError(t, err, "run with -update to create it")
-	require.Equal(t, string(want), got.String(),
-		"the simulation's behaviour changed; if that is intended: go test ./sim -run TestGoldenReport -update")
 }
 
 // The scenarios of issue 9 (false alarms, detection): each holds its

@@ -135,7 +135,8 @@ func (t *tracer) finish() error {
 	return t.err
 }
 
-var logKindNames = [...]string{"", "connect-failed", "connected", "write-failed", "remote-closed", "remote-reset", "beat-skipped"}
+var logKindNames = [...]string{"", "connect-failed", "connected", "write-failed", "remote-closed", "remote-reset", "beat-skipped",
+	"ack-overdue", "protocol-error", "goaway", "beat-period"}
 
 func logKindName(k fsm.LogKind) string {
 	if int(k) < len(logKindNames) && k != 0 {

@@ -10,7 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/sim"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -18,17 +20,40 @@ func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, s := range sim.Scenarios() {
 		fmt.Fprintf(&names, "\n  %-20s %s", s.Name, s.Description)
 	}
-	fs := newFlagSet("sim", "--nodes N --duration D --seed S --scenario NAME [--trace FILE] [--csv FILE]\n\nscenarios:"+names.String())
+	fs := newFlagSet("sim", "--nodes N --duration D --seed S --scenario NAME [--protocol v1|v2|mixed] [--accept-rate R]\n"+
+		"       [--pacing-window D] [--trace FILE] [--csv FILE]\n\nscenarios:"+names.String())
 	nodes := fs.Int("nodes", 1000, "simulated senders")
 	duration := fs.Duration("duration", time.Hour, "virtual time to simulate")
 	seed := fs.Uint64("seed", 1, "seed of every random choice: the same seed gives the same trace")
 	scenario := fs.String("scenario", "steady", "scenario name (see above)")
 	tracePath := fs.String("trace", "", "write the trace to this file")
 	csvPath := fs.String("csv", "", "write the per-state counts over time as CSV to this file")
+	protocol := fs.String("protocol", "v1", "what the senders speak: v1, v2, or mixed (the lower half of the nodes v1, the upper half v2); v1 replays every run from before v2")
+	acceptRate := fs.Float64("accept-rate", aggregator.DefaultAcceptRate, "new v2 streams the simulated aggregator accepts per second; past it they get GoAway (0: no pacing)")
+	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is drawn uniformly from [0, this)")
 	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
-	p := sim.Params{Nodes: *nodes, Duration: *duration, Seed: *seed, Scenario: *scenario}
+	proto, err := sim.ParseProtocol(*protocol)
+	if err != nil {
+		return usageError("--protocol %q: want v1, v2 or mixed", *protocol)
+	}
+	if *acceptRate < 0 {
+		return usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", *acceptRate)
+	}
+	if *acceptRate == 0 {
+		*acceptRate = -1 // Params.Pacing: negative turns pacing off, 0 takes the default
+	}
+	if err := positive("pacing-window", *pacingWindow); err != nil {
+		return err
+	}
+	if *pacingWindow > wire2.MaxRetryAfter {
+		return usageError("--pacing-window %v: at most %v (a sender waits no longer)", *pacingWindow, wire2.MaxRetryAfter)
+	}
+	p := sim.Params{Nodes: *nodes, Duration: *duration, Seed: *seed, Scenario: *scenario, Protocol: proto}
+	if *acceptRate != aggregator.DefaultAcceptRate || *pacingWindow != aggregator.DefaultPacingWindow {
+		p.Pacing = sim.Pacing{AcceptRate: *acceptRate, PacingWindow: *pacingWindow}
+	}
 	var files []*os.File
 	open := func(path string) (*bufio.Writer, error) {
 		f, err := os.Create(path)
