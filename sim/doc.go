@@ -9,6 +9,11 @@
 // keepalive, an idle read timeout, latency with jitter, and the difference
 // between a reset, an orderly close and silence.
 //
+// The senders speak protocol v1 (the default), v2, or both (Params.Protocol):
+// a v2 sender drives its machine with Welcome, Ack, Ack overdue and GoAway,
+// and the aggregator answers as aggregator/v2.go does, acknowledging every
+// Beat it reads and pacing new v2 streams (Params.Pacing).
+//
 // # Determinism
 //
 // Virtual time is a calendar queue (see queue.go) that pops events in the
