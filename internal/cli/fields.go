@@ -17,7 +17,8 @@ import (
 type fieldFlags map[string]string
 
 // simFlags are sim's: sim.Params fields.
-var simFlags = fieldFlags{"Nodes": "nodes", "Duration": "duration", "Seed": "seed", "Scenario": "scenario"}
+var simFlags = fieldFlags{"Nodes": "nodes", "Duration": "duration", "Seed": "seed", "Scenario": "scenario",
+	"Protocol": "protocol", "Pacing.AcceptRate": "accept-rate", "Pacing.PacingWindow": "pacing-window"}
 
 // aggregateFlags are aggregate's: aggregator.Config fields, and the
 // tracker.Config fields the aggregator passes on under the same names.
