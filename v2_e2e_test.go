@@ -217,6 +217,17 @@ func interop(t *testing.T, proto string, want protocol.ID, version uint8) {
 	check := func(a *aggregator.Aggregator) {
 		t.Helper()
 		waitBeats(t, beats, []peer.ID{node.ID()}, 3)
+		// v2: the sender reads its Acks in a goroutine of its own, and a
+		// Beat reports the RTT of an earlier one: wait for both, a beat at
+		// a time.
+		for i := 0; version == 2; i++ {
+			n, _ := a.Tracker().Node(node.ID())
+			if svc.Status().Acks > 0 && n.RTT > 0 {
+				break
+			}
+			require.Less(t, i, 100, "no RTT measured and reported in 100 beats")
+			waitBeats(t, beats, []peer.ID{node.ID()}, 1)
+		}
 		n, ok := a.Tracker().Node(node.ID())
 		require.True(t, ok)
 		require.Equal(t, tracker.Up, n.State)
@@ -297,11 +308,18 @@ func TestAutoSenderSpeaksV1ToALegacyReceiver(t *testing.T) {
 	node, err := libp2p.New(libp2p.NoListenAddrs)
 	require.NoError(t, err)
 	defer node.Close()
+	// The protocol of each stream adopted, once published (the Service
+	// updates its Status before it calls the observer).
+	adopted := make(chan fsm.Protocol, 16)
 	svc, err := heartbeat.New(node, heartbeat.Config{
 		BeatTarget: listen + "/p2p/" + recv.ID().String(), BeatPeriod: "50ms", ReconnectPeriod: "100ms", Nickname: "BobHoblaw",
 	}, func() (heartbeat.ChainHead, error) {
 		return heartbeat.ChainHead{Head: "{ bafy2bzaceabc }", Height: 444}, nil
-	})
+	}, heartbeat.WithObserver(func(o heartbeat.Observation) {
+		if o.Event.Kind == fsm.DialSucceeded && o.To == fsm.Beating {
+			adopted <- o.Event.Protocol
+		}
+	}))
 	require.NoError(t, err)
 	require.NoError(t, svc.Start(t.Context()))
 	defer func() { require.NoError(t, svc.Close()) }()
@@ -318,12 +336,19 @@ func TestAutoSenderSpeaksV1ToALegacyReceiver(t *testing.T) {
 		}
 	}
 	require.Equal(t, line, next(raw))
+	require.Equal(t, fsm.V1, <-adopted)
 	require.Equal(t, protocol.ID(heartbeat.ProtocolID), svc.Status().Protocol)
 
 	require.NoError(t, recv.Close())
 	recv, raw = start(listen)
 	defer recv.Close()
 	require.Equal(t, line, next(raw), "the restarted receiver's first line")
+	for p := range adopted { // the streams opened since, to the old host or the new
+		require.Equal(t, fsm.V1, p)
+		if len(adopted) == 0 {
+			break
+		}
+	}
 	require.Equal(t, protocol.ID(heartbeat.ProtocolID), svc.Status().Protocol)
 	require.GreaterOrEqual(t, svc.Status().Attempt, uint64(2))
 }
