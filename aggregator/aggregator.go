@@ -50,6 +50,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/aggregator/web"
@@ -324,7 +325,11 @@ func New(h host.Host, cfg Config, opts ...Option) (*Aggregator, error) {
 	a.lineBuf = min(initialLineBuffer, cfg.MaxLineBytes+1)
 	a.bufs.New = func() any { b := make([]byte, a.lineBuf); return &b }
 	a.v2bufs.New = func() any { return &v2Buffers{frame: make([]byte, wire2.MaxFrameBytes), out: make([]byte, 0, 128)} }
-	a.pace = newPacer(cfg.AcceptRate, cfg.AcceptBurst, cfg.PacingWindow)
+	pc, err := pacing.New(cfg.AcceptRate, cfg.PacingWindow, nil)
+	if err != nil { // validated by withDefaults: cannot happen
+		return nil, fmt.Errorf("aggregator: %w", err)
+	}
+	a.pace = &pacer{p: pc}
 	if o.store != nil {
 		if o.store.b == nil {
 			return nil, errors.New("aggregator: WithStore: nil Backend")
@@ -469,7 +474,7 @@ func (a *Aggregator) Close() error {
 			var goAway []byte
 			if ls.v2 {
 				// Spread the senders' return over the pacing window.
-				goAway, _ = enc.Append(nil, &wire2.GoAway{RetryAfter: a.pace.retryAfter(), Reason: "shutdown"})
+				goAway, _ = enc.Append(nil, &wire2.GoAway{RetryAfter: a.pace.spread(), Reason: "shutdown"})
 			}
 			ls.drain(deadline, goAway)
 		}

@@ -2,6 +2,7 @@ package aggregator
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
@@ -30,13 +31,13 @@ const (
 	// DefaultCloseTimeout is how long Close waits for senders to answer its
 	// half-close: our sender answers within a round trip.
 	DefaultCloseTimeout = time.Second
-	// DefaultAcceptRate paces new v2 streams: past 200 a second (after a
-	// burst of as many), a new v2 stream gets GoAway.
+	// DefaultAcceptRate paces new v2 streams: past 200 in any second, a new
+	// v2 stream gets GoAway.
 	// An aggregator restart with 10,000 v2 senders is then absorbed in
 	// about 50 s instead of one ReconnectPeriod.
 	DefaultAcceptRate = 200
-	// DefaultPacingWindow is the window GoAway's retry-after is drawn from,
-	// uniformly.
+	// DefaultPacingWindow bounds GoAway's retry-after: a paced stream's
+	// slot is at most this far ahead, shutdown's draw is uniform over it.
 	DefaultPacingWindow = time.Minute
 )
 
@@ -111,14 +112,20 @@ type Config struct {
 	// JSON lines) and "v2" (/fil/heartbeat/2.0.0, CBOR frames with acks).
 	// Default both.
 	Protocols []string
-	// AcceptRate is how many new v2 streams a second the aggregator
-	// accepts (after a burst of AcceptBurst, default the rate); past it a new v2 stream gets
-	// GoAway with a retry-after drawn uniformly from [0, PacingWindow) and
-	// is counted as "paced". Defaults 200/s, burst 200, window one minute;
-	// a negative AcceptRate turns pacing off. v1 streams are never paced
-	// (a v1 sender cannot be told when to come back).
+	// AcceptRate is how many new v2 streams the aggregator admits in any
+	// one second (package pacing: a sliding window, no burst beyond it;
+	// rounded down to a whole number, a rate below 1 admits one stream per
+	// 1/AcceptRate). Past it a new v2 stream gets GoAway whose retry-after
+	// is its slot: the earliest free one, slots spaced
+	// 1/(pacing.Headroom·AcceptRate) apart, at most PacingWindow ahead (a
+	// stream beyond is told PacingWindow); it is counted as "paced". A
+	// stream from a node the tracker holds Up or Suspect is not paced
+	// (counted by heartbeat_v2_streams_unpaced_total). Shutdown's and a
+	// full tracker's GoAway draw the retry-after uniformly from
+	// [0, PacingWindow). Defaults 200/s and one minute; a negative
+	// AcceptRate turns pacing off. v1 streams are never paced (a v1 sender
+	// cannot be told when to come back).
 	AcceptRate   float64
-	AcceptBurst  int
 	PacingWindow time.Duration
 }
 
@@ -197,11 +204,8 @@ func (c Config) withDefaults() (Config, error) {
 	case c.AcceptRate < 0:
 		c.AcceptRate = -1
 	}
-	if c.AcceptBurst < 0 {
-		return c, configErr("AcceptBurst", "(%d) must not be negative", c.AcceptBurst)
-	}
-	if c.AcceptBurst == 0 {
-		c.AcceptBurst = max(1, int(c.AcceptRate))
+	if math.IsNaN(c.AcceptRate) || math.IsInf(c.AcceptRate, 0) {
+		return c, configErr("AcceptRate", "(%v) must be a finite number", c.AcceptRate)
 	}
 	if c.PacingWindow < 0 || c.PacingWindow > wire2.MaxRetryAfter {
 		return c, configErr("PacingWindow", "(%v) must be between 0 and %v", c.PacingWindow, wire2.MaxRetryAfter)

@@ -12,6 +12,9 @@ type observer interface {
 	Rejected(reason string)
 	// StreamOpened counts one accepted heartbeat stream.
 	StreamOpened()
+	// StreamUnpaced counts one new v2 stream admitted without pacing
+	// because the tracker held its node Up or Suspect.
+	StreamUnpaced()
 	// StreamClosedHow counts the end of an accepted stream: metrics.ClosedEOF,
 	// ClosedReset (by the sender or the network) or ClosedError (by us).
 	StreamClosedHow(how string)

@@ -4,15 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"golang.org/x/time/rate"
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -56,42 +55,27 @@ type v2Buffers struct {
 	ack   wire2.Ack // here, not on the stack: it escapes through Append
 }
 
-// pacer admits new v2 streams at Config.AcceptRate and spreads the ones
-// past it uniformly over Config.PacingWindow.
+// pacer serialises the aggregator's pacing.Pacer: the stream handlers run
+// concurrently.
 type pacer struct {
-	mu     sync.Mutex
-	lim    *rate.Limiter // nil: no limit
-	window time.Duration
-	rng    *rand.Rand
+	mu sync.Mutex
+	p  *pacing.Pacer
 }
 
-func newPacer(perSecond float64, burst int, window time.Duration) *pacer {
-	p := &pacer{window: window, rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
-	if perSecond > 0 {
-		p.lim = rate.NewLimiter(rate.Limit(perSecond), burst)
-	}
-	return p
-}
-
-// admit reports whether a new stream may start at now.
-func (p *pacer) admit(now time.Time) bool {
-	if p.lim == nil {
-		return true
-	}
+// admit decides on a new v2 stream at now (read under the lock, so that
+// the times the Pacer sees do not go backwards): ok, or the retry-after of
+// its slot.
+func (p *pacer) admit(now func() time.Time) (bool, time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.lim.AllowN(now, 1)
+	return p.p.Admit(now())
 }
 
-// retryAfter is a delay drawn uniformly from [0, window): senders told to
-// come back spread over the window instead of returning together.
-func (p *pacer) retryAfter() time.Duration {
+// spread is a retry-after drawn uniformly from [0, PacingWindow).
+func (p *pacer) spread() time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.window <= 0 {
-		return 0
-	}
-	return time.Duration(p.rng.Int64N(int64(p.window)))
+	return p.p.Spread()
 }
 
 // handleStreamV2 is the libp2p stream handler for wire2.ProtocolID.
@@ -118,10 +102,15 @@ func (a *Aggregator) handleStreamV2(s network.Stream) {
 		return
 	}
 	defer s.Scope().ReleaseMemory(v2Reserve)
-	if !a.pace.admit(a.clock.Now()) {
+	if a.knownLive(id) {
+		// Beating moments ago in this process (a reset storm, a NAT
+		// rebinding): pacing it would only turn it Suspect. After a
+		// restart the restored nodes are Unknown, so that storm is paced.
+		a.obs.StreamUnpaced()
+	} else if ok, after := a.pace.admit(a.clock.Now); !ok {
 		// Counted before the sender can see the GoAway.
 		a.reject(id, metrics.ReasonPaced, ErrPaced)
-		a.goAway(s, "busy")
+		a.goAway(s, after, "busy")
 		return
 	}
 	ls := &liveStream{s: s, v2: true}
@@ -139,12 +128,20 @@ func (a *Aggregator) handleStreamV2(s network.Stream) {
 	s.Close()
 }
 
-// goAway answers a stream it will not serve with GoAway (retry after a
-// delay spread over Config.PacingWindow) and closes it: an orderly end, so
-// the sender reads the frame before the EOF.
-func (a *Aggregator) goAway(s network.Stream, reason string) {
+// knownLive reports whether the tracker holds id Up or Suspect: a node
+// this process saw beating within its Suspect/Down thresholds, whose new
+// stream is not paced.
+func (a *Aggregator) knownLive(id peer.ID) bool {
+	st, ok := a.tracker.State(id)
+	return ok && (st == tracker.Up || st == tracker.Suspect)
+}
+
+// goAway answers a stream it will not serve with GoAway (retry after the
+// given delay) and closes it: an orderly end, so the sender reads the
+// frame before the EOF.
+func (a *Aggregator) goAway(s network.Stream, retryAfter time.Duration, reason string) {
 	var enc wire2.Encoder
-	b, err := enc.Append(nil, &wire2.GoAway{RetryAfter: a.pace.retryAfter(), Reason: reason})
+	b, err := enc.Append(nil, &wire2.GoAway{RetryAfter: retryAfter, Reason: reason})
 	if err == nil {
 		_ = s.SetWriteDeadline(time.Now().Add(a.cfg.IdleTimeout))
 		_, err = s.Write(b)
@@ -182,7 +179,8 @@ func (a *Aggregator) serveV2(id peer.ID, rw io.ReadWriter, ls *liveStream) (err 
 		if errors.Is(err, tracker.ErrFull) {
 			a.reject(id, metrics.ReasonTooManyNodes, err)
 			if s, ok := rw.(network.Stream); ok {
-				a.goAway(s, metrics.ReasonTooManyNodes)
+				// No slot: the capacity short is the tracker's, not the rate.
+				a.goAway(s, a.pace.spread(), metrics.ReasonTooManyNodes)
 			}
 		}
 		return fmt.Errorf("heartbeat v2 stream from %s refused: %w", id, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -197,29 +198,44 @@ func TestV2BadInput(t *testing.T) {
 	}
 }
 
-// Past the accept rate a new v2 stream gets GoAway with a retry-after
-// inside the pacing window, and is counted as paced; the rate refills on
-// the aggregator's clock.
+// Past the accept rate a new v2 stream gets GoAway whose retry-after is
+// its slot (package pacing): the first refused one the moment the rate
+// frees (1 s at 1/s), the next one slot later (1/(Headroom·rate)); it is
+// counted as paced and closed in order. A node the tracker holds Up is not
+// paced (a reset storm must not turn it Suspect), counted as unpaced. The
+// slot holder is admitted at its slot on the aggregator's clock.
 func TestV2Pacing(t *testing.T) {
 	checkLeaks(t)
 	clk := clockwork.NewMock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	e := newEnv(t, Config{AcceptRate: 1, AcceptBurst: 1, PacingWindow: 10 * time.Second}, nil, WithClock(clk))
-	s1, s2 := newSender(t), newSender(t)
+	e := newEnv(t, Config{AcceptRate: 1, PacingWindow: 10 * time.Second}, nil, WithClock(clk))
+	s1, s2, s3 := newSender(t), newSender(t), newSender(t)
 	c1 := s1.openV2(t, e)
 	c1.send(t, hello(1, time.Second))
 	c1.recv(t, wire2.TypeWelcome)
+	c1.send(t, beatAt(1, 0))
+	c1.recv(t, wire2.TypeAck)
 
+	hr := pacing.Headroom // a variable: the division rounds at run time, as in the pacer
+	slot := time.Duration(float64(time.Second) / (hr * 1))
+	for i, s := range []*sender{s2, s3} {
+		c := s.openV2(t, e)
+		g := c.recv(t, wire2.TypeGoAway).GoAway
+		require.Equal(t, "busy", g.Reason)
+		require.Equal(t, time.Second+time.Duration(i)*slot, g.RetryAfter, "sender %d: its slot", i+2)
+		_, err := c.r.Next()
+		require.ErrorIs(t, err, io.EOF, "GoAway, then an orderly close")
+		require.Equal(t, float64(i+1), rejected(t, e, metrics.ReasonPaced))
+	}
+
+	// s1 is Up: its new stream (a reset, a NAT rebinding) is not paced.
+	c1 = s1.openV2(t, e)
+	c1.send(t, hello(1, time.Second))
+	c1.recv(t, wire2.TypeWelcome)
+	require.Equal(t, float64(2), rejected(t, e, metrics.ReasonPaced))
+	require.Equal(t, float64(1), counter(t, e.a.Registry(), "heartbeat_v2_streams_unpaced_total"))
+
+	clk.Add(time.Second) // s2's slot
 	c2 := s2.openV2(t, e)
-	g := c2.recv(t, wire2.TypeGoAway).GoAway
-	require.Equal(t, "busy", g.Reason)
-	require.GreaterOrEqual(t, g.RetryAfter, time.Duration(0))
-	require.Less(t, g.RetryAfter, 10*time.Second)
-	_, err := c2.r.Next()
-	require.ErrorIs(t, err, io.EOF, "GoAway, then an orderly close")
-	require.Equal(t, float64(1), rejected(t, e, metrics.ReasonPaced))
-
-	clk.Add(time.Second) // one more token
-	c2 = s2.openV2(t, e)
 	c2.send(t, hello(2, time.Second))
 	c2.recv(t, wire2.TypeWelcome)
 }

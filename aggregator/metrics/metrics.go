@@ -148,6 +148,7 @@ func Fields() []string {
 type Metrics struct {
 	rejected map[string]prometheus.Counter // one child per Reasons value
 	opened   prometheus.Counter
+	unpaced  prometheus.Counter
 	closed   map[string]prometheus.Counter // one child per Closes value
 	trunc    map[string]prometheus.Counter // one child per Fields value
 	rtt      prometheus.Histogram
@@ -172,6 +173,10 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 	opened := prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "heartbeat_streams_opened_total",
 		Help: "Heartbeat streams accepted.",
+	})
+	unpaced := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "heartbeat_v2_streams_unpaced_total",
+		Help: "New v2 streams admitted without pacing because their node was Up or Suspect (beating moments ago in this process: a reset storm, a NAT rebinding).",
 	})
 	closed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "heartbeat_streams_closed_total",
@@ -202,6 +207,7 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 		lag:      make(map[string]prometheus.Observer),
 		rejected: make(map[string]prometheus.Counter),
 		opened:   opened,
+		unpaced:  unpaced,
 		closed:   make(map[string]prometheus.Counter),
 		trunc:    make(map[string]prometheus.Counter),
 	}
@@ -225,6 +231,7 @@ func New(reg prometheus.Registerer, t *tracker.Tracker) (*Metrics, error) {
 	}{
 		{"heartbeat_rejected_total", rejected},
 		{"heartbeat_streams_opened_total", opened},
+		{"heartbeat_v2_streams_unpaced_total", unpaced},
 		{"heartbeat_streams_closed_total", closed},
 		{"heartbeat_labels_truncated_total", trunc},
 		{"heartbeat_v2_rtt_seconds", rtt},
@@ -258,6 +265,10 @@ func (m *Metrics) BeatV2(rtt, skew time.Duration) {
 	}
 	m.skew.Observe(skew.Seconds())
 }
+
+// StreamUnpaced counts one new v2 stream admitted without pacing: its node
+// was Up or Suspect.
+func (m *Metrics) StreamUnpaced() { m.unpaced.Inc() }
 
 // StreamOpened counts one accepted heartbeat stream.
 func (m *Metrics) StreamOpened() { m.opened.Inc() }

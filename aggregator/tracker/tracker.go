@@ -1159,6 +1159,19 @@ func (t *Tracker) Superseded(id peer.ID, now time.Time) bool {
 	return true
 }
 
+// State returns id's state, without the cost of a snapshot (Node); false
+// if the tracker holds no record of id.
+func (t *Tracker) State(id peer.ID) (State, bool) {
+	t.mu.Lock()
+	n := t.nodes[id]
+	var st State
+	if n != nil {
+		st = n.state
+	}
+	t.mu.Unlock()
+	return st, n != nil
+}
+
 // Node returns a snapshot of id's record.
 func (t *Tracker) Node(id peer.ID) (Node, bool) {
 	t.mu.Lock()

@@ -184,8 +184,8 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
 	var protocols listFlag
 	fs.Var(&protocols, "protocols", "protocols served, comma-separated: v1 (fil/heartbeat/1.0.0), v2 (/fil/heartbeat/2.0.0) (default v1,v2)")
-	acceptRate := fs.Float64("accept-rate", aggregator.DefaultAcceptRate, "new v2 streams accepted per second; past it they get GoAway (0: no pacing)")
-	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is drawn uniformly from [0, this)")
+	acceptRate := fs.Float64("accept-rate", aggregator.DefaultAcceptRate, "new v2 streams accepted in any second; past it they get GoAway with a retry-after slot (0: no pacing)")
+	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is at most this (shutdown: drawn uniformly from [0, this))")
 	var allow listFlag
 	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
 	data := fs.String("data", defaultDataDir, "directory of the node store (SQLite): nodes known before a restart come back ('' keeps them in memory only)")
