@@ -188,12 +188,17 @@ func TestGoAwayWait(t *testing.T) {
 	require.Equal(t, floor, p.After(0, floor, ceiling, 0.9), "never below the floor")
 	require.Equal(t, ceiling, p.After(5*time.Hour, floor, ceiling, 0.9), "never above the ceiling")
 	p.Jitter = 0.2
-	require.Equal(t, 24*time.Second, p.After(30*time.Second, floor, ceiling, 0))
-	require.Equal(t, 30*time.Second, p.After(30*time.Second, floor, ceiling, 0.5))
-	require.Equal(t, ceiling, p.After(ceiling, floor, ceiling, 0.99), "jitter does not pass the ceiling")
+	// Upward only: never before the retry-after (the aggregator's slot).
+	require.Equal(t, 30*time.Second, p.After(30*time.Second, floor, ceiling, 0))
+	require.Equal(t, 30300*time.Millisecond, p.After(30*time.Second, floor, ceiling, 0.5), "2% of it, at most")
+	require.Equal(t, 10*time.Second+100*time.Millisecond, p.After(10*time.Second, floor, ceiling, 0.5))
+	require.Equal(t, 10*time.Minute+1500*time.Millisecond, p.After(10*time.Minute, floor, ceiling, 0.5), "at most the floor")
+	require.Equal(t, floor+30*time.Millisecond, p.After(0, floor, ceiling, 0.5), "the floor, then the spread")
+	require.Equal(t, ceiling, p.After(ceiling, floor, ceiling, 0.99), "the spread does not pass the ceiling")
 }
 
-// The GoAway's wait is jittered by the seeded source, within ±Jitter.
+// The GoAway's wait is spread by the seeded source, upward only: in
+// [retry-after, retry-after + min(BeatPeriod, 2% of it)).
 func TestGoAwayIsJittered(t *testing.T) {
 	seen := map[time.Duration]bool{}
 	for seed := range uint64(20) {
@@ -204,8 +209,8 @@ func TestGoAwayIsJittered(t *testing.T) {
 		at, ok := m.Deadline(RetryTimer)
 		require.True(t, ok)
 		d := at.Sub(t0)
-		require.GreaterOrEqual(t, d, 24*time.Second)
-		require.Less(t, d, 36*time.Second)
+		require.GreaterOrEqual(t, d, 30*time.Second)
+		require.Less(t, d, 30600*time.Millisecond)
 		seen[d] = true
 	}
 	require.Greater(t, len(seen), 10)

@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"golang.org/x/time/rate"
-
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 )
 
@@ -28,10 +27,12 @@ func (s *sim) aggStart() {
 	ag.up, ag.tr, ag.started = true, tr, s.now
 	s.up = 0
 	if s.c.anyV2() {
-		ag.lim = nil
-		if pc := s.c.pacing; pc.AcceptRate > 0 {
-			ag.lim = rate.NewLimiter(rate.Limit(pc.AcceptRate), pc.AcceptBurst)
+		pc, err := pacing.New(s.c.pacing.AcceptRate, s.c.pacing.PacingWindow, s.paceRng)
+		if err != nil { // validated in resolve: cannot happen
+			s.violate(nil, RuleRejected, "pacing.New: %v", err)
+			return
 		}
+		ag.pace = pc
 		s.pace = append(s.pace, paceRec{start: s.now, upInWindow: -1})
 		s.q.push(int64(s.c.pacing.PacingWindow), event{kind: evWindow, gen: ag.inc})
 	}
@@ -67,12 +68,11 @@ func (s *sim) countAccept(v2 bool) {
 	}
 }
 
-// goAway answers n's v2 stream sgen with GoAway (a retry-after drawn
-// uniformly from the pacing window, as aggregator.pacer does) and closes
-// it in order, so that the sender reads the frame before the EOF.
-func (s *sim) goAway(n *node, sgen uint32, reason uint8) {
-	w := int64(s.c.pacing.PacingWindow / time.Microsecond)
-	after := uint32(s.paceRng.Int64N(max(w, 1)))
+// goAway answers n's v2 stream sgen with GoAway (retry after the given
+// delay, whole µs) and closes it in order, so that the sender reads the
+// frame before the EOF.
+func (s *sim) goAway(n *node, sgen uint32, reason uint8, retryAfter time.Duration) {
+	after := uint32(retryAfter / time.Microsecond)
 	s.downSendCode(n, msgGoAway, reason, sgen, after)
 	s.downSend(n, msgClose, sgen, 0)
 	s.tr.begin(s.now, "agg").str(" goaway ").str(string(n.id)).str(" stream=").int(int64(sgen)).
@@ -91,7 +91,7 @@ func (s *sim) aggStop(orderly bool) {
 		n := &s.nodes[i]
 		a := &ag.st[i]
 		if orderly && a.open && a.v2 && !a.imp {
-			s.goAway(n, a.sgen, goAwayShutdown) // GoAway, then the close
+			s.goAway(n, a.sgen, goAwayShutdown, ag.pace.Spread()) // GoAway, then the close
 		} else if orderly && a.open {
 			s.downSend(n, msgClose, a.sgen, 0)
 		}
@@ -187,7 +187,7 @@ func (s *sim) aggOpen(n *node, a *astream, sgen uint32) bool {
 	if err := s.agg.tr.StreamOpened(n.id, s.nowT); err != nil {
 		a.open = false
 		if n.v2 && errors.Is(err, tracker.ErrFull) {
-			s.goAway(n, sgen, goAwayFull) // as aggregator.serveV2
+			s.goAway(n, sgen, goAwayFull, s.agg.pace.Spread()) // as aggregator.serveV2
 		} else {
 			s.downSend(n, msgReset, sgen, 0)
 		}
@@ -201,12 +201,21 @@ func (s *sim) aggOpen(n *node, a *astream, sgen uint32) bool {
 }
 
 // paced applies the aggregator's pacing to n's new stream sgen, before
-// anything else (aggregator.handleStreamV2): a v2 stream past the accept
-// rate gets GoAway and an orderly close, reaches neither the tracker nor
-// an older stream of the node, and is counted as paced. v1 streams are
-// never paced.
+// anything else (aggregator.handleStreamV2): a v2 stream from a node the
+// tracker holds Up or Suspect is admitted unpaced; otherwise one past the
+// accept rate gets GoAway with its slot as retry-after and an orderly
+// close, reaches neither the tracker nor an older stream of the node, and
+// is counted as paced. v1 streams are never paced.
 func (s *sim) paced(n *node, a *astream, sgen uint32) bool {
-	if !n.v2 || s.agg.lim == nil || s.agg.lim.AllowN(s.nowT, 1) {
+	if !n.v2 || s.agg.pace == nil {
+		return false
+	}
+	if st, ok := s.agg.tr.State(n.id); ok && (st == tracker.Up || st == tracker.Suspect) {
+		s.unpacedN++
+		return false
+	}
+	ok, after := s.agg.pace.Admit(s.nowT)
+	if ok {
 		return false
 	}
 	if !a.open {
@@ -216,7 +225,7 @@ func (s *sim) paced(n *node, a *astream, sgen uint32) bool {
 	if len(s.pace) > 0 {
 		s.pace[len(s.pace)-1].paced++
 	}
-	s.goAway(n, sgen, goAwayBusy)
+	s.goAway(n, sgen, goAwayBusy, after)
 	return true
 }
 

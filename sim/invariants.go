@@ -48,9 +48,9 @@ const (
 	// error (the simulated aggregator keeps the protocol).
 	RuleAck = "v2-ack"
 	// RuleGoAway (v2): a sender that got GoAway does not dial again before
-	// its retry-after (raised to its BeatPeriod, less the jitter the
-	// policy allows: BackoffPolicy.After with the lowest draw), nor, unless
-	// paused, after the longest the policy allows.
+	// its retry-after (raised to its BeatPeriod: the protocol's rule,
+	// literally, docs/protocol.md), nor, unless paused, after the longest
+	// the policy allows (BackoffPolicy.After with the highest draw).
 	RuleGoAway = "v2-goaway-retry-after"
 )
 
@@ -101,7 +101,7 @@ func (s *sim) violate(n *node, rule, format string, args ...any) {
 		}
 	}
 	if c.Sender != (fsm.Config{}) || c.Network != (Network{}) || c.Tracker != (tracker.Config{}) ||
-		len(c.Script) > 0 || c.StartWithin != DefaultStartWithin || c.hooks != nil || c.Pacing.AcceptBurst != 0 {
+		len(c.Script) > 0 || c.StartWithin != DefaultStartWithin || c.hooks != nil {
 		replay = "sim.Run with the same Params (they set fields the command line does not): " + replay
 	}
 	e := &InvariantError{
@@ -286,7 +286,7 @@ func (s *sim) checkLog(n *node, r fsm.LogRecord) {
 func (s *sim) retryBounds(node *node, n uint64) (lo, hi time.Duration) {
 	if node.goAway {
 		p := s.c.periodFor(node.idx)
-		return s.c.policy.After(node.goAsked, p, fsm.MaxRetryAfter, 0), s.c.policy.After(node.goAsked, p, fsm.MaxRetryAfter, 1)
+		return max(min(node.goAsked, fsm.MaxRetryAfter), p), s.c.policy.After(node.goAsked, p, fsm.MaxRetryAfter, 1)
 	}
 	if n == 0 {
 		p := s.c.periodFor(node.idx)

@@ -8,8 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"golang.org/x/time/rate"
-
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -81,8 +80,9 @@ type aggregator struct {
 	tr      *tracker.Tracker
 	started int64
 	st      []astream
-	// lim paces new v2 streams (nil: no pacing); a restart starts it full.
-	lim *rate.Limiter
+	// pace paces new v2 streams (package pacing, the aggregator's own); a
+	// restart starts a fresh one (a process keeps no slots across a crash).
+	pace *pacing.Pacer
 }
 
 // sim is one run.
@@ -91,7 +91,7 @@ type sim struct {
 	q        *queue
 	loc      *time.Location
 	rng      *rand.Rand // the network's draws
-	paceRng  *rand.Rand // the aggregator's retry-after draws (v2)
+	paceRng  *rand.Rand // the aggregator's uniform retry-after draws (v2: shutdown, full)
 	start    int64
 	end      int64
 	now      int64

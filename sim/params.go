@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	hbaggregator "github.com/p2pbeat/heartbeat/aggregator"
@@ -167,21 +168,21 @@ func ParseProtocol(s string) (Protocol, error) {
 }
 
 // Pacing is the simulated aggregator's reconnect pacing, as
-// aggregator.Config's AcceptRate, AcceptBurst and PacingWindow: new v2
-// streams are admitted by a token bucket (golang.org/x/time/rate, on the
-// virtual clock, full when the aggregator starts); past it a new v2 stream
-// gets GoAway with a retry-after drawn uniformly from [0, PacingWindow)
-// and is closed in order. v1 streams are never paced and take no token,
-// as in the real aggregator: a v1 sender cannot be told when to come back.
+// aggregator.Config's AcceptRate and PacingWindow, run by the aggregator's
+// own code (package aggregator/pacing, on the virtual clock, fresh when
+// the aggregator starts): at most AcceptRate new v2 streams in any second;
+// past it a new v2 stream gets GoAway whose retry-after is its slot (at
+// most PacingWindow) and is closed in order. A stream from a node the
+// tracker holds Up or Suspect is not paced. Shutdown's and a full
+// tracker's GoAway draw the retry-after uniformly from [0, PacingWindow).
+// v1 streams are never paced and take no room, as in the real aggregator:
+// a v1 sender cannot be told when to come back.
 type Pacing struct {
 	// AcceptRate is new v2 streams per second; 0 takes
 	// aggregator.DefaultAcceptRate, negative turns pacing off.
 	AcceptRate float64
-	// AcceptBurst is the bucket's size; 0 takes max(1, AcceptRate), the
-	// aggregator's default (aggregator.Config.AcceptBurst).
-	AcceptBurst int
-	// PacingWindow is the window GoAway's retry-after is drawn from, at
-	// most wire2.MaxRetryAfter; 0 takes aggregator.DefaultPacingWindow.
+	// PacingWindow bounds GoAway's retry-after, at most
+	// wire2.MaxRetryAfter; 0 takes aggregator.DefaultPacingWindow.
 	PacingWindow time.Duration
 }
 
@@ -420,11 +421,8 @@ func (p Params) resolve() (*config, error) {
 	case pc.AcceptRate < 0:
 		pc.AcceptRate = 0
 	}
-	if pc.AcceptBurst < 0 {
-		return nil, fieldErr("Pacing.AcceptBurst", "must not be negative, got %d", pc.AcceptBurst)
-	}
-	if pc.AcceptBurst == 0 {
-		pc.AcceptBurst = max(1, int(pc.AcceptRate))
+	if math.IsNaN(pc.AcceptRate) || math.IsInf(pc.AcceptRate, 0) {
+		return nil, fieldErr("Pacing.AcceptRate", "must be a finite number, got %v", pc.AcceptRate)
 	}
 	if pc.PacingWindow < 0 || pc.PacingWindow > wire2.MaxRetryAfter {
 		return nil, fieldErr("Pacing.PacingWindow", "must be between 0 and %s, got %s", wire2.MaxRetryAfter, pc.PacingWindow)

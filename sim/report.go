@@ -53,7 +53,7 @@ type stats struct {
 
 	// v2: the streams paced, the accepts per aggregator incarnation, and
 	// the stall detections (see Report.StallV2).
-	pacedN                    uint64
+	pacedN, unpacedN          uint64
 	pace                      []paceRec
 	stallAt                   int64
 	stallV2                   []time.Duration
@@ -130,8 +130,7 @@ type Recovery struct {
 	Up99 time.Duration
 	// For an aggregator restart in a run with v2 senders, its pacing:
 	// AcceptFirst is the v2 streams it accepted in the first second after
-	// the restart (at most AcceptBurst plus AcceptRate: the token bucket
-	// starts full), AcceptPeak the most in any later second until every
+	// the restart (at most AcceptRate, package pacing), AcceptPeak the most in any later second until every
 	// node was Up; AcceptV1Peak the most v1 streams in one second (never
 	// paced); Paced the v2 streams answered with GoAway past the rate while
 	// it ran; UpInWindow the share of the running nodes Up one
@@ -204,11 +203,14 @@ type Report struct {
 	// Protocol is the senders' protocol mix ("v1", "v2", "mixed") and
 	// V2Nodes how many speak v2; Pacing the aggregator's pacing of new v2
 	// streams (defaults applied; AcceptRate 0: none), and Paced how many
-	// new v2 streams it answered with GoAway past the rate.
+	// new v2 streams it answered with GoAway past the rate; Unpaced how
+	// many it admitted without pacing because the tracker held the node Up
+	// or Suspect.
 	Protocol string
 	V2Nodes  int
 	Pacing   Pacing
 	Paced    uint64
+	Unpaced  uint64
 	// StallV2 holds, sorted, for each v2 sender that was Beating on a
 	// proven stream when an aggregator stall began, the time until it
 	// dropped that stream (an Ack overdue), and StallV2Watched how many
@@ -328,7 +330,7 @@ func (s *sim) report(wall time.Duration) *Report {
 		TraceLines: s.tr.lines, TraceHash: s.tr.hash, Wall: wall,
 		Suspects: s.suspects, Downs: s.downs, FalseSuspects: s.falseSuspect, FalseDowns: s.falseDown,
 		Disruptions: s.disruptions, Crashes: s.crashes, Detections: slices.Clone(s.detections),
-		Protocol: c.Protocol.String(), V2Nodes: c.Nodes - int(c.v2From), Paced: s.pacedN,
+		Protocol: c.Protocol.String(), V2Nodes: c.Nodes - int(c.v2From), Paced: s.pacedN, Unpaced: s.unpacedN,
 		StallV2: slices.Clone(s.stallV2), StallV2Watched: s.watchV2, StallV1Noticed: s.stallV1, StallV1Watched: s.watchV1,
 		StallBound: c.stallBound(),
 	}
@@ -427,7 +429,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.V2Nodes > 0 {
 		p("protocol %s: %d v2 senders, %d v1; ", r.Protocol, r.V2Nodes, r.Nodes-r.V2Nodes)
 		if r.Pacing.AcceptRate > 0 {
-			p("new v2 streams paced at %g/s (burst %d), GoAway retry-after in [0, %s)\n", r.Pacing.AcceptRate, r.Pacing.AcceptBurst, r.Pacing.PacingWindow)
+			p("new v2 streams paced at %g in any second, GoAway retry-after a slot within %s; %d admitted unpaced (node Up or Suspect)\n", r.Pacing.AcceptRate, r.Pacing.PacingWindow, r.Unpaced)
 		} else {
 			p("no pacing\n")
 		}

@@ -497,7 +497,7 @@ func TestGoldenReport(t *testing.T) {
 	t.Parallel()
 	mixed := small("chaos", 1)
 	mixed.Protocol = ProtocolMixed
-	mixed.Pacing = Pacing{AcceptRate: 1, AcceptBurst: 4, PacingWindow: 20 * time.Second}
+	mixed.Pacing = Pacing{AcceptRate: 1, PacingWindow: 20 * time.Second}
 	for _, tc := range []struct {
 		file string
 		p    Params

@@ -44,7 +44,7 @@ func TestV2ScenariosHoldTheirInvariants(t *testing.T) {
 					p := small(sc.Name, seed)
 					p.Protocol = proto
 					if seed%2 == 0 && !strictVerdicts[sc.Name] {
-						p.Pacing = Pacing{AcceptRate: 1, AcceptBurst: 4, PacingWindow: 20 * time.Second}
+						p.Pacing = Pacing{AcceptRate: 1, PacingWindow: 20 * time.Second}
 					}
 					rep, err := Run(p)
 					require.NoError(t, err, "%s scenario %s seed %d", proto, sc.Name, seed)
@@ -103,35 +103,29 @@ func restartPacing(t *testing.T, rep *Report) Recovery {
 // Issue 10's pacing goal, scaled down tenfold for the race detector: 1,000
 // v2 senders and an accept rate of 20/s (10,000 at 200/s behaves alike:
 // docs/simulation.md has its figures). After the aggregator restarts, no
-// second accepts more than the burst plus the rate: the token bucket
-// (golang.org/x/time/rate, burst = rate as the aggregator's default)
-// starts full, and a second that follows a lull spends the tokens the
-// lull saved. The figures show the goal "never above the rate" holds only
-// for the sustained rate, not per second (27/s here); the senders paced
-// with GoAway come back within the window, jittered.
+// second accepts more than the rate (package pacing keeps it over every
+// sliding second), and 99% of the running nodes are Up within the pacing
+// window measured from the restart: a paced sender's retry-after is its
+// slot, and it comes back no earlier (fsm.BackoffPolicy.After).
 func TestPacingAfterAnAggregatorRestart(t *testing.T) {
 	t.Parallel()
-	const rate, burst = 20, 20
+	const rate = 20
 	p := Params{Nodes: 1000, Duration: 12 * time.Minute, Seed: 1, Scenario: "aggregator-restart", Protocol: ProtocolV2,
 		Pacing: Pacing{AcceptRate: rate}}
 	rep, err := Run(p)
 	require.NoError(t, err)
-	require.Equal(t, Pacing{AcceptRate: rate, AcceptBurst: burst, PacingWindow: time.Minute}, rep.Pacing)
+	require.Equal(t, Pacing{AcceptRate: rate, PacingWindow: time.Minute}, rep.Pacing)
 	r := restartPacing(t, rep)
 	t.Logf("first second %d, then at most %d/s; %d paced; 99%% Up after %s; Up within the window %.2f%%",
 		r.AcceptFirst, r.AcceptPeak, r.Paced, r.Up99, 100*r.UpInWindow)
-	require.LessOrEqual(t, r.AcceptFirst, burst+rate)
-	require.LessOrEqual(t, r.AcceptPeak, burst+rate)
+	require.LessOrEqual(t, r.AcceptFirst, rate)
+	require.LessOrEqual(t, r.AcceptPeak, rate)
 	require.Greater(t, r.AcceptPeak, rate/2, "the pacer kept admitting")
 	require.Positive(t, r.Paced)
 	require.Greater(t, rep.Paced, r.Paced, "the start (1,000 nodes over 10s) was paced too")
 	require.Zero(t, r.AcceptV1Peak, "no v1 sender")
-	// The goal is 99% within the window; the senders jitter the
-	// retry-after ±20% (fsm.BackoffPolicy.After), so those drawn near the
-	// window's end come back up to 1.2 windows later: about 92% are Up at
-	// the window's end, 99% at about 1.2 windows (docs/simulation.md).
-	require.GreaterOrEqual(t, r.UpInWindow, 0.88)
-	require.Less(t, r.Up99, 90*time.Second)
+	require.GreaterOrEqual(t, r.UpInWindow, 0.99)
+	require.LessOrEqual(t, r.Up99, time.Minute)
 
 	var text bytes.Buffer
 	require.NoError(t, rep.WriteText(&text))
@@ -199,38 +193,37 @@ func TestAnAckForAnUnsentSeqIsCaught(t *testing.T) {
 
 func TestADialBeforeTheRetryAfterIsCaught(t *testing.T) {
 	t.Parallel()
-	// One stream a second, a burst of one: at the start most nodes get
-	// GoAway. The machines jitter the retry-after ±20%; the checker is
-	// told no jitter, so the first early or late retry is a violation.
+	// One stream a second: at the start most nodes get GoAway. The
+	// machines add an upward spread to the retry-after; the checker is
+	// told no jitter, so the first late retry is a violation (an early
+	// one would be too: the rule's lower bound is the retry-after itself).
 	p := small("steady", 5)
 	p.Protocol = ProtocolV2
-	p.Pacing = Pacing{AcceptRate: 1, AcceptBurst: 1, PacingWindow: 30 * time.Second}
+	p.Pacing = Pacing{AcceptRate: 1, PacingWindow: 30 * time.Second}
 	p.hooks = &hooks{checkerPolicy: &fsm.BackoffPolicy{Base: fsm.DefaultReconnectPeriod}}
 	ie := violation(t, p)
 	require.Equal(t, RuleGoAway, ie.Rule)
 	require.Contains(t, ie.Detail, "after a GoAway asking")
 }
 
-// A known limit of pacing, shown at a tenth of the scale (1,000 nodes at
-// 20/s; 10,000 at the default 200/s give 21,023 false Suspects and 2,212
-// false Downs, docs/simulation.md): a reset of every stream makes every
-// node rejoin within one BeatPeriod, the pacer turns most v2 nodes away
-// for up to 1.2 windows, and the tracker, which never sees a paced
-// stream, suspects them. v1 nodes are not paced and the storm passes
-// without a verdict.
-func TestAResetStormUnderPacingTurnsV2NodesSuspect(t *testing.T) {
+// A reset of every stream (the aggregator alive) makes every node rejoin
+// within one BeatPeriod. Pacing such a storm would turn most v2 nodes away
+// for up to a window and the tracker, seeing no stream, would suspect them
+// (21,023 false Suspects at 10,000 nodes before the rule). The pacer does
+// not pace a node the tracker holds Up or Suspect, so the storm passes
+// without a verdict on v2 as on v1 (1,000 nodes at 20/s), and the streams
+// are counted unpaced.
+func TestAResetStormUnderPacingLeavesV2NodesUp(t *testing.T) {
 	t.Parallel()
-	run := func(proto Protocol) (*Report, error) {
-		return Run(Params{Nodes: 1000, Duration: 12 * time.Minute, Seed: 1, Scenario: "reset-storm", Protocol: proto,
+	for _, proto := range []Protocol{ProtocolV1, ProtocolV2} {
+		rep, err := Run(Params{Nodes: 1000, Duration: 12 * time.Minute, Seed: 1, Scenario: "reset-storm", Protocol: proto,
 			Pacing: Pacing{AcceptRate: 20}})
+		require.NoError(t, err, "%s", proto)
+		require.Zero(t, rep.FalseSuspects, "%s", proto)
+		require.Zero(t, rep.FalseDowns, "%s", proto)
+		if proto == ProtocolV2 {
+			require.Greater(t, rep.Unpaced, uint64(900), "the storm's rejoins were admitted unpaced")
+			t.Logf("v2: %d unpaced, %d paced", rep.Unpaced, rep.Paced)
+		}
 	}
-	rep, err := run(ProtocolV1)
-	require.NoError(t, err)
-	require.Zero(t, rep.FalseSuspects)
-	rep, err = run(ProtocolV2)
-	var ie *InvariantError
-	require.ErrorAs(t, err, &ie)
-	require.Equal(t, RuleScenario, ie.Rule)
-	require.Greater(t, rep.FalseSuspects, uint64(500))
-	t.Logf("v2: %d false Suspect, %d false Down, %d paced", rep.FalseSuspects, rep.FalseDowns, rep.Paced)
 }

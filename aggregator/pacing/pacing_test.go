@@ -144,7 +144,7 @@ func TestSpreadIsUniformOverTheWindow(t *testing.T) {
 
 // The pacing goal of issue 10 on the pacer alone: 10,000 senders arrive
 // within one second of a restart and come back exactly at their slot plus
-// an upward spread of up to 10% of the retry-after, capped at 3 s (the
+// an upward spread of up to 2% of the retry-after, capped at 3 s (the
 // sender's rule, fsm.BackoffPolicy.After, with the default 3 s beat
 // period). No second admits more than the rate (200/s) and 99% are
 // admitted within the window (1 min).
@@ -164,7 +164,7 @@ func TestRestartStorm(t *testing.T) {
 			admitted = append(admitted, now)
 			continue
 		}
-		extra := time.Duration(rng.Float64() * float64(min(3*time.Second, after/10)))
+		extra := time.Duration(rng.Float64() * float64(min(3*time.Second, after/50)))
 		heap.Push(q, now.Add(after+extra))
 	}
 	perSecond := map[int64]int{}

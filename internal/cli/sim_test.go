@@ -38,7 +38,7 @@ func TestSimProtocolV2(t *testing.T) {
 	code, out, errs := run(t, "sim", "--nodes", "20", "--duration", "20m", "--seed", "2", "--scenario", "aggregator-stall",
 		"--protocol", "mixed", "--accept-rate", "50", "--pacing-window", "30s")
 	require.Equal(t, 0, code, errs)
-	require.Contains(t, out, "protocol mixed: 10 v2 senders, 10 v1; new v2 streams paced at 50/s (burst 50), GoAway retry-after in [0, 30s)")
+	require.Contains(t, out, "protocol mixed: 10 v2 senders, 10 v1; new v2 streams paced at 50 in any second, GoAway retry-after a slot within 30s; ")
 	require.Contains(t, out, "aggregator stall noticed (stall begin to the sender dropping its stream): v2 10 of 10")
 	require.Contains(t, out, "; v1 0 of 10")
 
