@@ -87,6 +87,21 @@ func BenchmarkReconnectPeak10k(b *testing.B) {
 	}
 }
 
+// BenchmarkRestartPacing10k restarts the aggregator under 10,000 v2 nodes
+// with the default pacing (200 in any second, window 1 min) and reports
+// issue 10's goal: the most v2 streams admitted in one second after the
+// restart, the share Up one window after it, and the time to 99% Up.
+func BenchmarkRestartPacing10k(b *testing.B) {
+	rep := benchRun(b, Params{Nodes: 10_000, Duration: 10 * time.Minute, Seed: 1, Scenario: "aggregator-restart", Protocol: ProtocolV2})
+	for _, r := range rep.Recoveries {
+		if r.Restart {
+			b.ReportMetric(float64(max(r.AcceptFirst, r.AcceptPeak)), "max-accepts/s")
+			b.ReportMetric(100*r.UpInWindow, "%-up-in-window")
+			b.ReportMetric(r.Up99.Seconds(), "s-to-99%-up")
+		}
+	}
+}
+
 // BenchmarkVersusMock runs one small scenario, 100 nodes beating for 10
 // virtual minutes with the same network model, two ways: the simulator, and
 // benbjohnson/clock's Mock (through clockwork) driving one goroutine per

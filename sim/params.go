@@ -463,12 +463,13 @@ func livenessBound(c *config) time.Duration {
 
 // pacingBound is what v2 adds to the liveness bound: the time the
 // aggregator's pacing needs to admit every v2 node at its accept rate,
-// plus two longest GoAway waits (the window, jittered): one for a GoAway
-// at shutdown or from a busy aggregator, one more for a node paced again
-// on its return. It is not a worst case (a node can be paced any number
-// of times: the draws are random), but with the accept rate above the
-// fleet's return rate a third GoAway in a row is rare; a seed that hits
-// one fails liveness and says so.
+// plus two longest GoAway waits (the window plus the sender's upward
+// spread): one for a GoAway at shutdown or from a busy aggregator, one
+// more for a node paced again on its return. It is not a worst case (a
+// node back at its slot can find the rate taken by newcomers and be paced
+// again), but the slots use only pacing.Headroom of the rate, so a third
+// GoAway in a row is rare; a seed that hits one fails liveness and says
+// so.
 func (c *config) pacingBound() time.Duration {
 	wait := c.sender.Backoff.After(c.pacing.PacingWindow, c.sender.BeatPeriod, fsm.MaxRetryAfter, 1)
 	var admit time.Duration

@@ -197,3 +197,26 @@ func (a *arrivals) Pop() any {
 	*a = old[:len(old)-1]
 	return x
 }
+
+// Admit is on the simulator's hot path and under the aggregator's lock:
+// it must not allocate, admitting or refusing.
+func TestAdmitDoesNotAllocate(t *testing.T) {
+	p := newP(t, 10, time.Minute)
+	now := t0
+	allocs := testing.AllocsPerRun(1000, func() {
+		now = now.Add(time.Millisecond)
+		p.Admit(now)
+	})
+	require.Zero(t, allocs)
+}
+
+func BenchmarkAdmit(b *testing.B) {
+	p, err := New(200, time.Minute, rand.New(rand.NewPCG(1, 2)))
+	require.NoError(b, err)
+	now := t0
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(time.Millisecond)
+		p.Admit(now)
+	}
+}
