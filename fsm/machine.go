@@ -301,20 +301,10 @@ func (m *Machine) perform(a Action, now, due time.Time, ev *Event, wait time.Dur
 		m.proto, m.period, m.acked = ev.Protocol, m.cfg.BeatPeriod, m.seq
 		m.send(now, now)
 	case ConfirmStream:
-		m.proven = true
-		// The outage ended when this stream opened; it is reported now that
-		// the stream has shown it was not refused.
-		if ended, outage, failures := m.policy.connected(m.openedAt); ended {
-			m.log(LogRecord{Level: LevelInfo, Kind: LogConnected, Outage: outage.Round(time.Millisecond), Failures: failures})
-		}
-		m.lastErr = nil
+		m.prove()
 		m.send(now, due)
 	case ProveStream:
-		m.proven = true
-		if ended, outage, failures := m.policy.connected(m.openedAt); ended {
-			m.log(LogRecord{Level: LevelInfo, Kind: LogConnected, Outage: outage.Round(time.Millisecond), Failures: failures})
-		}
-		m.lastErr = nil
+		m.prove()
 		m.countAck(now, ev)
 	case CountAck:
 		m.countAck(now, ev)
@@ -422,6 +412,17 @@ func (m *Machine) send(now, due time.Time) {
 // maxUnacked-3 periods so that the Beats awaiting an Ack fit in sent.
 func (m *Machine) ackTimeout() time.Duration {
 	return 2*m.period + min(m.rtt, (maxUnacked-3)*m.period)
+}
+
+// prove marks the stream proven (v1: it survived its first beat; v2: its
+// first Ack came). The outage ended when this stream opened; it is
+// reported now that the stream has shown it was not refused.
+func (m *Machine) prove() {
+	m.proven = true
+	if ended, outage, failures := m.policy.connected(m.openedAt); ended {
+		m.log(LogRecord{Level: LevelInfo, Kind: LogConnected, Outage: outage.Round(time.Millisecond), Failures: failures})
+	}
+	m.lastErr = nil
 }
 
 // countAck takes in the Ack of Beat ev.Seq (valid: classify checked it):

@@ -26,7 +26,6 @@ import (
 	"github.com/p2pbeat/heartbeat/aggregator/api"
 	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/internal/keyfile"
-	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // aggregatorSetup is what it takes to start an aggregator process.
@@ -184,8 +183,8 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	beatLog := fs.Bool("beat-log", false, "log one line per heartbeat")
 	var protocols listFlag
 	fs.Var(&protocols, "protocols", "protocols served, comma-separated: v1 (fil/heartbeat/1.0.0), v2 (/fil/heartbeat/2.0.0) (default v1,v2)")
-	acceptRate := fs.Float64("accept-rate", aggregator.DefaultAcceptRate, "new v2 streams accepted in any second; past it they get GoAway with a retry-after slot (0: no pacing)")
-	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is at most this (shutdown: drawn uniformly from [0, this))")
+	var pf pacingFlags
+	pf.register(fs)
 	var allow listFlag
 	fs.Var(&allow, "allow", "allow only this peer id (repeatable, or comma-separated); default: everyone")
 	data := fs.String("data", defaultDataDir, "directory of the node store (SQLite): nodes known before a restart come back ('' keeps them in memory only)")
@@ -217,17 +216,9 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return usageError("--protocols %q: want v1, v2 or v1,v2", protocols.String())
 		}
 	}
-	if *acceptRate < 0 {
-		return usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", *acceptRate)
-	}
-	if *acceptRate == 0 {
-		*acceptRate = -1 // Config: negative turns pacing off, 0 takes the default
-	}
-	if err := positive("pacing-window", *pacingWindow); err != nil {
+	acceptRate, pacingWindow, err := pf.values()
+	if err != nil {
 		return err
-	}
-	if *pacingWindow > wire2.MaxRetryAfter {
-		return usageError("--pacing-window %v: at most %v (a sender waits no longer)", *pacingWindow, wire2.MaxRetryAfter)
 	}
 	if *maxLine <= 0 {
 		return usageError("--max-line-bytes %d: want a positive size", *maxLine)
@@ -275,7 +266,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
 		data: target, token: token, store: store.WriterConfig{FlipRetention: *flipRetention, SampleRetention: *sampleRetention},
 		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention,
-			Protocols: protocols, AcceptRate: *acceptRate, PacingWindow: *pacingWindow},
+			Protocols: protocols, AcceptRate: acceptRate, PacingWindow: pacingWindow},
 	}))
 }
 

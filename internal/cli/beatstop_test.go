@@ -31,6 +31,25 @@ func (b beatLines) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// beatAggregator starts an aggregator on loopback that logs every
+// heartbeat into beats (buffered for n), and returns its target multiaddr;
+// the test's cleanup closes it.
+func beatAggregator(t *testing.T, n int) (*aggregator.Aggregator, string, beatLines) {
+	t.Helper()
+	beats := make(beatLines, n)
+	cfg := aggregator.Config{}
+	opts, err := aggregator.HostOptions(cfg, nil)
+	require.NoError(t, err)
+	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
+	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true))
+	require.NoError(t, err)
+	t.Cleanup(func() { agg.Close() })
+	return agg, h.Addrs()[0].String() + "/p2p/" + h.ID().String(), beats
+}
+
 // `heartbeat beat` stopped by its context (SIGINT/SIGTERM) right after its
 // first heartbeat ends in order every time, although it closes its libp2p
 // host at once on return (issue 9, case 3): the aggregator counts every
@@ -40,18 +59,7 @@ func TestBeatStopsArriveAsOrderlyEnds(t *testing.T) {
 	if testing.Short() {
 		stops = 10
 	}
-	beats := make(beatLines, stops)
-	cfg := aggregator.Config{}
-	opts, err := aggregator.HostOptions(cfg, nil)
-	require.NoError(t, err)
-	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
-	require.NoError(t, err)
-	defer h.Close()
-	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
-	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true))
-	require.NoError(t, err)
-	defer agg.Close()
-	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	agg, target, beats := beatAggregator(t, stops)
 
 	for range stops {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -87,18 +95,7 @@ func TestBeatStopsArriveAsOrderlyEnds(t *testing.T) {
 // default) and v2 get protocol v2 from our aggregator, which serves both,
 // and v1 the 2019 lines; the aggregator's view of the node says which.
 func TestBeatProtocolFlag(t *testing.T) {
-	beats := make(beatLines, 1)
-	cfg := aggregator.Config{}
-	opts, err := aggregator.HostOptions(cfg, nil)
-	require.NoError(t, err)
-	h, err := libp2p.New(append([]libp2p.Option{libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}, opts...)...)
-	require.NoError(t, err)
-	defer h.Close()
-	log := hclog.New(&hclog.LoggerOptions{JSONFormat: true, Output: beats, Level: hclog.Info})
-	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log), aggregator.WithBeatLog(true))
-	require.NoError(t, err)
-	defer agg.Close()
-	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	agg, target, beats := beatAggregator(t, 1)
 
 	for _, tc := range []struct {
 		args []string

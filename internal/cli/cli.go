@@ -15,7 +15,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 // Exit codes (docs/cli.md has the table).
@@ -213,6 +215,40 @@ func positive(name string, d time.Duration) error {
 		return usageError("--%s %s: want a positive duration such as 3s", name, d)
 	}
 	return nil
+}
+
+// pacingFlags are the reconnect-pacing flags of aggregate and sim (the
+// simulated aggregator paces with the real one's package, aggregator/pacing).
+type pacingFlags struct {
+	rate   *float64
+	window *time.Duration
+}
+
+func (p *pacingFlags) register(fs *flag.FlagSet) {
+	p.rate = fs.Float64("accept-rate", aggregator.DefaultAcceptRate,
+		"new v2 streams accepted in any second; past it they get GoAway with a retry-after slot (0: no pacing)")
+	p.window = fs.Duration("pacing-window", aggregator.DefaultPacingWindow,
+		"GoAway's retry-after is at most this (shutdown: drawn uniformly from [0, this))")
+}
+
+// values checks the flags (exit 2 naming the flag) and returns them as the
+// configs take them: a negative rate turns pacing off (0 would take the
+// default).
+func (p *pacingFlags) values() (rate float64, window time.Duration, err error) {
+	rate, window = *p.rate, *p.window
+	if rate < 0 {
+		return 0, 0, usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", rate)
+	}
+	if rate == 0 {
+		rate = -1
+	}
+	if err := positive("pacing-window", window); err != nil {
+		return 0, 0, err
+	}
+	if window > wire2.MaxRetryAfter {
+		return 0, 0, usageError("--pacing-window %v: at most %v (a sender waits no longer)", window, wire2.MaxRetryAfter)
+	}
+	return rate, window, nil
 }
 
 // logFlags are the logging flags every long-running command takes.

@@ -12,7 +12,6 @@ import (
 
 	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/sim"
-	"github.com/p2pbeat/heartbeat/wire2"
 )
 
 func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,8 +28,8 @@ func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	tracePath := fs.String("trace", "", "write the trace to this file")
 	csvPath := fs.String("csv", "", "write the per-state counts over time as CSV to this file")
 	protocol := fs.String("protocol", "v1", "what the senders speak: v1, v2, or mixed (the lower half of the nodes v1, the upper half v2); v1 replays every run from before v2")
-	acceptRate := fs.Float64("accept-rate", aggregator.DefaultAcceptRate, "new v2 streams the simulated aggregator accepts per second; past it they get GoAway (0: no pacing)")
-	pacingWindow := fs.Duration("pacing-window", aggregator.DefaultPacingWindow, "GoAway's retry-after is drawn uniformly from [0, this)")
+	var pf pacingFlags
+	pf.register(fs)
 	if err := parse(fs, args, stdout); err != nil {
 		return err
 	}
@@ -38,21 +37,13 @@ func runSim(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError("--protocol %q: want v1, v2 or mixed", *protocol)
 	}
-	if *acceptRate < 0 {
-		return usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", *acceptRate)
-	}
-	if *acceptRate == 0 {
-		*acceptRate = -1 // Params.Pacing: negative turns pacing off, 0 takes the default
-	}
-	if err := positive("pacing-window", *pacingWindow); err != nil {
+	acceptRate, pacingWindow, err := pf.values()
+	if err != nil {
 		return err
 	}
-	if *pacingWindow > wire2.MaxRetryAfter {
-		return usageError("--pacing-window %v: at most %v (a sender waits no longer)", *pacingWindow, wire2.MaxRetryAfter)
-	}
 	p := sim.Params{Nodes: *nodes, Duration: *duration, Seed: *seed, Scenario: *scenario, Protocol: proto}
-	if *acceptRate != aggregator.DefaultAcceptRate || *pacingWindow != aggregator.DefaultPacingWindow {
-		p.Pacing = sim.Pacing{AcceptRate: *acceptRate, PacingWindow: *pacingWindow}
+	if acceptRate != aggregator.DefaultAcceptRate || pacingWindow != aggregator.DefaultPacingWindow {
+		p.Pacing = sim.Pacing{AcceptRate: acceptRate, PacingWindow: pacingWindow}
 	}
 	var files []*os.File
 	open := func(path string) (*bufio.Writer, error) {
