@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ type sqlBackend struct {
 	// uptime holds uptimeSQL(false) and uptimeSQL(true), prepared on first
 	// use (uptimeStmt).
 	uptime [2]*sql.Stmt
+	// lock is the SQLite data directory's lock (lockDir), released by
+	// Close after the database; nil for PostgreSQL.
+	lock *os.File
 }
 
 func newSQLBackend(ctx context.Context, db *sql.DB, d dialect, where string) (*sqlBackend, error) {
@@ -95,8 +99,12 @@ func (b *sqlBackend) Close() error {
 			st.Close()
 		}
 	}
+	lock := b.lock
+	b.lock = nil
 	b.mu.Unlock()
-	if err := b.db.Close(); err != nil {
+	err := b.db.Close()
+	closeLock(lock) // after the database: no write may follow the release
+	if err != nil {
 		return b.errf("close", err)
 	}
 	return nil
