@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -217,7 +218,9 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return usageError("--protocols %q: want v1, v2 or v1,v2", protocols.String())
 		}
 	}
-	if *acceptRate < 0 {
+	// Written so that NaN fails too (every comparison with it is false),
+	// and +Inf: a token bucket needs a finite rate (0 turns pacing off).
+	if !(*acceptRate >= 0) || math.IsInf(*acceptRate, 0) {
 		return usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", *acceptRate)
 	}
 	if *acceptRate == 0 {

@@ -248,16 +248,20 @@ func (l *logFlags) failed(log hclog.Logger, command string, err error) error {
 	return &loggedErr{err}
 }
 
-// listFlag collects a repeatable flag.
+// listFlag collects a repeatable, comma-separated flag. An empty item
+// (`--allow ""`, a trailing comma) is an error, never skipped: `--allow
+// "$IDS"` with IDS unset must not start an aggregator open to everyone.
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
 
 func (l *listFlag) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			*l = append(*l, s)
+		s = strings.TrimSpace(s)
+		if s == "" {
+			return errors.New("empty item")
 		}
+		*l = append(*l, s)
 	}
 	return nil
 }
