@@ -64,6 +64,11 @@ func (b *sqlBackend) migrate(ctx context.Context) error {
 			return b.errf("lock schema", err)
 		}
 	}
+	if b.d.foreignTables != "" {
+		if err := b.refuseForeign(ctx, tx); err != nil {
+			return err
+		}
+	}
 	for _, stmt := range b.d.ddl() {
 		if _, err := tx.ExecContext(ctx, stmt); err != nil {
 			return b.errf("create schema", err)
@@ -86,6 +91,31 @@ func (b *sqlBackend) migrate(ctx context.Context) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return b.errf("create schema", err)
+	}
+	return nil
+}
+
+// refuseForeign fails when the database holds tables that are not ours and
+// no meta table: another program's database, which must not get our schema.
+func (b *sqlBackend) refuseForeign(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, b.d.foreignTables)
+	if err != nil {
+		return b.errf("read schema", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return b.errf("read schema", err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		return b.errf("read schema", err)
+	}
+	if len(names) > 0 {
+		return b.errf("check schema", fmt.Errorf("not a heartbeat store: it holds tables %s and no meta table; move it aside", strings.Join(names, ", ")))
 	}
 	return nil
 }
