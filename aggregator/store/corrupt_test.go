@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"os"
 	"path/filepath"
 	"testing"
@@ -63,5 +64,45 @@ func TestOpenChoosesBackend(t *testing.T) {
 	b, err := Open(context.Background(), t.TempDir())
 	require.NoError(t, err)
 	require.IsType(t, &sqlBackend{}, b)
+	require.NoError(t, b.Close())
+}
+
+// Another program's SQLite database named heartbeat.db (tables of its own,
+// no meta table) is refused with an error naming the file and its tables,
+// and never gets our schema.
+func TestForeignSQLiteDatabaseRefused(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, SQLiteFile)
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	_, err = db.Exec(`CREATE TABLE invoices (id INTEGER PRIMARY KEY, total INTEGER); INSERT INTO invoices (total) VALUES (42)`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	_, err = OpenSQLite(context.Background(), dir)
+	require.ErrorContains(t, err, path)
+	require.ErrorContains(t, err, "not a heartbeat store: it holds tables invoices")
+
+	db, err = sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	defer db.Close()
+	var tables []string
+	rows, err := db.Query(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var n string
+		require.NoError(t, rows.Scan(&n))
+		tables = append(tables, n)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, []string{"invoices"}, tables, "no table of ours was added")
+
+	// An empty file (a fresh store) and our own store still open.
+	fresh := t.TempDir()
+	b, err := OpenSQLite(context.Background(), fresh)
+	require.NoError(t, err)
+	require.NoError(t, b.Close())
+	b, err = OpenSQLite(context.Background(), fresh)
+	require.NoError(t, err)
 	require.NoError(t, b.Close())
 }

@@ -73,6 +73,12 @@ type dialect struct {
 	// schemaLock is run first in the schema transaction, so that two
 	// aggregators starting together do not race on CREATE ... IF NOT EXISTS.
 	schemaLock string
+	// foreignTables, when set, lists the tables of a database that are not
+	// ours. A database that has some and no meta table is another
+	// program's (SQLite: the file is ours by name only), and is refused
+	// rather than given our schema. PostgreSQL leaves it empty: a shared
+	// database may hold other applications' tables.
+	foreignTables string
 }
 
 var sqliteDialect = dialect{
@@ -80,6 +86,10 @@ var sqliteDialect = dialect{
 	intType: "INTEGER",
 	idType:  "INTEGER PRIMARY KEY",
 	noRowID: " WITHOUT ROWID",
+	foreignTables: `SELECT name FROM sqlite_master WHERE type = 'table'
+		AND name NOT IN ('meta', 'peers', 'nodes', 'flips', 'samples') AND name NOT LIKE 'sqlite_%'
+		AND NOT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta')
+		ORDER BY name`,
 }
 
 var postgresDialect = dialect{

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,9 @@ type sqlBackend struct {
 	// uptime holds uptimeSQL(false) and uptimeSQL(true), prepared on first
 	// use (uptimeStmt).
 	uptime [2]*sql.Stmt
+	// lock is the SQLite data directory's lock (lockDir), released by
+	// Close after the database; nil for PostgreSQL.
+	lock *os.File
 }
 
 func newSQLBackend(ctx context.Context, db *sql.DB, d dialect, where string) (*sqlBackend, error) {
@@ -58,6 +62,11 @@ func (b *sqlBackend) migrate(ctx context.Context) error {
 	if b.d.schemaLock != "" {
 		if _, err := tx.ExecContext(ctx, b.d.schemaLock); err != nil {
 			return b.errf("lock schema", err)
+		}
+	}
+	if b.d.foreignTables != "" {
+		if err := b.refuseForeign(ctx, tx); err != nil {
+			return err
 		}
 	}
 	for _, stmt := range b.d.ddl() {
@@ -86,6 +95,31 @@ func (b *sqlBackend) migrate(ctx context.Context) error {
 	return nil
 }
 
+// refuseForeign fails when the database holds tables that are not ours and
+// no meta table: another program's database, which must not get our schema.
+func (b *sqlBackend) refuseForeign(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, b.d.foreignTables)
+	if err != nil {
+		return b.errf("read schema", err)
+	}
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return b.errf("read schema", err)
+		}
+		names = append(names, n)
+	}
+	if err := rows.Err(); err != nil {
+		return b.errf("read schema", err)
+	}
+	if len(names) > 0 {
+		return b.errf("check schema", fmt.Errorf("not a heartbeat store: it holds tables %s and no meta table; move it aside", strings.Join(names, ", ")))
+	}
+	return nil
+}
+
 // Close implements Backend.
 func (b *sqlBackend) Close() error {
 	b.mu.Lock()
@@ -95,8 +129,12 @@ func (b *sqlBackend) Close() error {
 			st.Close()
 		}
 	}
+	lock := b.lock
+	b.lock = nil
 	b.mu.Unlock()
-	if err := b.db.Close(); err != nil {
+	err := b.db.Close()
+	closeLock(lock) // after the database: no write may follow the release
+	if err != nil {
 		return b.errf("close", err)
 	}
 	return nil

@@ -201,6 +201,9 @@ type Retire struct {
 var (
 	// ErrNotFound: no record of that node.
 	ErrNotFound = errors.New("store: node not found")
+	// ErrLocked: OpenSQLite found its directory's LockFile held by another
+	// process (another aggregator on the same data directory).
+	ErrLocked = errors.New("store: data directory locked")
 	// ErrBadRange: a Range that is empty, reversed or too long.
 	ErrBadRange = errors.New("store: bad time range")
 	// ErrBadCursor: a Page.After that no query returned.

@@ -23,6 +23,8 @@ import (
 
 	"github.com/libp2p/go-reuseport"
 	"github.com/stretchr/testify/require"
+
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 )
 
 // guard bounds every wait on a child process; it is never slept on.
@@ -249,11 +251,17 @@ func TestExitCodes(t *testing.T) {
 	// A data directory whose database file is not a database, for BADDATA.
 	bad := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(bad, "heartbeat.db"), bytes.Repeat([]byte("not a database "), 512), 0o600))
+	// A data directory this process holds open, as a running aggregator
+	// does, for LOCKEDDATA.
+	locked := t.TempDir()
+	held, err := store.OpenSQLite(context.Background(), locked)
+	require.NoError(t, err)
+	defer held.Close()
 
 	for _, r := range rows {
 		args := make([]string, len(r.args))
 		for i, a := range r.args {
-			args[i] = strings.NewReplacer("PORT", port, "BADDATA", bad).Replace(a)
+			args[i] = strings.NewReplacer("PORT", port, "BADDATA", bad, "LOCKEDDATA", locked).Replace(a)
 		}
 		name := strings.Join(append([]string{"heartbeat"}, args...), " ")
 		wantStderr := strings.ReplaceAll(r.stderr, "PORT", port)

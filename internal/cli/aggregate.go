@@ -171,7 +171,8 @@ func (r *runningAggregator) stop() error {
 func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
 		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--protocols v1,v2] [--accept-rate R]\n"+
-		"       [--pacing-window D] [--beat-log] [--log-level L] [--log-json]")
+		"       [--pacing-window D] [--data DIR | --store URL] [--flip-retention D] [--sample-retention D] [--admin-token FILE]\n"+
+		"       [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for the dashboard (/), /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing; default DATA/aggregator.key with --data, else a new key each run)")

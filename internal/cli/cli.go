@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -236,7 +237,9 @@ func (p *pacingFlags) register(fs *flag.FlagSet) {
 // default).
 func (p *pacingFlags) values() (rate float64, window time.Duration, err error) {
 	rate, window = *p.rate, *p.window
-	if rate < 0 {
+	// Written so that NaN fails too (every comparison with it is false),
+	// and +Inf: a rate must be finite (0 turns pacing off).
+	if !(rate >= 0) || math.IsInf(rate, 0) {
 		return 0, 0, usageError("--accept-rate %v: want 0 (no pacing) or a positive rate", rate)
 	}
 	if rate == 0 {
@@ -284,16 +287,20 @@ func (l *logFlags) failed(log hclog.Logger, command string, err error) error {
 	return &loggedErr{err}
 }
 
-// listFlag collects a repeatable flag.
+// listFlag collects a repeatable, comma-separated flag. An empty item
+// (`--allow ""`, a trailing comma) is an error, never skipped: `--allow
+// "$IDS"` with IDS unset must not start an aggregator open to everyone.
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
 
 func (l *listFlag) Set(v string) error {
 	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			*l = append(*l, s)
+		s = strings.TrimSpace(s)
+		if s == "" {
+			return errors.New("empty item")
 		}
+		*l = append(*l, s)
 	}
 	return nil
 }

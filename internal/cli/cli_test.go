@@ -30,6 +30,20 @@ func run(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
+// runMisuse runs a command that should be refused before it starts, with a
+// context already cancelled and in a scratch directory: one that starts
+// after all stops at once (exit 0, which the caller's check rejects)
+// instead of serving until the test times out, and leaves no
+// ./heartbeat-data behind.
+func runMisuse(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb bytes.Buffer
+	code := Main(ctx, args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
 func TestDiagram(t *testing.T) {
 	code, out, _ := run(t, "diagram")
 	require.Equal(t, 0, code)
@@ -86,6 +100,7 @@ func TestVersion(t *testing.T) {
 // Every usage error exits 2 with one error line naming the flag, and a
 // hint; none is silently replaced by a default.
 func TestUsageErrors(t *testing.T) {
+	t.Chdir(t.TempDir())
 	const target = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu"
 	for _, tc := range []struct {
 		args []string
@@ -100,6 +115,13 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"aggregate", "--max-line-bytes", "-1"}, "--max-line-bytes -1"},
 		{[]string{"aggregate", "--protocols", "v1,v3"}, `--protocols "v1,v3"`},
 		{[]string{"aggregate", "--accept-rate", "-5"}, "--accept-rate -5"},
+		{[]string{"aggregate", "--accept-rate", "NaN"}, "--accept-rate NaN"},
+		{[]string{"aggregate", "--accept-rate", "Inf"}, "--accept-rate +Inf"},
+		// An empty list item is a mistake, never "everyone": --allow "$IDS"
+		// with IDS unset used to start an aggregator open to all.
+		{[]string{"aggregate", "--allow", ""}, `invalid value "" for flag -allow: empty item`},
+		{[]string{"aggregate", "--allow", "12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu,"}, `for flag -allow: empty item`},
+		{[]string{"aggregate", "--protocols", ""}, `invalid value "" for flag -protocols: empty item`},
 		{[]string{"aggregate", "--pacing-window", "2h"}, "--pacing-window 2h0m0s: at most 1h0m0s"},
 		{[]string{"aggregate", "--pacing-window", "0s"}, "--pacing-window 0s"},
 		{[]string{"aggregate", "--listen", "/dns4/localhost/udp/4001"}, "want a TCP address"},
@@ -118,7 +140,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"load", "--target", "/ip4/127.0.0.1/tcp/1", "--nodes", "1"}, "--target"},
 		{[]string{"version", "extra"}, `unexpected argument "extra"`},
 	} {
-		code, out, errs := run(t, tc.args...)
+		code, out, errs := runMisuse(t, tc.args...)
 		require.Equal(t, 2, code, "%v: %s", tc.args, errs)
 		require.Empty(t, out, tc.args)
 		require.Contains(t, errs, tc.want, tc.args)

@@ -70,3 +70,22 @@ func TestDocsPathsExist(t *testing.T) {
 	}
 	require.Positive(t, checked)
 }
+
+// Every flag a command takes is in the synopsis of its usage line(s), the
+// part of its help above "flags:" (the aggregate synopsis once left out
+// --data, --store, --admin-token and both retentions). The sim synopsis
+// names its flags the same way.
+func TestSynopsisNamesEveryFlag(t *testing.T) {
+	defined := regexp.MustCompile(`(?m)^  -(\S+)`)
+	for _, c := range commands() {
+		code, out, errs := run(t, "help", c.name)
+		require.Equal(t, 0, code, errs)
+		synopsis, flags, ok := strings.Cut(out, "\nflags:\n")
+		if !ok {
+			continue // a command without flags
+		}
+		for _, m := range defined.FindAllStringSubmatch(flags, -1) {
+			require.Contains(t, synopsis, "--"+m[1], "heartbeat %s: --%s is missing from the usage line", c.name, m[1])
+		}
+	}
+}

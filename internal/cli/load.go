@@ -18,7 +18,7 @@ const (
 )
 
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
-	fs := newFlagSet("load", "--target MULTIADDR --nodes N [--period D] [--ramp D] [--dial-concurrency C] [--duration D] [--report-every D] [--log-level L] [--log-json]")
+	fs := newFlagSet("load", "--target MULTIADDR --nodes N [--period D] [--reconnect-period D] [--ramp D] [--dial-concurrency C] [--duration D] [--report-every D] [--log-level L] [--log-json]")
 	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required)")
 	nodes := fs.Int("nodes", 0, "number of sender identities, each a libp2p host of its own (required)")
 	period := fs.Duration("period", heartbeat.DefaultBeatPeriod, "each sender's beat period")
