@@ -72,6 +72,6 @@ kill -TERM $APID; wait $APID
 echo "load: $(grep '^final' load.out)" | tee -a summary.txt
 echo "health (max multiplier, before restart / after): $(grep -o 'multiplier=[0-9.]*' agg1.err | cut -d= -f2 | sort -g | tail -1) / $(grep -o 'multiplier=[0-9.]*' agg.err | cut -d= -f2 | sort -g | tail -1)" | tee -a summary.txt
 echo "--- connect storm and steady (first aggregator):" | tee -a summary.txt
-$FS -trace load.trace agg1.err | tee -a summary.txt
+$FS -period $P -trace load.trace agg1.err | tee -a summary.txt
 echo "--- reconnect storm (restarted aggregator):" | tee -a summary.txt
-$FS -trace load.trace agg.err | tee -a summary.txt
+$FS -period $P -trace load.trace agg.err | tee -a summary.txt

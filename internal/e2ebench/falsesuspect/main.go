@@ -3,7 +3,7 @@
 // ("node state changed" lines, hclog text) with `heartbeat load --trace`
 // files. A benchmark tool for docs/benchmarks.md, not a product feature.
 //
-//	falsesuspect -trace load.trace [-trace …] agg1.err agg.err
+//	falsesuspect -period 3s -trace load.trace [-trace …] agg1.err agg.err
 //
 // A transition of peer P to Suspect (or Down) at T, with the aggregator's
 // last_seen L, is classified as:
@@ -16,6 +16,12 @@
 //     or timer delayed it, so the silence was real at the wire;
 //   - not connected: P's stream was not open at T or was opened after L
 //     (lost in a restart, still waiting to reconnect): a real silence.
+//
+// A node known before a restart (from=unknown) has no last_seen of its
+// own since: its silence began with the restart, which closed its
+// stream. It kept beating only if its new stream was open for two periods
+// before T (two beats the aggregator had not read); otherwise it was still
+// reconnecting, and counts as not connected.
 package main
 
 import (
@@ -33,10 +39,11 @@ import (
 func main() {
 	var traces multi
 	flag.Var(&traces, "trace", "a `heartbeat load --trace` file (repeatable)")
+	period := flag.Duration("period", 3*time.Second, "the senders' beat period (heartbeat load --period)")
 	list := flag.Int("list", 5, "print this many false transitions")
 	flag.Parse()
 	if len(traces) == 0 || flag.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "usage: falsesuspect -trace FILE [-trace FILE…] AGGREGATOR-LOG…")
+		fmt.Fprintln(os.Stderr, "usage: falsesuspect [-period D] -trace FILE [-trace FILE…] AGGREGATOR-LOG…")
 		os.Exit(2)
 	}
 	tl := timelines{}
@@ -59,7 +66,7 @@ func main() {
 	}
 	var r report
 	for _, c := range changes {
-		r.add(c, tl.classify(c))
+		r.add(c, tl.classify(c, *period))
 	}
 	r.print(os.Stdout, *list)
 }
@@ -169,10 +176,15 @@ const (
 )
 
 // classify says why c's peer was silent (see the package comment).
-func (t timelines) classify(c change) string {
+func (t timelines) classify(c change, period time.Duration) string {
+	// The log's last_seen is read after the transition: a beat may have
+	// come in between, and then the silence ended at T.
 	from := c.lastSeen
-	if from.IsZero() || from.After(c.at) {
+	if from.IsZero() || from.After(c.at) || c.from == "unknown" {
 		from = c.at
+	}
+	if c.from == "unknown" {
+		from = c.at.Add(-2 * period)
 	}
 	// The stream open at c.at: the last up at or before it, with no lost
 	// between.

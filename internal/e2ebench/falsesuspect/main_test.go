@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -26,7 +27,7 @@ func TestReport(t *testing.T) {
 	}))
 	var r report
 	for _, c := range changes {
-		r.add(c, tl.classify(c))
+		r.add(c, tl.classify(c, 3*time.Second))
 	}
 	var out bytes.Buffer
 	r.print(&out, 5)
