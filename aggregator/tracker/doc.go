@@ -63,6 +63,20 @@
 // that has not reconnected yet. Any heartbeat makes a node Up, whatever
 // its state.
 //
+// # Re-admission after a restart
+//
+// A node known before a restart (Unknown) turns Down in the first Sweep
+// past start+StartupGrace, unless the re-admission still goes on: while a
+// restored node came Up within the last ReconnectAllowance, the others are
+// held Unknown. After a restart every sender reconnects at once, and the
+// aggregator admits them at its own pace (handshakes on its CPU, a few
+// hundred a second on two cores): 5,000 nodes took 20-35 s on the project's
+// machine, past the 15 s grace, and the ones still queued went Down while
+// their senders were dialling (docs/benchmarks.md). A sender that failed a
+// dial retries within the allowance, so a re-admission that pauses for a
+// whole allowance is over, and the nodes still Unknown are Down. The hold
+// ends at the latest DisruptionMaxHold after the grace.
+//
 // # Streams and the reconnect allowance
 //
 // A graceful EOF on a node's last open stream makes it Left. A reset or an
