@@ -14,7 +14,8 @@
 // and the fsm, against the host's own swarm, peerstore and identify. Using
 // it means the load is what real nodes send, reconnect policy included.
 // The hosts are lean: no listen addresses, no resource manager limits (the
-// aggregator's limits are what is measured), no metrics.
+// aggregator's limits are what is measured), no connection manager, no
+// metrics.
 //
 // # Transports
 //
@@ -42,6 +43,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -359,6 +361,9 @@ feed:
 func (g *Generator) startNode(ctx context.Context, i int) (*node, error) {
 	opts := []libp2p.Option{libp2p.NoListenAddrs,
 		libp2p.ResourceManager(&network.NullResourceManager{}),
+		// A sender has one connection: go-libp2p's default manager (its
+		// decayer and tag maps, about 30 KiB per host) trims nothing.
+		libp2p.ConnectionManager(&connmgr.NullConnMgr{}),
 		libp2p.DisableMetrics(),
 		libp2p.Ping(false)}
 	if g.quic {
