@@ -45,9 +45,11 @@
 // Each node's period is learned from its own heartbeats: the upper median
 // of its last 8 intervals between two heartbeats on the same stream (a gap
 // across a reconnect is no sample), each clamped to [MinPeriod, MaxPeriod]
-// (default 1s to 30s for ExpectedPeriod 3s). Until a first interval is
+// (default 1s to 30s for ExpectedPeriod 3s). Until two intervals are
 // measured the node is judged with MaxPeriod, so that a 10s sender is not
-// Suspect before its second beat. Its Suspect and Down thresholds are
+// Suspect before its third beat, and so that the first interval of a stream,
+// short whenever the stream's first beat was read late (a reconnect storm
+// delays a new stream's setup by seconds), never sets the period alone. Its Suspect and Down thresholds are
 // SuspectAfter and DownAfter scaled by period/ExpectedPeriod: by default 2x
 // and 5x its own period, so 3s and 10s senders share one tracker without
 // flapping. This is a fixed-factor detector on a robust period estimate,

@@ -583,6 +583,15 @@ func scaleNs(d int64, m float64) int64 {
 	return int64(float64(d) * m)
 }
 
+// minPeriodSamples is the number of intervals a node's period is first
+// learned from. One is not enough: the first beat of a stream is read
+// after the connection's setup, which a reconnect storm delays by seconds,
+// so the interval from it to the next is short whenever that first read
+// was late (measured: a sender beating every 3 s, read 2.3 s late and then
+// on time, learned 1 s and was Suspect 3.2 s later). With two, the upper
+// median is the larger one.
+const minPeriodSamples = 2
+
 // learnLocked adds the interval ending at at to n's samples when it is one
 // (the previous beat was on the same stream, and earlier) and updates the
 // period and thresholds. It reports whether they changed.
@@ -600,6 +609,9 @@ func (t *Tracker) learnLocked(n *node, at int64) bool {
 	n.iSample = (n.iSample + 1) % periodSamples
 	if n.nSamples < periodSamples {
 		n.nSamples++
+	}
+	if n.nSamples < minPeriodSamples {
+		return false // judged with MaxPeriod until then
 	}
 	// The upper median: one late beat among several does not move it,
 	// and with two samples the larger one wins (the safe side).
