@@ -14,7 +14,10 @@
 # CPU-burning processes run beside the aggregator from the first
 # connection to the end. The generator runs at nice -10 (GEN_NICE) so that
 # on the shared 2 cores its beats leave on time; the trace shows the ones
-# that did not, and those are not counted as false. Results in
+# that did not, and those are not counted as false. Over QUIC use
+# GEN_NICE=0: a QUIC generator needs about twice the aggregator's CPU, and
+# at nice -10 it starved the aggregator's handshakes (dials timed out).
+# Results in
 # $OUT/s-N-PERIOD-bBURNERS-TRANSPORT/summary.txt.
 set -u
 N=$1; P=$2; STEADY=$3; BURN=$4; TPT=${5:-tcp}
