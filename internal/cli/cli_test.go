@@ -121,6 +121,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"load", "--target", target, "--nodes", "1", "--period", "0s"}, "--period 0s"},
 		{[]string{"load", "--target", target, "--nodes", "1", "--ramp", "-1s"}, "--ramp -1s"},
 		{[]string{"load", "--target", "/ip4/127.0.0.1/tcp/1", "--nodes", "1"}, "--target"},
+		{[]string{"load", "--target", target, "--nodes", "1", "--protocol", "v3"}, `--protocol "v3": want v1, v2 or auto`},
 		{[]string{"version", "extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, errs := run(t, tc.args...)

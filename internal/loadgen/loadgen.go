@@ -47,6 +47,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	quictpt "github.com/libp2p/go-libp2p/p2p/transport/quic"
@@ -58,7 +59,6 @@ import (
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/transport"
-	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // Config describes one load run. Zero values take the defaults named.
@@ -79,6 +79,12 @@ type Config struct {
 	// (default DefaultDialConcurrency): an unbounded storm of handshakes
 	// measures the load generator's CPU, not the aggregator.
 	DialConcurrency int
+	// Protocol is what the senders offer: heartbeat.ProtocolV1 (the
+	// default: the 2019 lines, whose period the aggregator learns; the
+	// capacity figures of docs/benchmarks.md are v1), heartbeat.ProtocolV2
+	// (Hello with the declared period, Beats, Acks) or
+	// heartbeat.ProtocolAuto (v2, then v1).
+	Protocol string
 	// Log receives the generator's own lines (default: none). The senders
 	// themselves log nothing (50,000 senders would drown the output): their
 	// failures are counted, and the last one is in Stats.LastError.
@@ -139,6 +145,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DialConcurrency < 0 {
 		return c, fmt.Errorf("loadgen: DialConcurrency %d: want > 0", c.DialConcurrency)
+	}
+	switch c.Protocol {
+	case "":
+		c.Protocol = heartbeat.ProtocolV1
+	case heartbeat.ProtocolV1, heartbeat.ProtocolV2, heartbeat.ProtocolAuto:
+	default:
+		return c, fmt.Errorf("loadgen: Protocol %q: want %q, %q or %q", c.Protocol,
+			heartbeat.ProtocolV1, heartbeat.ProtocolV2, heartbeat.ProtocolAuto)
 	}
 	if c.Log == nil {
 		c.Log = hclog.NewNullLogger()
@@ -382,12 +396,12 @@ func (g *Generator) startNode(ctx context.Context, i int) (*node, error) {
 	}
 	n := &node{h: h, id: h.ID().String()}
 	cfg := heartbeat.Config{BeatTarget: g.cfg.Target, BeatPeriod: g.cfg.Period.String(),
-		ReconnectPeriod: g.cfg.ReconnectPeriod.String(), Nickname: fmt.Sprintf("load-%d", i)}
-	// v1 only: the Service writes v1 lines.
+		ReconnectPeriod: g.cfg.ReconnectPeriod.String(), Nickname: fmt.Sprintf("load-%d", i), Protocol: g.cfg.Protocol}
+	// The Service's own dialer, wrapped below, offers what it would.
 	ld, err := transport.NewLibp2p(h,
 		transport.WithDialTimeout(transport.BackstopFactor*fsm.DefaultDialTimeout),
 		transport.WithWriteTimeout(transport.BackstopFactor*fsm.DefaultWriteTimeout),
-		transport.WithProtocols(wire.ProtocolID))
+		transport.WithProtocols(offers(g.cfg.Protocol)...))
 	if err != nil {
 		_ = h.Close()
 		return nil, fmt.Errorf("sender dialer %d: %w", i, err)
@@ -410,6 +424,18 @@ func (g *Generator) startNode(ctx context.Context, i int) (*node, error) {
 		return nil, fmt.Errorf("sender %d: %w", i, err)
 	}
 	return n, nil
+}
+
+// offers is the protocol ids a sender offers for Config.Protocol, in
+// preference order, as the Service's own dialer would.
+func offers(p string) []protocol.ID {
+	switch p {
+	case heartbeat.ProtocolV2:
+		return []protocol.ID{heartbeat.ProtocolIDV2}
+	case heartbeat.ProtocolAuto:
+		return []protocol.ID{heartbeat.ProtocolIDV2, heartbeat.ProtocolID}
+	}
+	return []protocol.ID{heartbeat.ProtocolID}
 }
 
 // observe counts one Service event; it runs on that Service's goroutine.

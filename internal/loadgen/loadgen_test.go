@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/internal/loadgen"
@@ -128,6 +129,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{loadgen.Config{Target: target, Nodes: 1, Period: -time.Second}, "Period"},
 		{loadgen.Config{Target: target, Nodes: 1, Ramp: -time.Second}, "Ramp"},
 		{loadgen.Config{Target: target, Nodes: 1, DialConcurrency: -1}, "DialConcurrency"},
+		{loadgen.Config{Target: target, Nodes: 1, Protocol: "v3"}, "Protocol"},
 	} {
 		_, err := loadgen.New(c.cfg)
 		require.ErrorContains(t, err, c.want, "%+v", c.cfg)
@@ -227,4 +229,53 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// With Protocol v2 every sender speaks v2 (the aggregator records protocol
+// 2 and the period each declared in its Hello), over TCP.
+func TestLoadV2(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	const n = 20
+	pr, pw := io.Pipe()
+	ups := &upCounter{ups: map[string]bool{}, changed: make(chan struct{})}
+	watched := make(chan struct{})
+	go func() { defer close(watched); ups.watch(pr) }()
+	log := hclog.New(&hclog.LoggerOptions{Output: pw, Level: hclog.Info})
+	cfg := aggregator.Config{MaxNodes: 2 * n}
+	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	require.NoError(t, err)
+	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log))
+	require.NoError(t, err)
+	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	g, err := loadgen.New(loadgen.Config{Target: target, Nodes: n, Period: 2 * time.Second, Protocol: heartbeat.ProtocolV2, DialConcurrency: 8})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(ctx) }()
+	deadline := time.After(guard)
+	for {
+		up, changed := ups.state()
+		if up >= n {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("after %v: %d Up, generator %+v", guard, up, g.Stats())
+		}
+	}
+	nodes := agg.Tracker().Nodes(nil)
+	require.Len(t, nodes, n)
+	for _, nd := range nodes {
+		require.Equal(t, uint8(2), nd.Protocol, nd.Nickname)
+		require.Equal(t, 2*time.Second, nd.Period, "%s: declared in the Hello", nd.Nickname)
+	}
+	cancel()
+	require.NoError(t, <-ran)
+	require.Zero(t, g.Stats().WriteErrors, "last error: %v", g.Stats().LastError)
+	require.NoError(t, agg.Close())
+	require.NoError(t, h.Close())
+	pw.Close()
+	<-watched
+	goleak.VerifyNone(t, ignore)
 }
