@@ -17,7 +17,7 @@
 # that did not, and those are not counted as false. Over QUIC use
 # GEN_NICE=0: a QUIC generator needs about twice the aggregator's CPU, and
 # at nice -10 it starved the aggregator's handshakes (dials timed out).
-# Results in
+# PROTO=v2 makes the senders speak protocol v2 (default v1). Results in
 # $OUT/s-N-PERIOD-bBURNERS-TRANSPORT/summary.txt.
 set -u
 N=$1; P=$2; STEADY=$3; BURN=$4; TPT=${5:-tcp}
@@ -42,12 +42,12 @@ if [ $TPT = quic ]; then T=$(grep -o '/ip4/[^ ]*/quic-v1/p2p/[^ ]*' agg.out | he
 else T=$(grep -o '/ip4/[^ ]*/tcp/[^ ]*/p2p/[^ ]*' agg.out | head -1); fi
 PORT=$(grep -o '/ip4/[^ ]*/tcp/[^ ]*/p2p/' agg.out | head -1 | cut -d/ -f5)
 H=$(grep -o 'http://[^ ]*' agg.out | head -1); HPORT=${H##*:}
-echo "n=$N period=$P burners=$BURN transport=$TPT nproc=$(nproc) load_avg_start=$(cut -d' ' -f1-3 /proc/loadavg)" | tee summary.txt
+echo "n=$N period=$P burners=$BURN transport=$TPT protocol=${PROTO:-v1} nproc=$(nproc) load_avg_start=$(cut -d' ' -f1-3 /proc/loadavg)" | tee summary.txt
 if [ $BURN -gt 0 ]; then
   for i in $(seq $BURN); do yes > /dev/null & BURNERS+=($!); done
 fi
 T0=$(date +%s.%N)
-nice -n ${GEN_NICE:--10} $HB load --target $T --nodes $N --period $P --report-every 2s --trace $D/load.trace > load.out 2> load.err &
+nice -n ${GEN_NICE:--10} $HB load --target $T --nodes $N --period $P --protocol ${PROTO:-v1} --report-every 2s --trace $D/load.trace > load.out 2> load.err &
 LPID=$!
 for i in $(seq 450); do
   C=$(grep '^t=' load.out | tail -1 | grep -o 'connected=[0-9]*' | cut -d= -f2)
