@@ -273,7 +273,7 @@ const yamuxStreamWindow = 256 << 10
 //     per connection (heartbeat, a superseding heartbeat, identify, ping),
 //     one file descriptor per connection, and memory for yamux's
 //     per-stream window reservation plus our line buffer;
-//   - the heartbeat service and protocol: two streams per node (a newer
+//   - the heartbeat service and each protocol (v1 and v2): two streams per node (a newer
 //     stream supersedes the older, which is briefly still open) and
 //     maxLineBytes of memory per stream; per peer, four streams;
 //   - identify (which runs on every new connection) scaled the same way.
@@ -347,12 +347,17 @@ func ResourceLimits(maxNodes, maxLineBytes int) rcmgr.ConcreteLimitConfig {
 		ServicePeer: map[string]rcmgr.ResourceLimits{
 			wire.ServiceName: grow(def(base.ServicePeerDefault), oursPeer),
 		},
+		// Both protocols: a protocol without its own entry gets go-libp2p's
+		// default protocol limit (1,265 inbound streams here), which
+		// stopped a 5,000-node v2 fleet at 1,265 nodes.
 		Protocol: map[protocol.ID]rcmgr.ResourceLimits{
-			wire.ProtocolID: grow(def(base.ProtocolDefault), oursScope),
-			identify.ID:     grow(def(base.Protocol[identify.ID]), identifyScope),
+			wire.ProtocolID:   grow(def(base.ProtocolDefault), oursScope),
+			wire.ProtocolIDV2: grow(def(base.ProtocolDefault), oursScope),
+			identify.ID:       grow(def(base.Protocol[identify.ID]), identifyScope),
 		},
 		ProtocolPeer: map[protocol.ID]rcmgr.ResourceLimits{
-			wire.ProtocolID: grow(def(base.ProtocolPeerDefault), oursPeer),
+			wire.ProtocolID:   grow(def(base.ProtocolPeerDefault), oursPeer),
+			wire.ProtocolIDV2: grow(def(base.ProtocolPeerDefault), oursPeer),
 		},
 	}
 	return partial.Build(defaults)

@@ -382,9 +382,13 @@ func TestResourceLimits(t *testing.T) {
 				// and our line buffer.
 				require.GreaterOrEqual(t, scope.GetMemoryLimit(), int64(maxNodes)*(yamuxStreamWindow+DefaultMaxLineBytes), name)
 			}
+			// Both protocols: v2's protocol scope was left at go-libp2p's
+			// default once, and a 5,000-node v2 fleet stopped at 1,265
+			// (libp2p_rcmgr_blocked_resources{scope="protocol"}).
 			for name, scope := range map[string]rcmgr.Limit{
-				"service":  l.GetServiceLimits(wire.ServiceName),
-				"protocol": l.GetProtocolLimits(wire.ProtocolID),
+				"service":     l.GetServiceLimits(wire.ServiceName),
+				"protocol":    l.GetProtocolLimits(wire.ProtocolID),
+				"protocol v2": l.GetProtocolLimits(wire.ProtocolIDV2),
 			} {
 				// A superseding stream briefly doubles a node's streams.
 				require.Greater(t, scope.GetStreamLimit(network.DirInbound), maxNodes, name)
@@ -392,8 +396,9 @@ func TestResourceLimits(t *testing.T) {
 				require.GreaterOrEqual(t, scope.GetMemoryLimit(), int64(maxNodes)*int64(DefaultMaxLineBytes+1), name)
 			}
 			for name, scope := range map[string]rcmgr.Limit{
-				"service peer":  l.GetServicePeerLimits(wire.ServiceName),
-				"protocol peer": l.GetProtocolPeerLimits(wire.ProtocolID),
+				"service peer":     l.GetServicePeerLimits(wire.ServiceName),
+				"protocol peer":    l.GetProtocolPeerLimits(wire.ProtocolID),
+				"protocol v2 peer": l.GetProtocolPeerLimits(wire.ProtocolIDV2),
 			} {
 				require.GreaterOrEqual(t, scope.GetStreamLimit(network.DirInbound), 2, name)
 				require.GreaterOrEqual(t, scope.GetMemoryLimit(), int64(2*(DefaultMaxLineBytes+1)), name)

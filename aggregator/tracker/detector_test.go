@@ -90,6 +90,30 @@ func TestThresholdsScaleWithOwnPeriod(t *testing.T) {
 	}
 }
 
+// Measured in a reconnect storm of 15,000 senders (docs/benchmarks.md): a
+// node beating every 3 s whose first beat on its new stream is read 2.3 s
+// late (the stream's setup queued behind the storm) and its second on
+// time shows one interval of 0.75 s. Learned from that one interval (1 s,
+// clamped), its Suspect threshold was 2 s and the next beat, on time,
+// came 3.2 s later: Suspect. A period is learned from two intervals at
+// least, the larger of which wins: it stays Up and learns 3 s.
+func TestFirstIntervalAfterLateReadIsNotThePeriod(t *testing.T) {
+	tr := newTracker(t, Config{StartupGrace: -1, ReconnectAllowance: -1})
+	id := pid(1)
+	require.NoError(t, tr.StreamOpened(id, t0))
+	sent := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	beat(t, tr, id, hb("h", 1, ""), sent(2.3))  // sent at 0, read 2.3 s late
+	beat(t, tr, id, hb("h", 1, ""), sent(3.05)) // sent at 3, read on time
+	n, _ := tr.Node(id)
+	require.Equal(t, 30*time.Second, n.Period, "one interval: still MaxPeriod")
+	require.Empty(t, tr.Sweep(sent(6.0), nil), "2.95 s silent: not Suspect")
+	beat(t, tr, id, hb("h", 1, ""), sent(6.05))
+	n, _ = tr.Node(id)
+	require.Equal(t, 3*time.Second, n.Period, "two intervals: the larger")
+	require.Empty(t, tr.Sweep(sent(6.05+6), nil))
+	require.Equal(t, Suspect, tr.Sweep(sent(6.05+6.001), nil)[0].To, "then silent past 2x its period")
+}
+
 // Before a node's first interval it is judged with MaxPeriod; one late beat
 // among many does not move its period (median); a reconnect gap is not an
 // interval; samples are clamped to [MinPeriod, MaxPeriod].

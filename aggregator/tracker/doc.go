@@ -45,9 +45,11 @@
 // Each node's period is learned from its own heartbeats: the upper median
 // of its last 8 intervals between two heartbeats on the same stream (a gap
 // across a reconnect is no sample), each clamped to [MinPeriod, MaxPeriod]
-// (default 1s to 30s for ExpectedPeriod 3s). Until a first interval is
+// (default 1s to 30s for ExpectedPeriod 3s). Until two intervals are
 // measured the node is judged with MaxPeriod, so that a 10s sender is not
-// Suspect before its second beat. Its Suspect and Down thresholds are
+// Suspect before its third beat, and so that the first interval of a stream,
+// short whenever the stream's first beat was read late (a reconnect storm
+// delays a new stream's setup by seconds), never sets the period alone. Its Suspect and Down thresholds are
 // SuspectAfter and DownAfter scaled by period/ExpectedPeriod: by default 2x
 // and 5x its own period, so 3s and 10s senders share one tracker without
 // flapping. This is a fixed-factor detector on a robust period estimate,
@@ -62,6 +64,20 @@
 // may): after a restart the aggregator cannot tell a silent node from one
 // that has not reconnected yet. Any heartbeat makes a node Up, whatever
 // its state.
+//
+// # Re-admission after a restart
+//
+// A node known before a restart (Unknown) turns Down in the first Sweep
+// past start+StartupGrace, unless the re-admission still goes on: while a
+// restored node came Up within the last ReconnectAllowance, the others are
+// held Unknown. After a restart every sender reconnects at once, and the
+// aggregator admits them at its own pace (handshakes on its CPU, a few
+// hundred a second on two cores): 5,000 nodes took 20-35 s on the project's
+// machine, past the 15 s grace, and the ones still queued went Down while
+// their senders were dialling (docs/benchmarks.md). A sender that failed a
+// dial retries within the allowance, so a re-admission that pauses for a
+// whole allowance is over, and the nodes still Unknown are Down. The hold
+// ends at the latest DisruptionMaxHold after the grace.
 //
 // # Streams and the reconnect allowance
 //

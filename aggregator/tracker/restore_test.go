@@ -69,3 +69,62 @@ func TestRestore(t *testing.T) {
 	require.True(t, tr.Forget(pid(5)))
 	require.Equal(t, 2, tr.Len())
 }
+
+// After a restart the restored nodes come back at the aggregator's pace:
+// while one came Up within the reconnect allowance (12s), the others stay
+// Unknown past the startup grace (15s); a whole allowance without one ends
+// the hold, and the nodes still Unknown go Down. A restart whose nodes
+// all come back early changes nothing: Down just past the grace.
+func TestReadmissionHoldsUnknownDown(t *testing.T) {
+	cfg := Config{ExpectedPeriod: 3 * time.Second, StartupGrace: 15 * time.Second,
+		ReconnectAllowance: 12 * time.Second, DisruptionMaxHold: time.Minute, MaxNodes: 10}
+	restore := func(tr *Tracker, ids ...int) {
+		for _, i := range ids {
+			_, err := tr.Restore(Restored{Peer: pid(i), Nickname: "n"}, t0)
+			require.NoError(t, err)
+		}
+	}
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+
+	tr := newTracker(t, cfg)
+	restore(tr, 1, 2, 3)
+	beat(t, tr, pid(1), hb("h", 1, "n"), at(14*time.Second)) // re-admitted: hold until 26s
+	require.Empty(t, tr.Sweep(at(16*time.Second), nil), "past the grace, but the re-admission goes on")
+	beat(t, tr, pid(2), hb("h", 1, "n"), at(20*time.Second)) // hold until 32s
+	beat(t, tr, pid(1), hb("h", 1, "n"), at(20*time.Second)) // not a re-admission: already Up
+	require.Empty(t, tr.Sweep(at(32*time.Second), nil))
+	require.Equal(t, Unknown, state(t, tr, pid(3)))
+	var downs []Change
+	for _, c := range tr.Sweep(at(32*time.Second+time.Nanosecond), nil) {
+		if c.To == Down {
+			downs = append(downs, c)
+		}
+	}
+	require.Equal(t, []Change{{Peer: pid(3), Nickname: "n", From: Unknown, To: Down, At: at(32*time.Second + time.Nanosecond)}}, downs,
+		"a whole allowance without a re-admission: the hold ends")
+
+	// All back early: the grace alone decides.
+	tr = newTracker(t, cfg)
+	restore(tr, 1, 2)
+	beat(t, tr, pid(1), hb("h", 1, "n"), at(time.Second))
+	beat(t, tr, pid(1), hb("h", 1, "n"), at(15*time.Second))
+	require.Empty(t, tr.Sweep(at(15*time.Second), nil))
+	chs := tr.Sweep(at(15*time.Second+time.Nanosecond), nil)
+	require.Equal(t, []Change{{Peer: pid(2), Nickname: "n", From: Unknown, To: Down, At: at(15*time.Second + time.Nanosecond)}}, chs)
+
+	// A trickle of re-admissions holds the rest at most DisruptionMaxHold
+	// past the grace.
+	tr = newTracker(t, cfg)
+	restore(tr, 1, 2, 3, 4, 5, 6, 7, 8)
+	for i := 1; i <= 7; i++ {
+		beat(t, tr, pid(i), hb("h", 1, "n"), at(time.Duration(10*i)*time.Second))
+		for j := 1; j < i; j++ { // the re-admitted keep beating
+			beat(t, tr, pid(j), hb("h", 1, "n"), at(time.Duration(10*i)*time.Second))
+		}
+		require.Equal(t, Unknown, state(t, tr, pid(8)), "held at %ds", 10*i)
+		tr.Sweep(at(time.Duration(10*i)*time.Second), nil)
+	}
+	require.Equal(t, Unknown, state(t, tr, pid(8)))
+	tr.Sweep(at(cfg.StartupGrace+cfg.DisruptionMaxHold+time.Nanosecond), nil)
+	require.Equal(t, Down, state(t, tr, pid(8)), "the hold ends DisruptionMaxHold after the grace")
+}

@@ -16,7 +16,7 @@ const (
 	Silence // silence
 	// LongSilence: Sweep found the node silent past its Down threshold
 	// while the tracker is not disrupted (an Unknown node: silent past the
-	// startup grace).
+	// startup grace and the re-admission).
 	LongSilence // long silence
 	// StreamEOF: the node's last open stream ended with a clean EOF.
 	StreamEOF // stream eof
@@ -65,7 +65,7 @@ var table = [...]Transition{
 	{Down, Evicted, Gone, "the tracker is full and it has been Down the longest, longer than DownRetention"},
 	{Left, Heartbeat, Up, "it came back"},
 	{Unknown, Heartbeat, Up, "known before the aggregator restarted, and beating again"},
-	{Unknown, LongSilence, Down, "known before the aggregator restarted, silent past the startup grace: its alert fires again; the disruption guard does not hold it"},
+	{Unknown, LongSilence, Down, "known before the aggregator restarted, silent past the startup grace and the re-admission: its alert fires again; the disruption guard does not hold it"},
 	{Left, Evicted, Gone, "the tracker is full: the Left node that left first makes room"},
 	{Joining, Forgotten, Gone, "Forget"},
 	{Up, Forgotten, Gone, "Forget"},

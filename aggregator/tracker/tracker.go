@@ -83,7 +83,9 @@ type Config struct {
 	// be greater than SuspectAfter.
 	DownAfter time.Duration
 	// StartupGrace: no node turns Suspect or Down before start+StartupGrace;
-	// default DownAfter. A negative value means no grace at all.
+	// default DownAfter. A negative value means no grace at all. A restored
+	// (Unknown) node's Down is also held while restored nodes still come
+	// back (the re-admission hold, see the package documentation).
 	StartupGrace time.Duration
 	// MaxNodes bounds the tracked nodes (every state); default 10000.
 	MaxNodes int
@@ -289,7 +291,11 @@ type Tracker struct {
 	// cheaply (a beat only moves a deadline later, except for a node that
 	// comes Up, which lowers next); Sweep skips the scan while now <= next
 	// and recomputes it exactly when it scans.
-	next        int64
+	next int64
+	// readmitted is when (ns since start) a restored node last beat again
+	// (Unknown -> Up); math.MinInt64 before any. Unknown nodes do not turn
+	// Down while one did within the reconnect allowance (unknownDownAt).
+	readmitted  int64
 	beats       uint64
 	inState     [numStates]int64 // nodes per state: Summary-free counts for Sweep and eviction
 	recent      int64            // Down nodes with node.recent set
@@ -388,6 +394,7 @@ func New(cfg Config, start time.Time) (*Tracker, error) {
 		downF:       float64(cfg.DownAfter) / float64(cfg.ExpectedPeriod),
 		nodes:       make(map[peer.ID]*node),
 		next:        math.MaxInt64,
+		readmitted:  math.MinInt64,
 		groups:      make(map[group]int),
 	}
 	t.priorSuspectNs, t.priorDownNs = t.thresholds(t.maxNs)
@@ -540,6 +547,21 @@ func (t *Tracker) transitionLocked(n *node, on Event, at int64) (Change, bool) {
 	return Change{Peer: n.peer, Nickname: n.nickname, From: from, To: to, At: t.abs(at)}, true
 }
 
+// unknownDownAt is the instant after which a restored node that has not
+// beaten since the restart turns Down: the end of the startup grace, or
+// later while the re-admission goes on (a restored node came Up within the
+// last reconnect allowance: the senders still coming back dial at least
+// once per allowance, and a storm of them is admitted at the aggregator's
+// pace, not theirs), but never later than DisruptionMaxHold after the
+// grace. t.mu must be held.
+func (t *Tracker) unknownDownAt() int64 {
+	d := t.graceNs
+	if t.readmitted != math.MinInt64 {
+		d = max(d, min(t.readmitted+t.allowNs, t.graceNs+int64(t.cfg.DisruptionMaxHold)))
+	}
+	return d
+}
+
 // suspectAt is the instant after which a silent n turns Suspect: its own
 // threshold after its last beat, or later while a reconnect allowance runs.
 // m is the local-health multiplier (SetHealth), which scales the threshold.
@@ -561,6 +583,15 @@ func scaleNs(d int64, m float64) int64 {
 	return int64(float64(d) * m)
 }
 
+// minPeriodSamples is the number of intervals a node's period is first
+// learned from. One is not enough: the first beat of a stream is read
+// after the connection's setup, which a reconnect storm delays by seconds,
+// so the interval from it to the next is short whenever that first read
+// was late (measured: a sender beating every 3 s, read 2.3 s late and then
+// on time, learned 1 s and was Suspect 3.2 s later). With two, the upper
+// median is the larger one.
+const minPeriodSamples = 2
+
 // learnLocked adds the interval ending at at to n's samples when it is one
 // (the previous beat was on the same stream, and earlier) and updates the
 // period and thresholds. It reports whether they changed.
@@ -578,6 +609,9 @@ func (t *Tracker) learnLocked(n *node, at int64) bool {
 	n.iSample = (n.iSample + 1) % periodSamples
 	if n.nSamples < periodSamples {
 		n.nSamples++
+	}
+	if n.nSamples < minPeriodSamples {
+		return false // judged with MaxPeriod until then
 	}
 	// The upper median: one late beat among several does not move it,
 	// and with two samples the larger one wins (the safe side).
@@ -721,7 +755,11 @@ func (t *Tracker) beat(id peer.ID, hb *wire.Heartbeat, info *BeatInfo, now time.
 	n.beats++
 	t.beats++
 	n.allowUntil = math.MinInt64 // it is back: the allowance is spent
+	wasUnknown := n.state == Unknown
 	ch, changed := t.transitionLocked(n, Heartbeat, at)
+	if wasUnknown && changed {
+		t.readmitted = max(t.readmitted, at)
+	}
 	// A node that comes Up, whose period shrank or whose allowance ended
 	// may have an earlier deadline: keep t.next a lower bound.
 	t.next = min(t.next, n.suspectAt(t.multiplier()))
@@ -1072,13 +1110,14 @@ func (t *Tracker) sweepLocked(at int64, dst []Change) []Change {
 				deadline = sus
 			}
 		case Unknown:
-			if at > t.graceNs {
+			down := t.unknownDownAt()
+			if at > down {
 				if ch, ok := t.transitionLocked(n, LongSilence, at); ok {
 					dst = append(dst, ch)
 				}
 				continue
 			}
-			deadline = t.graceNs
+			deadline = down
 		case Down:
 			if n.recent {
 				if at > n.recentUntil {

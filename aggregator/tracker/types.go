@@ -126,7 +126,7 @@ type Node struct {
 	// Period is the node's beat period as the tracker estimates it: the
 	// upper median of its last intervals between heartbeats on one stream,
 	// clamped to [Config.MinPeriod, Config.MaxPeriod]; Config.MaxPeriod
-	// until a first interval is measured. Its Suspect and Down thresholds
+	// until two intervals are measured. Its Suspect and Down thresholds
 	// are SuspectAfter and DownAfter scaled by Period/ExpectedPeriod.
 	Period time.Duration
 	// DuplicateIdentity is true while the node's streams keep superseding

@@ -32,6 +32,7 @@ import (
 type aggregatorSetup struct {
 	key     crypto.PrivKey
 	listen  string // libp2p multiaddr
+	quic    string // libp2p QUIC multiaddr, "" for none
 	http    string // host:port; "" for no HTTP server
 	cfg     aggregator.Config
 	allow   []peer.ID
@@ -90,7 +91,11 @@ func startAggregator(s aggregatorSetup) (*runningAggregator, error) {
 	// aggregator.NewHost, not libp2p.New: it listens itself, without
 	// SO_REUSEPORT, so a second aggregator on the port fails with an error
 	// that matches syscall.EADDRINUSE, and go-libp2p logs nothing of it.
-	h, err := aggregator.NewHost(s.cfg, gater, hostAggOpts, libp2p.Identity(s.key), libp2p.ListenAddrStrings(s.listen))
+	listen := []string{s.listen}
+	if s.quic != "" {
+		listen = append(listen, s.quic)
+	}
+	h, err := aggregator.NewHost(s.cfg, gater, hostAggOpts, libp2p.Identity(s.key), libp2p.ListenAddrStrings(listen...))
 	if err != nil {
 		closeLn()
 		return nil, err // names the address: "aggregator host: listen on …"
@@ -169,11 +174,12 @@ func (r *runningAggregator) stop() error {
 }
 
 func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
+	fs := newFlagSet("aggregate", "[--listen MULTIADDR] [--listen-quic MULTIADDR] [--http ADDR] [--key FILE] [--max-nodes N] [--allow PEERID ...]\n"+
 		"       [--expected-period D] [--down-retention D] [--max-line-bytes N] [--idle-timeout D] [--protocols v1,v2] [--accept-rate R]\n"+
 		"       [--pacing-window D] [--data DIR | --store URL] [--flip-retention D] [--sample-retention D] [--admin-token FILE]\n"+
 		"       [--beat-log] [--log-level L] [--log-json]")
 	listen := fs.String("listen", "/ip4/127.0.0.1/tcp/4001", "libp2p TCP listen multiaddr (tcp/0 picks a free port; /ip4/0.0.0.0/... to accept remote nodes)")
+	listenQUIC := fs.String("listen-quic", "", "also listen on this libp2p QUIC multiaddr, e.g. /ip4/0.0.0.0/udp/4001/quic-v1: one UDP socket for every QUIC sender, so the open-files limit does not bound them ('' for none)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP host:port for the dashboard (/), /metrics, /api/nodes, /api/summary, /healthz (port 0 picks a free one; '' for none)")
 	keyPath := fs.String("key", "", "private key file: keeps the peer id across restarts (created 0600 if missing; default DATA/aggregator.key with --data, else a new key each run)")
 	maxNodes := fs.Int("max-nodes", aggregator.DefaultMaxNodes, "most nodes tracked at once (every state); sizes the libp2p resource limits")
@@ -199,6 +205,9 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	if err := checkListen(*listen); err != nil {
+		return err
+	}
+	if err := checkListenQUIC(*listenQUIC); err != nil {
 		return err
 	}
 	if err := checkHTTP(*httpAddr); err != nil {
@@ -264,7 +273,7 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	return lf.failed(log, "aggregator", serveAggregator(ctx, stdout, log, *keyPath, aggregatorSetup{
-		listen: *listen, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
+		listen: *listen, quic: *listenQUIC, http: *httpAddr, allow: allowed, beatLog: *beatLog, log: log,
 		data: target, token: token, store: store.WriterConfig{FlipRetention: *flipRetention, SampleRetention: *sampleRetention},
 		cfg: aggregator.Config{MaxNodes: *maxNodes, ExpectedPeriod: *period, MaxLineBytes: *maxLine, IdleTimeout: *idle, DownRetention: *retention,
 			Protocols: protocols, AcceptRate: acceptRate, PacingWindow: pacingWindow},
@@ -329,6 +338,24 @@ func checkListen(s string) error {
 	}
 	if !hasTCP {
 		return usageError("--listen %q: want a TCP address such as /ip4/0.0.0.0/tcp/4001", s)
+	}
+	return nil
+}
+
+// checkListenQUIC accepts "" or a QUIC (quic-v1) multiaddr without a peer id.
+func checkListenQUIC(s string) error {
+	if s == "" {
+		return nil
+	}
+	a, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return usageError("--listen-quic %q: %v", s, err)
+	}
+	if _, err := a.ValueForProtocol(ma.P_P2P); err == nil {
+		return usageError("--listen-quic %q: leave out /p2p/: the peer id comes from --key", s)
+	}
+	if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err != nil {
+		return usageError("--listen-quic %q: want a QUIC address such as /ip4/0.0.0.0/udp/4001/quic-v1", s)
 	}
 	return nil
 }

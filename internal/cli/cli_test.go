@@ -15,7 +15,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/peer"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
@@ -130,6 +132,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"sim", "--pacing-window", "2h"}, "--pacing-window 2h0m0s: at most 1h0m0s"},
 		{[]string{"sim", "--pacing-window", "0s"}, "--pacing-window 0s"},
 		{[]string{"aggregate", "--listen", "/ip4/127.0.0.1"}, "want a TCP address"},
+		{[]string{"aggregate", "--listen-quic", "/ip4/127.0.0.1/tcp/4001"}, "want a QUIC address"},
+		{[]string{"aggregate", "--listen-quic", "/ip4/127.0.0.1/udp/4001/quic-v1/p2p/12D3KooWHHzSeKaY8xuZVzkLbKFfvNgPPeKhFBGrMbNzbm5akpqu"}, "leave out /p2p/"},
+		{[]string{"aggregate", "--listen-quic", "nope"}, `--listen-quic "nope"`},
 		{[]string{"aggregate", "--http", "127.0.0.1:http"}, "want a port number"},
 		{[]string{"demo", "--http", "nope"}, `--http "nope"`},
 		{[]string{"load", "--nodes", "10"}, "--target is required"},
@@ -138,6 +143,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"load", "--target", target, "--nodes", "1", "--period", "0s"}, "--period 0s"},
 		{[]string{"load", "--target", target, "--nodes", "1", "--ramp", "-1s"}, "--ramp -1s"},
 		{[]string{"load", "--target", "/ip4/127.0.0.1/tcp/1", "--nodes", "1"}, "--target"},
+		{[]string{"load", "--target", target, "--nodes", "1", "--protocol", "v3"}, `--protocol "v3": want v1, v2 or auto`},
 		{[]string{"version", "extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, errs := runMisuse(t, tc.args...)
@@ -180,6 +186,30 @@ func TestAggregatePrintsBeatCommand(t *testing.T) {
 	// The pasted line parses: only the aggregator it names is missing.
 	code, _, errs := run(t, append(strings.Fields(line)[1:], "--help")...)
 	require.Equal(t, 0, code, errs)
+}
+
+// With --listen-quic the aggregator also prints its QUIC address, and a
+// libp2p host dials it over QUIC.
+func TestAggregateListensOnQUIC(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int)
+	go func() {
+		done <- Main(ctx, []string{"aggregate", "--listen", "/ip4/127.0.0.1/tcp/0", "--listen-quic", "/ip4/127.0.0.1/udp/0/quic-v1",
+			"--http", "", "--data", ""}, &out, &errb)
+	}()
+	out.waitFor(t, "run a sender with:")
+	m := regexp.MustCompile(`also +(/ip4/127\.0\.0\.1/udp/\d+/quic-v1/p2p/\S+)\n`).FindStringSubmatch(out.String())
+	require.NotNil(t, m, out.String())
+	ai, err := peer.AddrInfoFromString(m[1])
+	require.NoError(t, err)
+	h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Transport(quic.NewTransport))
+	require.NoError(t, err)
+	require.NoError(t, h.Connect(ctx, *ai))
+	require.NoError(t, h.Close())
+	cancel()
+	require.Equal(t, 0, <-done, errb.String())
 }
 
 // TestDemoShortRun runs the whole demo, shortened: the aggregator stops at

@@ -4,22 +4,25 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/internal/loadgen"
 )
 
-// fdsPerSender is what one sender identity costs in open files (its TCP
-// connection); fdsSpare covers the rest of the process.
+// fdsPerSender is what one sender identity costs in open files over TCP
+// (its connection; over QUIC all senders share one UDP socket); fdsSpare
+// covers the rest of the process.
 const (
 	fdsPerSender = 1
 	fdsSpare     = 64
 )
 
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
-	fs := newFlagSet("load", "--target MULTIADDR --nodes N [--period D] [--reconnect-period D] [--ramp D] [--dial-concurrency C] [--duration D] [--report-every D] [--log-level L] [--log-json]")
-	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required)")
+	fs := newFlagSet("load", "--target MULTIADDR --nodes N [--period D] [--reconnect-period D] [--ramp D] [--dial-concurrency C] [--duration D] [--report-every D] [--protocol v1|v2|auto] [--trace FILE] [--log-level L] [--log-json]")
+	target := fs.String("target", "", "aggregator multiaddr ending in /p2p/<peer-id> (required): a /tcp/ address dials TCP, a /udp/…/quic-v1 one QUIC")
 	nodes := fs.Int("nodes", 0, "number of sender identities, each a libp2p host of its own (required)")
 	period := fs.Duration("period", heartbeat.DefaultBeatPeriod, "each sender's beat period")
 	reconnect := fs.Duration("reconnect-period", heartbeat.DefaultReconnectPeriod, "each sender's reconnect period (±20% jitter)")
@@ -27,6 +30,8 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	dialConc := fs.Int("dial-concurrency", loadgen.DefaultDialConcurrency, "dials in flight at most, across all senders")
 	duration := fs.Duration("duration", 0, "stop after this time (0: run until interrupted)")
 	every := fs.Duration("report-every", 5*time.Second, "time between report lines")
+	proto := fs.String("protocol", heartbeat.ProtocolV1, "protocols the senders offer: v1 (the 2019 lines; the aggregator learns each period), v2 (Hello with the period, acknowledged beats) or auto (v2, then v1)")
+	tracePath := fs.String("trace", "", "write one line per sender event (up, lost, late beat) to this file, to tell false suspicion from real silence")
 	var lf logFlags
 	lf.register(fs, "info")
 	if err := parse(fs, args, stdout); err != nil {
@@ -43,6 +48,8 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 		return usageError("--ramp %s: want 0 or a positive duration", *ramp)
 	case *duration < 0:
 		return usageError("--duration %s: want 0 or a positive duration", *duration)
+	case *proto != heartbeat.ProtocolV1 && *proto != heartbeat.ProtocolV2 && *proto != heartbeat.ProtocolAuto:
+		return usageError("--protocol %q: want v1, v2 or auto", *proto)
 	}
 	for _, perr := range []error{positive("period", *period), positive("reconnect-period", *reconnect), positive("report-every", *every)} {
 		if perr != nil {
@@ -59,6 +66,9 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	defer func() { err = lf.failed(log, "load", err) }()
 
 	need := uint64(*nodes*fdsPerSender + fdsSpare)
+	if strings.Contains(*target, "/quic-v1") {
+		need = fdsSpare
+	}
 	soft, hard, rerr := loadgen.RaiseOpenFiles()
 	switch {
 	case rerr != nil:
@@ -70,8 +80,21 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 		log.Info("open-files limit", "open_files_limit", soft, "need", need)
 	}
 
+	var trace io.Writer
+	if *tracePath != "" {
+		f, err := os.Create(*tracePath)
+		if err != nil {
+			return fmt.Errorf("--trace: %w", err)
+		}
+		defer func() {
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("--trace: %w", cerr)
+			}
+		}()
+		trace = f
+	}
 	g, err := loadgen.New(loadgen.Config{Target: *target, Nodes: *nodes, Period: *period, ReconnectPeriod: *reconnect,
-		Ramp: *ramp, DialConcurrency: *dialConc, Log: log})
+		Ramp: *ramp, DialConcurrency: *dialConc, Protocol: *proto, Log: log, Trace: trace})
 	if err != nil {
 		return usageError("%v", err)
 	}

@@ -13,14 +13,28 @@
 // transport) costs little more than a bespoke loop: a goroutine, a timer
 // and the fsm, against the host's own swarm, peerstore and identify. Using
 // it means the load is what real nodes send, reconnect policy included.
-// The hosts are lean: no listen addresses, TCP only, no resource manager
-// limits (the aggregator's limits are what is measured), no metrics.
+// The hosts are lean: no listen addresses, no resource manager limits (the
+// aggregator's limits are what is measured), no connection manager, no
+// metrics.
+//
+// # Transports
+//
+// The transport is the target's: TCP (noise, yamux) for a /tcp/ target,
+// one connection and one file descriptor per sender on each side; QUIC for
+// a /udp/…/quic-v1 target. Over QUIC every sender host of a Generator dials
+// through one shared quicreuse.ConnManager (libp2p.QUICReuse), hence one UDP
+// socket for all of them, and the aggregator serves them all on its one
+// listening socket: the open-files limit no longer bounds the number of
+// senders. Each connection still has its own TLS handshake and identity.
 package loadgen
 
 import (
+	"bufio"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"runtime/metrics"
 	"sync"
@@ -29,17 +43,22 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	quictpt "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/quicreuse"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/quic-go/quic-go"
 
 	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/transport"
-	"github.com/p2pbeat/heartbeat/wire"
 )
 
 // Config describes one load run. Zero values take the defaults named.
@@ -60,11 +79,35 @@ type Config struct {
 	// (default DefaultDialConcurrency): an unbounded storm of handshakes
 	// measures the load generator's CPU, not the aggregator.
 	DialConcurrency int
+	// Protocol is what the senders offer: heartbeat.ProtocolV1 (the
+	// default: the 2019 lines, whose period the aggregator learns; the
+	// capacity figures of docs/benchmarks.md are v1), heartbeat.ProtocolV2
+	// (Hello with the declared period, Beats, Acks) or
+	// heartbeat.ProtocolAuto (v2, then v1).
+	Protocol string
 	// Log receives the generator's own lines (default: none). The senders
 	// themselves log nothing (50,000 senders would drown the output): their
 	// failures are counted, and the last one is in Stats.LastError.
 	Log hclog.Logger
+	// Trace, if set, receives one line per sender event, for telling the
+	// aggregator's Suspect transitions of senders that kept beating from
+	// those of senders that did not (internal/e2ebench/falsesuspect):
+	//
+	//	<unix-ms> <peer-id> up             the stream is open (fsm Beating)
+	//	<unix-ms> <peer-id> lost           it is not any more
+	//	<unix-ms> <peer-id> late <gap-ms>  a beat written more than
+	//	                                   LateFactor × Period after the
+	//	                                   previous one on the same stream:
+	//	                                   this generator sent late
+	//
+	// Lines are buffered; Run flushes them before it returns.
+	Trace io.Writer
 }
+
+// LateFactor × Period is the gap between two beats written on one stream
+// past which the trace calls the second one late: the sender's own timer
+// or the generator's scheduler delayed it, not the aggregator.
+const LateFactor = 1.5
 
 // startWorkers is the number of goroutines building sender hosts.
 const startWorkers = 16
@@ -102,6 +145,14 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DialConcurrency < 0 {
 		return c, fmt.Errorf("loadgen: DialConcurrency %d: want > 0", c.DialConcurrency)
+	}
+	switch c.Protocol {
+	case "":
+		c.Protocol = heartbeat.ProtocolV1
+	case heartbeat.ProtocolV1, heartbeat.ProtocolV2, heartbeat.ProtocolAuto:
+	default:
+		return c, fmt.Errorf("loadgen: Protocol %q: want %q, %q or %q", c.Protocol,
+			heartbeat.ProtocolV1, heartbeat.ProtocolV2, heartbeat.ProtocolAuto)
 	}
 	if c.Log == nil {
 		c.Log = hclog.NewNullLogger()
@@ -158,6 +209,14 @@ type Generator struct {
 	changed chan struct{} // closed and replaced when Started, Connected or Beaten changes
 
 	rt0 atomic.Pointer[rtSample] // runtime metrics at the start of Run
+
+	quic bool // the target is QUIC: hosts share quicCM
+	// quicCM is the one QUIC connection manager (one UDP socket) every
+	// sender host dials through; Run closes it after the hosts.
+	quicCM *quicreuse.ConnManager
+
+	traceMu sync.Mutex
+	trace   *bufio.Writer // nil without Config.Trace
 }
 
 // New validates cfg, naming the bad field.
@@ -167,8 +226,32 @@ func New(cfg Config) (*Generator, error) {
 		return nil, err
 	}
 	target, _ := heartbeat.ParseTarget(cfg.Target)
-	return &Generator{cfg: cfg, target: target, sem: make(chan struct{}, cfg.DialConcurrency),
-		changed: make(chan struct{})}, nil
+	g := &Generator{cfg: cfg, target: target, sem: make(chan struct{}, cfg.DialConcurrency),
+		changed: make(chan struct{})}
+	for _, a := range target.Addrs {
+		if _, err := a.ValueForProtocol(ma.P_QUIC_V1); err == nil {
+			g.quic = true
+		}
+	}
+	if cfg.Trace != nil {
+		g.trace = bufio.NewWriterSize(cfg.Trace, 64<<10)
+	}
+	return g, nil
+}
+
+// newQUICConnManager is the connection manager all sender hosts share. The
+// stateless-reset and token keys matter only to a listener, which the
+// senders are not; they are random per run.
+func newQUICConnManager() (*quicreuse.ConnManager, error) {
+	var reset quic.StatelessResetKey
+	var token quic.TokenGeneratorKey
+	if _, err := rand.Read(reset[:]); err != nil {
+		return nil, fmt.Errorf("quic reset key: %w", err)
+	}
+	if _, err := rand.Read(token[:]); err != nil {
+		return nil, fmt.Errorf("quic token key: %w", err)
+	}
+	return quicreuse.NewConnManager(reset, token)
 }
 
 // Changed returns a channel closed at the next change of Stats.Started,
@@ -190,10 +273,12 @@ func (g *Generator) notify() {
 // node is one sender identity.
 type node struct {
 	h   host.Host
+	id  string // h.ID(), for the trace
 	svc *heartbeat.Service
-	// beating, wasConnected and beat are read and written on the
-	// Service's goroutine only.
+	// beating, wasConnected, beat and lastWrite are read and written on
+	// the Service's goroutine only.
 	beating, wasConnected, beat bool
+	lastWrite                   time.Time // zero: no beat on this stream yet
 }
 
 // Run starts the senders (spread over Ramp) and keeps them beating until
@@ -203,6 +288,15 @@ type node struct {
 func (g *Generator) Run(ctx context.Context) error {
 	rt0 := readRuntime()
 	g.rt0.Store(&rt0)
+	if g.quic {
+		cm, err := newQUICConnManager()
+		if err != nil {
+			return fmt.Errorf("loadgen: %w", err)
+		}
+		g.quicCM = cm
+		defer cm.Close() // after the hosts (deferred below, so run first)
+	}
+	defer g.flushTrace()
 	var (
 		mu    sync.Mutex
 		nodes []*node
@@ -279,24 +373,35 @@ feed:
 
 // startNode builds identity i's host and starts its Service.
 func (g *Generator) startNode(ctx context.Context, i int) (*node, error) {
-	h, err := libp2p.New(libp2p.NoListenAddrs,
-		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Security(noise.ID, noise.New),
-		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+	opts := []libp2p.Option{libp2p.NoListenAddrs,
 		libp2p.ResourceManager(&network.NullResourceManager{}),
+		// A sender has one connection: go-libp2p's default manager (its
+		// decayer and tag maps, about 30 KiB per host) trims nothing.
+		libp2p.ConnectionManager(&connmgr.NullConnMgr{}),
 		libp2p.DisableMetrics(),
-		libp2p.Ping(false))
+		libp2p.Ping(false)}
+	if g.quic {
+		cm := g.quicCM
+		opts = append(opts, libp2p.Transport(quictpt.NewTransport),
+			// Not the host's own manager: the host would close it.
+			libp2p.QUICReuse(func() (*quicreuse.ConnManager, error) { return cm, nil }))
+	} else {
+		opts = append(opts, libp2p.Transport(tcp.NewTCPTransport),
+			libp2p.Security(noise.ID, noise.New),
+			libp2p.Muxer(yamux.ID, yamux.DefaultTransport))
+	}
+	h, err := libp2p.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("sender host %d: %w", i, err)
 	}
-	n := &node{h: h}
+	n := &node{h: h, id: h.ID().String()}
 	cfg := heartbeat.Config{BeatTarget: g.cfg.Target, BeatPeriod: g.cfg.Period.String(),
-		ReconnectPeriod: g.cfg.ReconnectPeriod.String(), Nickname: fmt.Sprintf("load-%d", i)}
-	// v1 only: the Service writes v1 lines.
+		ReconnectPeriod: g.cfg.ReconnectPeriod.String(), Nickname: fmt.Sprintf("load-%d", i), Protocol: g.cfg.Protocol}
+	// The Service's own dialer, wrapped below, offers what it would.
 	ld, err := transport.NewLibp2p(h,
 		transport.WithDialTimeout(transport.BackstopFactor*fsm.DefaultDialTimeout),
 		transport.WithWriteTimeout(transport.BackstopFactor*fsm.DefaultWriteTimeout),
-		transport.WithProtocols(wire.ProtocolID))
+		transport.WithProtocols(offers(g.cfg.Protocol)...))
 	if err != nil {
 		_ = h.Close()
 		return nil, fmt.Errorf("sender dialer %d: %w", i, err)
@@ -321,11 +426,29 @@ func (g *Generator) startNode(ctx context.Context, i int) (*node, error) {
 	return n, nil
 }
 
+// offers is the protocol ids a sender offers for Config.Protocol, in
+// preference order, as the Service's own dialer would.
+func offers(p string) []protocol.ID {
+	switch p {
+	case heartbeat.ProtocolV2:
+		return []protocol.ID{heartbeat.ProtocolIDV2}
+	case heartbeat.ProtocolAuto:
+		return []protocol.ID{heartbeat.ProtocolIDV2, heartbeat.ProtocolID}
+	}
+	return []protocol.ID{heartbeat.ProtocolID}
+}
+
 // observe counts one Service event; it runs on that Service's goroutine.
 func (g *Generator) observe(n *node, o heartbeat.Observation) {
 	switch o.Event.Kind {
 	case fsm.WriteSucceeded:
 		g.beats.Add(1)
+		if g.trace != nil {
+			if gap := o.At.Sub(n.lastWrite); !n.lastWrite.IsZero() && gap > time.Duration(LateFactor*float64(g.cfg.Period)) {
+				g.traceLine(o.At, n.id, "late", gap.Milliseconds())
+			}
+			n.lastWrite = o.At
+		}
 		if !n.beat {
 			n.beat = true
 			g.beaten.Add(1)
@@ -343,6 +466,10 @@ func (g *Generator) observe(n *node, o heartbeat.Observation) {
 		return
 	}
 	n.beating = beating
+	n.lastWrite = time.Time{}
+	if g.trace != nil {
+		g.traceLine(o.At, n.id, map[bool]string{true: "up", false: "lost"}[beating], -1)
+	}
 	if beating {
 		g.connected.Add(1)
 		if n.wasConnected {
@@ -353,6 +480,28 @@ func (g *Generator) observe(n *node, o heartbeat.Observation) {
 		g.connected.Add(-1)
 	}
 	g.notify()
+}
+
+// traceLine writes one trace line; gap < 0 writes none.
+func (g *Generator) traceLine(at time.Time, id, event string, gap int64) {
+	g.traceMu.Lock()
+	defer g.traceMu.Unlock()
+	if gap >= 0 {
+		fmt.Fprintf(g.trace, "%d %s %s %d\n", at.UnixMilli(), id, event, gap)
+		return
+	}
+	fmt.Fprintf(g.trace, "%d %s %s\n", at.UnixMilli(), id, event)
+}
+
+func (g *Generator) flushTrace() {
+	if g.trace == nil {
+		return
+	}
+	g.traceMu.Lock()
+	defer g.traceMu.Unlock()
+	if err := g.trace.Flush(); err != nil {
+		g.cfg.Log.Error("trace not written", "error", err)
+	}
 }
 
 func (g *Generator) setErr(ev fsm.Event) {

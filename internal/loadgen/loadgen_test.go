@@ -2,6 +2,7 @@ package loadgen_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"io"
 	"strings"
@@ -11,9 +12,11 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/p2pbeat/heartbeat"
 	"github.com/p2pbeat/heartbeat/aggregator"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/internal/loadgen"
@@ -126,6 +129,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{loadgen.Config{Target: target, Nodes: 1, Period: -time.Second}, "Period"},
 		{loadgen.Config{Target: target, Nodes: 1, Ramp: -time.Second}, "Ramp"},
 		{loadgen.Config{Target: target, Nodes: 1, DialConcurrency: -1}, "DialConcurrency"},
+		{loadgen.Config{Target: target, Nodes: 1, Protocol: "v3"}, "Protocol"},
 	} {
 		_, err := loadgen.New(c.cfg)
 		require.ErrorContains(t, err, c.want, "%+v", c.cfg)
@@ -138,4 +142,140 @@ func TestRaiseOpenFiles(t *testing.T) {
 	soft, hard, err := loadgen.RaiseOpenFiles()
 	require.NoError(t, err)
 	require.Equal(t, hard, soft)
+}
+
+// Over QUIC: 50 senders dial the aggregator's quic-v1 address through one
+// shared UDP socket and are all Up; the trace has one "up" line per sender
+// (and a "lost" line each when Run stops them), keyed by their peer ids.
+func TestLoadOverQUICTraced(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	const n = 50
+	cfg := aggregator.Config{MaxNodes: 2 * n}
+	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1"))
+	require.NoError(t, err)
+	agg, err := aggregator.New(h, cfg)
+	require.NoError(t, err)
+	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	require.Contains(t, target, "/quic-v1/")
+
+	var trace syncBuffer
+	g, err := loadgen.New(loadgen.Config{Target: target, Nodes: n, DialConcurrency: 16, Trace: &trace})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(ctx) }()
+	deadline := time.After(guard)
+	for {
+		changed := g.Changed()
+		if st := g.Stats(); st.Beaten == n {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("after %v: %+v", guard, g.Stats())
+		}
+	}
+	cancel()
+	require.NoError(t, <-ran)
+	st := g.Stats()
+	require.Zero(t, st.WriteErrors, "last error: %v", st.LastError)
+	require.Zero(t, st.HostErrors)
+	require.Equal(t, n, agg.Tracker().Summary().Nodes)
+
+	ups, losts := map[string]bool{}, map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(trace.String()), "\n") {
+		f := strings.Fields(l)
+		require.Len(t, f, 3, "no late beat in so short a run: %q", l)
+		_, known := agg.Tracker().Node(peerID(t, f[1]))
+		require.True(t, known, "the trace names the senders' peer ids: %q", l)
+		switch f[2] {
+		case "up":
+			ups[f[1]] = true
+		case "lost":
+			losts[f[1]] = true
+		default:
+			t.Fatalf("trace line %q", l)
+		}
+	}
+	require.Len(t, ups, n)
+	require.Len(t, losts, n)
+
+	require.NoError(t, agg.Close())
+	require.NoError(t, h.Close())
+	goleak.VerifyNone(t, ignore)
+}
+
+func peerID(t *testing.T, s string) peer.ID {
+	id, err := peer.Decode(s)
+	require.NoError(t, err)
+	return id
+}
+
+// syncBuffer is a bytes.Buffer safe for the generator's writes and the
+// test's read.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// With Protocol v2 every sender speaks v2 (the aggregator records protocol
+// 2 and the period each declared in its Hello), over TCP.
+func TestLoadV2(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	const n = 20
+	pr, pw := io.Pipe()
+	ups := &upCounter{ups: map[string]bool{}, changed: make(chan struct{})}
+	watched := make(chan struct{})
+	go func() { defer close(watched); ups.watch(pr) }()
+	log := hclog.New(&hclog.LoggerOptions{Output: pw, Level: hclog.Info})
+	cfg := aggregator.Config{MaxNodes: 2 * n}
+	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	require.NoError(t, err)
+	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log))
+	require.NoError(t, err)
+	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	g, err := loadgen.New(loadgen.Config{Target: target, Nodes: n, Period: 2 * time.Second, Protocol: heartbeat.ProtocolV2, DialConcurrency: 8})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(ctx) }()
+	deadline := time.After(guard)
+	for {
+		up, changed := ups.state()
+		if up >= n {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatalf("after %v: %d Up, generator %+v", guard, up, g.Stats())
+		}
+	}
+	nodes := agg.Tracker().Nodes(nil)
+	require.Len(t, nodes, n)
+	for _, nd := range nodes {
+		require.Equal(t, uint8(2), nd.Protocol, nd.Nickname)
+		require.Equal(t, 2*time.Second, nd.Period, "%s: declared in the Hello", nd.Nickname)
+	}
+	cancel()
+	require.NoError(t, <-ran)
+	require.Zero(t, g.Stats().WriteErrors, "last error: %v", g.Stats().LastError)
+	require.NoError(t, agg.Close())
+	require.NoError(t, h.Close())
+	pw.Close()
+	<-watched
+	goleak.VerifyNone(t, ignore)
 }

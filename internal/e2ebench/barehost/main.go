@@ -22,7 +22,7 @@ import (
 
 func main() {
 	cfg := aggregator.Config{MaxNodes: 60000}
-	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"))
 	if err != nil {
 		panic(err)
 	}
@@ -52,7 +52,9 @@ func main() {
 			lines.Add(1)
 		}
 	})
-	fmt.Printf("bare %s/p2p/%s\n", h.Addrs()[0], h.ID())
+	for _, a := range h.Addrs() {
+		fmt.Printf("bare %s/p2p/%s\n", a, h.ID())
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 	t := time.NewTicker(time.Second)
