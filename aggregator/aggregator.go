@@ -469,12 +469,14 @@ func (a *Aggregator) Close() error {
 		close(a.done)
 		// Wall clock: the deadline lives inside the transport.
 		deadline := time.Now().Add(a.cfg.CloseTimeout)
+		shutdownSpread := pacing.ShutdownSpread(a.tracker.Config().StartupGrace)
 		var enc wire2.Encoder
 		for _, ls := range live {
 			var goAway []byte
 			if ls.v2 {
-				// Spread the senders' return over the pacing window.
-				goAway, _ = enc.Append(nil, &wire2.GoAway{RetryAfter: a.pace.spread(), Reason: "shutdown"})
+				// Spread the senders' return within the startup grace of
+				// the aggregator that comes back (pacing.ShutdownSpread).
+				goAway, _ = enc.Append(nil, &wire2.GoAway{RetryAfter: a.pace.spread(shutdownSpread), Reason: "shutdown"})
 			}
 			ls.drain(deadline, goAway)
 		}

@@ -71,11 +71,11 @@ func (p *pacer) admit(now func() time.Time) (bool, time.Duration) {
 	return p.p.Admit(now())
 }
 
-// spread is a retry-after drawn uniformly from [0, PacingWindow).
-func (p *pacer) spread() time.Duration {
+// spread is a retry-after drawn uniformly from [0, min(PacingWindow, within)).
+func (p *pacer) spread(within time.Duration) time.Duration {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.p.Spread()
+	return p.p.SpreadWithin(within)
 }
 
 // handleStreamV2 is the libp2p stream handler for wire2.ProtocolID.
@@ -180,7 +180,7 @@ func (a *Aggregator) serveV2(id peer.ID, rw io.ReadWriter, ls *liveStream) (err 
 			a.reject(id, metrics.ReasonTooManyNodes, err)
 			if s, ok := rw.(network.Stream); ok {
 				// No slot: the capacity short is the tracker's, not the rate.
-				a.goAway(s, a.pace.spread(), metrics.ReasonTooManyNodes)
+				a.goAway(s, a.pace.spread(a.cfg.PacingWindow), metrics.ReasonTooManyNodes)
 			}
 		}
 		return fmt.Errorf("heartbeat v2 stream from %s refused: %w", id, err)

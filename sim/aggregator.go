@@ -91,7 +91,7 @@ func (s *sim) aggStop(orderly bool) {
 		n := &s.nodes[i]
 		a := &ag.st[i]
 		if orderly && a.open && a.v2 && !a.imp {
-			s.goAway(n, a.sgen, goAwayShutdown, ag.pace.Spread()) // GoAway, then the close
+			s.goAway(n, a.sgen, goAwayShutdown, ag.pace.SpreadWithin(pacing.ShutdownSpread(s.c.tracker.StartupGrace))) // GoAway, then the close
 		} else if orderly && a.open {
 			s.downSend(n, msgClose, a.sgen, 0)
 		}

@@ -110,8 +110,28 @@ func (p *Pacer) Admit(now time.Time) (ok bool, retryAfter time.Duration) {
 }
 
 // Spread is a delay drawn uniformly from [0, window): the retry-after of a
-// GoAway that is not about the rate (a shutdown, a full tracker), where no
-// slot is kept (the process is exiting, or the capacity is not the rate).
-func (p *Pacer) Spread() time.Duration {
-	return time.Duration(p.rng.Int64N(int64(p.window)))
+// GoAway that is not about the rate (a full tracker), where no slot is
+// kept (the capacity is not the rate).
+func (p *Pacer) Spread() time.Duration { return p.SpreadWithin(p.window) }
+
+// SpreadWithin is a delay drawn uniformly from [0, min(window, d)), 0 when
+// that is empty: the retry-after of a shutdown's GoAway, d being
+// ShutdownSpread's bound.
+func (p *Pacer) SpreadWithin(d time.Duration) time.Duration {
+	d = min(d, p.window)
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(p.rng.Int64N(int64(d)))
 }
+
+// ShutdownSpread bounds the retry-after an aggregator that shuts down in
+// order gives its v2 senders: half its tracker's StartupGrace. A restarted
+// aggregator turns the nodes it restored from its store Down once that
+// grace has passed without a beat, so the senders must be told to come
+// back well within it: spread over the whole pacing window (a minute by
+// default), most of them would come back after it and page as Down on
+// every planned restart. Spreading the first returns over the grace still
+// breaks up the herd; the restarted aggregator's own pacing (slots) does
+// the rest.
+func ShutdownSpread(startupGrace time.Duration) time.Duration { return startupGrace / 2 }

@@ -142,6 +142,26 @@ func TestSpreadIsUniformOverTheWindow(t *testing.T) {
 	require.InDelta(t, 5000, lo, 300)
 }
 
+// A shutdown's retry-after stays within half the startup grace, however
+// long the pacing window; an empty bound (no grace) is 0, not a panic.
+func TestSpreadWithinTheShutdownBound(t *testing.T) {
+	p := newP(t, 200, time.Hour)
+	bound := ShutdownSpread(15 * time.Second)
+	require.Equal(t, 7500*time.Millisecond, bound)
+	var hi int
+	for range 10_000 {
+		d := p.SpreadWithin(bound)
+		require.GreaterOrEqual(t, d, time.Duration(0))
+		require.Less(t, d, bound)
+		if d >= bound/2 {
+			hi++
+		}
+	}
+	require.InDelta(t, 5000, hi, 300, "uniform over the bound")
+	require.Zero(t, p.SpreadWithin(ShutdownSpread(0)))
+	require.Less(t, newP(t, 200, time.Second).SpreadWithin(bound), time.Second, "and never past the window")
+}
+
 // The pacing goal of issue 10 on the pacer alone: 10,000 senders arrive
 // within one second of a restart and come back exactly at their slot plus
 // an upward spread of up to 2% of the retry-after, capped at 3 s (the

@@ -229,7 +229,7 @@ func (p *pacingFlags) register(fs *flag.FlagSet) {
 	p.rate = fs.Float64("accept-rate", aggregator.DefaultAcceptRate,
 		"new v2 streams accepted in any second; past it they get GoAway with a retry-after slot (0: no pacing)")
 	p.window = fs.Duration("pacing-window", aggregator.DefaultPacingWindow,
-		"GoAway's retry-after is at most this (shutdown: drawn uniformly from [0, this))")
+		"GoAway's retry-after is at most this (shutdown: drawn uniformly from [0, min(this, startup grace/2)))")
 }
 
 // values checks the flags (exit 2 naming the flag) and returns them as the
