@@ -65,9 +65,11 @@ type Config struct {
 	// BeatTarget is the aggregator's multiaddr ending in /p2p/<peer-id>.
 	// Empty means no primary sender (see StartNodeSenders).
 	BeatTarget string `json:"beatTarget"`
-	// BeatPeriod is the time between heartbeats; default "3s".
+	// BeatPeriod is the time between heartbeats; default "3s", at least
+	// "10ms" (wire2.MinPeriod) for either protocol.
 	BeatPeriod string `json:"beatPeriod"`
-	// ReconnectPeriod is the time between connection attempts; default "10s".
+	// ReconnectPeriod is the time between connection attempts; default
+	// "10s", at least "10ms".
 	ReconnectPeriod string `json:"reconnectPeriod"`
 	// Nickname labels the node in the aggregator's views.
 	Nickname string `json:"nickname"`
@@ -205,8 +207,17 @@ func parsePeriod(field, value string, def time.Duration) (time.Duration, error) 
 	if d <= 0 {
 		return 0, &ConfigError{Field: field, Value: value, Err: errNotPositive}
 	}
+	if d < wire2.MinPeriod {
+		return 0, &ConfigError{Field: field, Value: value, Err: errTooFast}
+	}
 	return d, nil
 }
+
+// errTooFast is the cause of a ConfigError for a period under
+// wire2.MinPeriod (10 ms), the floor of protocol v2 kept for v1 too: a
+// sender that fast only floods the aggregator (1ns gave 2,000 beats in 3 s),
+// whose detector takes no period under a second anyway.
+var errTooFast = fmt.Errorf("must be at least %s", wire2.MinPeriod)
 
 // ParseTarget splits an aggregator multiaddr ending in /p2p/<peer-id> into
 // the peer id and its addresses, as go-libp2p does everywhere.

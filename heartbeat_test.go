@@ -30,7 +30,10 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 	}{
 		{heartbeat.Config{BeatTarget: good, BeatPeriod: "3 seconds"}, "beatPeriod"},
 		{heartbeat.Config{BeatTarget: good, BeatPeriod: "0s"}, "beatPeriod"},
+		{heartbeat.Config{BeatTarget: good, BeatPeriod: "1ns"}, "beatPeriod"}, // under 10ms: a flood, not a heartbeat
+		{heartbeat.Config{BeatTarget: good, BeatPeriod: "9ms", Protocol: "v1"}, "beatPeriod"},
 		{heartbeat.Config{BeatTarget: good, ReconnectPeriod: "-1s"}, "reconnectPeriod"},
+		{heartbeat.Config{BeatTarget: good, ReconnectPeriod: "1ms"}, "reconnectPeriod"},
 		{heartbeat.Config{BeatTarget: good, ReconnectPeriod: "soon"}, "reconnectPeriod"},
 		{heartbeat.Config{BeatTarget: ""}, "beatTarget"},
 		{heartbeat.Config{BeatTarget: "not a multiaddr"}, "beatTarget"},

@@ -239,6 +239,10 @@ func runAggregate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		}
 	}
 	target := *data
+	if *storeURL != "" && flagSet(fs, "data") {
+		// --data would be ignored (the store and the key live elsewhere).
+		return usageError("--data %q and --store: give one (--data: SQLite in a directory; --store: PostgreSQL)", *data)
+	}
 	if *storeURL != "" {
 		if !strings.HasPrefix(*storeURL, "postgres://") && !strings.HasPrefix(*storeURL, "postgresql://") {
 			return usageError("--store %q: want a postgres:// or postgresql:// URL (use --data for a directory)", *storeURL)

@@ -33,6 +33,11 @@ func runBeat(ctx context.Context, args []string, stdout, stderr io.Writer) (err 
 	if *target == "" {
 		return usageError("--target is required")
 	}
+	if info, err := heartbeat.ParseTarget(*target); err == nil && len(info.Addrs) == 0 {
+		// The library takes a bare /p2p/ target (an embedder's host may find
+		// the addresses); this host has no routing, so it would retry forever.
+		return usageError("--target %q: want an address before /p2p/, such as /ip4/192.0.2.1/tcp/4001/p2p/<peer-id>", *target)
+	}
 	for _, perr := range []error{positive("beat-period", *beatPeriod), positive("reconnect-period", *reconnectPeriod)} {
 		if perr != nil {
 			return perr

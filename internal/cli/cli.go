@@ -218,6 +218,13 @@ func positive(name string, d time.Duration) error {
 	return nil
 }
 
+// flagSet reports whether the command line set the flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 // pacingFlags are the reconnect-pacing flags of aggregate and sim (the
 // simulated aggregator paces with the real one's package, aggregator/pacing).
 type pacingFlags struct {
