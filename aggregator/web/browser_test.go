@@ -611,3 +611,19 @@ func TestBrowserUptimeColumn(t *testing.T) {
 	require.Equal(t, "–", eval[string](t, br, uptimeCellJS(fresh.id)))
 	require.Empty(t, br.errors(), "console errors")
 }
+
+// Format characters in node text are shown, not obeyed: a U+202E in a
+// nickname would otherwise show "mirrored" as "derorrim", and a zero-width
+// space in a head would make two heads look alike.
+func TestBrowserShowsFormatCharacters(t *testing.T) {
+	chromium(t)
+	clock := clockwork.NewMock(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	f := startFleet(t, aggregator.Config{}, clock)
+	s := f.addSender(t, "node\u202emirrored", "{ bafy\u200bA }", 100)
+
+	b := newBrowser(t, 1280, 800)
+	b.do(t, chromedp.Navigate(f.srv.URL+"/"))
+	b.waitJS(t, "one Up row", `document.querySelectorAll('#rows tr[data-state="up"]').length === 1`)
+	require.Equal(t, [][]string{{s.id.String(), "node⟨U+202E⟩mirrored", "up", "100"}}, rows(t, b))
+	require.Equal(t, "{ bafy⟨U+200B⟩A }", eval[string](t, b, `document.querySelector('#rows .group').title`))
+}

@@ -3,7 +3,8 @@
 // Data arrives by server-sent events (api/events): one "snapshot" of every
 // node, then "delta"s. Every node-supplied string (nickname, head, miner)
 // reaches the page through textContent or an attribute value, never as
-// markup: there is no innerHTML in this file.
+// markup: there is no innerHTML in this file. Format characters in them
+// (bidi overrides, zero-width ones) are shown, not obeyed (visible).
 "use strict";
 
 (function () {
@@ -27,6 +28,13 @@
   const view = { key: "state", dir: 1, text: "", state: "", group: "", page: 0 };
 
   const $ = (id) => document.getElementById(id);
+  // visible shows Unicode format characters (category Cf: bidi overrides
+  // and isolates, zero-width joiners and spaces) as ⟨U+202E⟩: obeyed, a
+  // nickname with U+202E would show "mirrored" as "derorrim", and a
+  // zero-width space would make two nicknames look alike.
+  const FORMAT = /\p{Cf}/gu;
+  const visible = (s) => typeof s === "string" ?
+    s.replace(FORMAT, (c) => "⟨U+" + c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "⟩") : s;
   const el = (tag, cls, text) => {
     const e = document.createElement(tag);
     if (cls) e.className = cls;
@@ -114,7 +122,12 @@
     const hadHistory = hasHistory;
     hasHistory = ev.history;
     lastSeenResMs = ev.last_seen_res_ms;
-    for (const n of ev.nodes) nodes.set(n.peer, n);
+    for (const n of ev.nodes) {
+      n.nickname = visible(n.nickname);
+      n.head = visible(n.head);
+      n.miner = visible(n.miner);
+      nodes.set(n.peer, n);
+    }
     if (ev.removed) for (const p of ev.removed) nodes.delete(p);
     regroup();
     schedule();
