@@ -29,8 +29,11 @@ type storeSetup struct {
 // flip with the node's record, and pulls the tracker's snapshot once per
 // SampleInterval for the records and height samples: the ingest path only
 // appends to memory and never waits on the database. Store errors are
-// logged by the Writer and counted (heartbeat_store_*). Close flushes the
-// Writer; the caller closes b after Close.
+// logged by the Writer and counted (heartbeat_store_*). Close writes a
+// last snapshot of every node (last seen, height, head, state: a node
+// restored after a clean restart is as fresh as the shutdown) with what is
+// pending, bounded by the store's WriteTimeout; the caller closes b after
+// Close.
 func WithStore(b store.Backend, cfg store.WriterConfig) Option {
 	return func(o *options) { o.store = &storeSetup{b: b, cfg: cfg} }
 }

@@ -337,3 +337,56 @@ func TestDashboardHistoryFromStore(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rr.Body.Bytes(), &h))
 	require.Equal(t, []struct{ From, To string }{{"joining", "up"}, {"up", "left"}}, h.Flips)
 }
+
+// A clean shutdown writes every node's last seen, height and head as of the
+// shutdown, not as of the last per-minute snapshot or flip: the restarted
+// aggregator restores the last beat's time (injected clock), over the real
+// SQLite store on the same data dir.
+func TestCloseWritesFinalSnapshot(t *testing.T) {
+	checkLeaks(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	mock := clockwork.NewMock(t0)
+	h := newHost(t)
+	// Beats 36 s apart are on time (no Suspect, no flip): only the
+	// periodic snapshot, one per minute, or the final one write them.
+	cfg := Config{ExpectedPeriod: time.Minute, IdleTimeout: 5 * time.Minute, StartupGrace: 10 * time.Second}
+
+	b := openStore(t, dir)
+	rec := newRecorder()
+	a, err := New(h, cfg, WithClock(mock), withHooks(rec.hooks()), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	id := randomPeer(t)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- a.ServeLines(id, pr) }()
+	_, err = io.WriteString(pw, `{"Head":"{ h1 }","Height":10,"Nickname":"n"}`+"\n")
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 1)
+	clockwork.Advance(mock, 36*time.Second)
+	lastBeat := mock.Now()
+	_, err = io.WriteString(pw, `{"Head":"{ h2 }","Height":11,"Nickname":"n"}`+"\n")
+	require.NoError(t, err)
+	rec.waitBeats(t, id, 2)
+	n, _ := a.Tracker().Node(id)
+	require.Equal(t, tracker.Up, n.State)
+	require.NoError(t, a.Close())
+	pw.Close()
+	require.NoError(t, <-done)
+	require.NoError(t, b.Close())
+
+	b = openStore(t, dir)
+	t.Cleanup(func() { _ = b.Close() })
+	a, err = New(h, cfg, WithClock(mock), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	defer a.Close()
+	n, ok := a.Tracker().Node(id)
+	require.True(t, ok)
+	require.Equal(t, tracker.Unknown, n.State)
+	require.True(t, n.LastSeen.Equal(lastBeat), "last seen %v, the last beat was at %v", n.LastSeen, lastBeat)
+	require.Equal(t, uint64(11), n.Height)
+	require.Equal(t, "{ h2 }", n.Head)
+	rn, err := b.Node(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, "up", rn.State)
+}

@@ -136,8 +136,9 @@ func WithLogger(l hclog.Logger) WriterOption { return func(o *writerOptions) { o
 // With it the aggregator need not call Node per heartbeat at all (only
 // with each Flip, so that the state change is written with it), which
 // keeps the store's cost off the ingest path: a tracker snapshot per
-// minute instead of a call per beat. source must be safe to call from
-// another goroutine, e.g. the tracker's Nodes.
+// minute instead of a call per beat. Close pulls once more, so that a
+// clean shutdown writes every node's record as of the shutdown. source
+// must be safe to call from another goroutine, e.g. the tracker's Nodes.
 func WithSource(source func() []Node) WriterOption {
 	return func(o *writerOptions) { o.source = source }
 }
@@ -268,14 +269,20 @@ func (p *pendingBatch) reset() {
 // replaces a pending one. A height sample is taken for the first LastSeen
 // in each SampleInterval.
 func (w *Writer) Node(n Node) {
-	n.Aggregator = w.cfg.Aggregator
-	if n.Updated.IsZero() {
-		n.Updated = w.clk.Now()
-	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
 		return
+	}
+	w.nodeLocked(n, false)
+}
+
+// nodeLocked queues n as Node describes; force queues the record even
+// within its SampleInterval (Close's final pull).
+func (w *Writer) nodeLocked(n Node, force bool) {
+	n.Aggregator = w.cfg.Aggregator
+	if n.Updated.IsZero() {
+		n.Updated = w.clk.Now()
 	}
 	m := w.seen[n.Peer]
 	if m == nil {
@@ -284,7 +291,7 @@ func (w *Writer) Node(n Node) {
 	}
 	_, queued := w.p.nodes[n.Peer]
 	changed := n.State != m.state || n.Nickname != m.nickname || n.Miner != m.miner || n.Genesis != m.genesis
-	if queued || changed || w.bucket(n.Updated) != w.bucket(m.written) {
+	if force || queued || changed || w.bucket(n.Updated) != w.bucket(m.written) {
 		w.p.nodes[n.Peer] = n
 		m.state, m.nickname, m.miner, m.genesis = n.State, n.Nickname, n.Miner, n.Genesis
 		if !queued {
@@ -428,8 +435,9 @@ func (w *Writer) Pending() int {
 	return w.p.len()
 }
 
-// Close stops taking records, makes one last flush attempt and stops the
-// Writer's goroutine. It does not close the Backend. It returns the last
+// Close stops taking records, pulls every node's record from WithSource's
+// source once more (whatever its SampleInterval), makes one last flush
+// attempt (bounded by WriteTimeout) and stops the Writer's goroutine. It does not close the Backend. It returns the last
 // flush's error; it is idempotent.
 func (w *Writer) Close() error {
 	w.mu.Lock()
@@ -478,9 +486,26 @@ func (w *Writer) loop(flushT, pruneT, pullT *clockwork.Timer) {
 		case res := <-w.flushReq:
 			res <- w.flush()
 		case <-w.quit:
+			w.finalPull()
 			w.flush()
 			return
 		}
+	}
+}
+
+// finalPull queues every node's record from the source once more, inside
+// its SampleInterval too, for Close's last flush: a clean shutdown keeps
+// each node's last seen, height and head as of the shutdown, not as of the
+// last periodic pull (up to SampleInterval older).
+func (w *Writer) finalPull() {
+	if w.source == nil {
+		return
+	}
+	nodes := w.source()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, n := range nodes {
+		w.nodeLocked(n, true)
 	}
 }
 
