@@ -24,7 +24,10 @@ type storeSetup struct {
 // Left nor retired into the tracker as Unknown (tracker.Restore): known
 // before the restart, not seen since. Such a node turns Up when it beats
 // again, and Down after the startup grace if it does not, so its alert
-// fires again instead of vanishing. Then a store.Writer (cfg; its
+// fires again instead of vanishing. Meanwhile heartbeat_node_up is 0 for
+// one that was Suspect or Down when stored (its alert holds across the
+// restart) and has no series for one that was Up (a restart does not page
+// for every node still reconnecting). Then a store.Writer (cfg; its
 // Aggregator is the host's peer id) takes every node state change as a
 // flip with the node's record, and pulls the tracker's snapshot once per
 // SampleInterval for the records and height samples: the ingest path only
@@ -63,6 +66,7 @@ func (a *Aggregator) restore(ctx context.Context, b store.Backend, self peer.ID)
 		ok, err := a.tracker.Restore(tracker.Restored{
 			Peer: n.Peer, Nickname: n.Nickname, Head: n.Head, Height: n.Height,
 			MinerAddress: n.Miner, Genesis: n.Genesis, FirstSeen: n.FirstSeen, LastSeen: n.LastSeen,
+			WasDown: n.State == tracker.Down.String() || n.State == tracker.Suspect.String(),
 		}, now)
 		if errors.Is(err, tracker.ErrFull) {
 			a.log.Warn("more nodes in the store than max_nodes: the rest are not restored",
@@ -91,12 +95,17 @@ func storeNode(n *tracker.Node) store.Node {
 }
 
 // snapshot is the Writer's source: the tracker's nodes, once per
-// SampleInterval, on the Writer's goroutine.
+// SampleInterval and at Close, on the Writer's goroutine. It leaves out
+// Unknown nodes: restored and not seen since, they have nothing newer than
+// their stored record, whose state (the last judged one) the next restart
+// needs to tell a node that was Down from one that was Up.
 func (a *Aggregator) snapshot() []store.Node {
 	a.snapBuf = a.tracker.Nodes(a.snapBuf[:0])
-	out := make([]store.Node, len(a.snapBuf))
+	out := make([]store.Node, 0, len(a.snapBuf))
 	for i := range a.snapBuf {
-		out[i] = storeNode(&a.snapBuf[i])
+		if a.snapBuf[i].State != tracker.Unknown {
+			out = append(out, storeNode(&a.snapBuf[i]))
+		}
 	}
 	clear(a.snapBuf)
 	return out

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/p2pbeat/heartbeat/aggregator/api"
@@ -389,4 +390,101 @@ func TestCloseWritesFinalSnapshot(t *testing.T) {
 	rn, err := b.Node(ctx, id)
 	require.NoError(t, err)
 	require.Equal(t, "up", rn.State)
+}
+
+// nodeUp reads heartbeat_node_up{peer_id=id} from g; ok is false when it
+// has no series.
+func nodeUp(t *testing.T, g prometheus.Gatherer, id peer.ID) (v float64, ok bool) {
+	t.Helper()
+	mfs, err := g.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "heartbeat_node_up" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if labelValue(m, "peer_id") == id.String() {
+				return m.GetGauge().GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// A node Down when the aggregator stops keeps heartbeat_node_up 0 from the
+// restarted aggregator's first scrape (its alert neither resolves nor pages
+// again), while a node that was Up has no series until it is judged again.
+func TestRestartKeepsDownNodeNotUp(t *testing.T) {
+	checkLeaks(t)
+	dir := t.TempDir()
+	mock := clockwork.NewMock(t0)
+	h := newHost(t)
+	cfg := Config{ExpectedPeriod: time.Second, StartupGrace: 10 * time.Second}
+
+	b := openStore(t, dir)
+	rec := newRecorder()
+	a, err := New(h, cfg, WithClock(mock), withHooks(rec.hooks()), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	dead, live := randomPeer(t), randomPeer(t)
+	done := make(chan error, 2)
+	var pipes []*io.PipeWriter
+	for _, id := range []peer.ID{dead, live} {
+		pr, pw := io.Pipe()
+		pipes = append(pipes, pw)
+		go func() { done <- a.ServeLines(id, pr) }()
+		_, err := io.WriteString(pw, beatLine("n", 10))
+		require.NoError(t, err)
+		rec.waitBeats(t, id, 1)
+	}
+	pipes[0].CloseWithError(errors.New("connection reset"))
+	require.Error(t, <-done)
+	// live beats every second until dead is Down.
+	for i := 2; ; i++ {
+		require.Less(t, i, 300, "dead never went Down")
+		clockwork.Advance(mock, time.Second)
+		_, err := io.WriteString(pipes[1], beatLine("n", 10))
+		require.NoError(t, err)
+		rec.waitBeats(t, live, i)
+		if n, _ := a.Tracker().Node(dead); n.State == tracker.Down {
+			break
+		}
+	}
+	v, ok := nodeUp(t, a.Registry(), dead)
+	require.True(t, ok)
+	require.Zero(t, v)
+	require.NoError(t, a.Close())
+	pipes[1].Close()
+	require.NoError(t, <-done)
+	require.NoError(t, b.Close())
+
+	b = openStore(t, dir)
+	t.Cleanup(func() { _ = b.Close() })
+	a, err = New(h, cfg, WithClock(mock), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	defer a.Close()
+	for _, id := range []peer.ID{dead, live} {
+		n, ok := a.Tracker().Node(id)
+		require.True(t, ok)
+		require.Equal(t, tracker.Unknown, n.State)
+	}
+	v, ok = nodeUp(t, a.Registry(), dead)
+	require.True(t, ok, "a node Down before the restart has a series at once")
+	require.Zero(t, v)
+	_, ok = nodeUp(t, a.Registry(), live)
+	require.False(t, ok, "a node Up before the restart has no series until it is judged")
+
+	// Restarted again within the startup grace: the Unknown nodes are not
+	// rewritten as "unknown", so the store still knows which was Down.
+	require.NoError(t, a.Close())
+	require.NoError(t, b.Close())
+	b = openStore(t, dir)
+	t.Cleanup(func() { _ = b.Close() })
+	a, err = New(h, cfg, WithClock(mock), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	defer a.Close()
+	v, ok = nodeUp(t, a.Registry(), dead)
+	require.True(t, ok, "still Down after a second restart within the grace")
+	require.Zero(t, v)
+	_, ok = nodeUp(t, a.Registry(), live)
+	require.False(t, ok)
 }

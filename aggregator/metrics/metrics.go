@@ -27,7 +27,7 @@
 //	heartbeat_max_nodes                 the tracker's MaxNodes, to alert before refusals start
 //	heartbeat_aggregator_disrupted      1 while the tracker is in disrupted mode (most nodes silent at once: no node goes Down), else 0
 //	heartbeat_nodes_duplicate_identity  nodes flagged as sharing one key with another sender
-//	heartbeat_node_up{peer_id}          per node: 1 Up, 0 Suspect or Down; no series for Joining, Left or Unknown
+//	heartbeat_node_up{peer_id}          per node: 1 Up, 0 Suspect or Down, or Unknown after a restart that found it Suspect or Down; no series for Joining, Left or another Unknown
 //	heartbeat_aggregator_health         the local-health multiplier of Suspect and Down thresholds (1: healthy)
 //
 // Every other label value comes from a fixed set of constants: a reason the
@@ -333,7 +333,7 @@ func newTrackerCollector(t *tracker.Tracker) *trackerCollector {
 		dup: prometheus.NewDesc("heartbeat_nodes_duplicate_identity",
 			"Nodes whose streams keep superseding each other: two senders share one key.", nil, nil),
 		nodeUp: prometheus.NewDesc("heartbeat_node_up",
-			"1 while the node is Up, 0 while Suspect or Down; no series for a Joining or Left node. One series per tracked node (at most heartbeat_max_nodes).", []string{"peer_id"}, nil),
+			"1 while the node is Up, 0 while Suspect or Down, and after an aggregator restart while not yet seen again if it was Suspect or Down before; no series for a Joining or Left node, nor one not yet seen since a restart that was Up before. One series per tracked node (at most heartbeat_max_nodes).", []string{"peer_id"}, nil),
 		health: prometheus.NewDesc("heartbeat_aggregator_health",
 			"The local-health multiplier of every node's Suspect and Down thresholds: 1 when the aggregator is healthy, more while its own lag (heartbeat_aggregator_lag_seconds) would make beats look late.", nil, nil),
 	}
@@ -369,10 +369,18 @@ func (c *trackerCollector) Collect(ch chan<- prometheus.Metric) {
 		case tracker.Up:
 			up = 1
 		case tracker.Suspect, tracker.Down:
+		case tracker.Unknown:
+			// Not judged until it beats or the startup grace ends. One
+			// that was Suspect or Down before the restart keeps its 0, so
+			// that its alert neither resolves nor pages again; one that
+			// was Up has no series, so that a restart does not page for
+			// every node that is still reconnecting.
+			if !n.WasDown {
+				continue
+			}
 		default:
-			// Joining never beat, Left left on purpose, and Unknown is
-			// not judged until the startup grace ends (then it is Up or
-			// Down): none is a node to page for now.
+			// Joining never beat and Left left on purpose: neither is a
+			// node to page for.
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(c.nodeUp, prometheus.GaugeValue, up, n.Peer.String())

@@ -230,7 +230,7 @@ func requireNodeUp(t *testing.T, reg prometheus.Gatherer, want map[peer.ID]float
 	slices.Sort(lines) // the exposition's order: by label value
 	text := ""
 	if len(lines) > 0 {
-		text = "# HELP heartbeat_node_up 1 while the node is Up, 0 while Suspect or Down; no series for a Joining or Left node. One series per tracked node (at most heartbeat_max_nodes).\n" +
+		text = "# HELP heartbeat_node_up 1 while the node is Up, 0 while Suspect or Down, and after an aggregator restart while not yet seen again if it was Suspect or Down before; no series for a Joining or Left node, nor one not yet seen since a restart that was Up before. One series per tracked node (at most heartbeat_max_nodes).\n" +
 			"# TYPE heartbeat_node_up gauge\n" + strings.Join(lines, "\n") + "\n"
 	}
 	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(text), "heartbeat_node_up"))
@@ -283,4 +283,43 @@ func TestNodeUp(t *testing.T) {
 	beat(t, tr, pid(2), "a", 10, t0.Add(21*time.Second))
 	require.True(t, tr.Forget(pid(1)))
 	requireNodeUp(t, reg, map[peer.ID]float64{pid(2): 1, pid(5): 1})
+}
+
+// After a restart a restored node that was Suspect or Down exports 0 at
+// once (its alert holds across the restart), one that was Up exports
+// nothing until it beats or the startup grace ends (a restart does not page
+// for every node still reconnecting); then both are judged as usual.
+func TestNodeUpRestored(t *testing.T) {
+	grace := 10 * time.Second
+	tr, err := tracker.New(tracker.Config{ExpectedPeriod: 3 * time.Second, StartupGrace: grace,
+		MinPeriod: 3 * time.Second, MaxPeriod: 3 * time.Second, ReconnectAllowance: -1, DisruptionMinNodes: 100}, t0)
+	require.NoError(t, err)
+	reg := prometheus.NewPedanticRegistry()
+	_, err = New(reg, tr)
+	require.NoError(t, err)
+	before := t0.Add(-time.Hour)
+	for i, wasDown := range []bool{true, false, true, false} {
+		ok, err := tr.Restore(tracker.Restored{Peer: pid(byte(i + 1)), LastSeen: before, WasDown: wasDown}, t0)
+		require.NoError(t, err)
+		require.True(t, ok)
+	}
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 0, pid(3): 0})
+
+	// Within the grace pid(3) and pid(4) beat: both Up.
+	require.NoError(t, tr.StreamOpened(pid(3), t0.Add(time.Second)))
+	beat(t, tr, pid(3), "a", 10, t0.Add(time.Second))
+	require.NoError(t, tr.StreamOpened(pid(4), t0.Add(time.Second)))
+	beat(t, tr, pid(4), "a", 10, t0.Add(time.Second))
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 0, pid(3): 1, pid(4): 1})
+
+	// After the grace the silent ones are Down: 0 for both.
+	beat(t, tr, pid(3), "a", 10, t0.Add(grace))
+	beat(t, tr, pid(4), "a", 10, t0.Add(grace))
+	tr.Sweep(t0.Add(grace+time.Second), nil)
+	for _, id := range []peer.ID{pid(1), pid(2)} {
+		n, ok := tr.Node(id)
+		require.True(t, ok)
+		require.Equal(t, tracker.Down, n.State)
+	}
+	requireNodeUp(t, reg, map[peer.ID]float64{pid(1): 0, pid(2): 0, pid(3): 1, pid(4): 1})
 }

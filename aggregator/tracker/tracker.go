@@ -352,6 +352,8 @@ type node struct {
 	dup      bool
 	// restored: lastSeen came from Restore (the node has not beaten since).
 	restored bool
+	// wasDown: Restored.WasDown; it only matters while the node is Unknown.
+	wasDown bool
 	// recent: the node went Down less than its own Down threshold ago
 	// (until recentUntil); it still counts as fallen silent for the
 	// disruption guard, so that a fleet that fails over tens of seconds is
@@ -857,6 +859,11 @@ type Restored struct {
 	Genesis                      string
 	Height                       uint64
 	FirstSeen, LastSeen          time.Time // zero: unknown (FirstSeen then is now)
+	// WasDown: the node was not Up (Suspect or Down) when the aggregator
+	// stopped. It stays Unknown all the same; AppendStates reports it, so
+	// that heartbeat_node_up keeps its 0 (and its alert) across the
+	// restart instead of resolving and paging again.
+	WasDown bool
 }
 
 // Restore adds r as an Unknown node at now: known before a restart, not
@@ -893,6 +900,7 @@ func (t *Tracker) Restore(r Restored, now time.Time) (bool, error) {
 		suspectNs:  t.priorSuspectNs,
 		downNs:     t.priorDownNs,
 		allowUntil: math.MinInt64,
+		wasDown:    r.WasDown,
 	}
 	if !r.FirstSeen.IsZero() {
 		n.firstSeen = t.rel(r.FirstSeen)
@@ -1241,6 +1249,10 @@ func (t *Tracker) Nodes(dst []Node) []Node {
 type PeerState struct {
 	Peer  peer.ID
 	State State
+	// WasDown: State is Unknown and the node was restored not Up
+	// (Restored.WasDown): it has not been judged since the restart, and
+	// was Suspect or Down before it.
+	WasDown bool
 }
 
 // AppendStates appends every node's peer id and state to dst, in no
@@ -1252,7 +1264,7 @@ func (t *Tracker) AppendStates(dst []PeerState) []PeerState {
 	defer t.mu.Unlock()
 	dst = slices.Grow(dst, len(t.nodes))
 	for id, n := range t.nodes {
-		dst = append(dst, PeerState{Peer: id, State: n.state})
+		dst = append(dst, PeerState{Peer: id, State: n.state, WasDown: n.state == Unknown && n.wasDown})
 	}
 	return dst
 }
