@@ -277,6 +277,40 @@ func TestWriterCloseFlushesPending(t *testing.T) {
 	}
 }
 
+// Close pulls the source once more and writes every record, even within
+// its SampleInterval: a clean shutdown leaves each node's record as of the
+// shutdown, not as of the last pull.
+func TestWriterCloseWritesFinalPull(t *testing.T) {
+	b := openSQLite(t)
+	var mu sync.Mutex
+	lastSeen, height := t0.Add(10*time.Second), uint64(10)
+	source := func() []Node {
+		mu.Lock()
+		defer mu.Unlock()
+		n := node(pid(1), "", "up", time.Time{})
+		n.LastSeen, n.Height, n.Head = lastSeen, height, fmt.Sprint("h", height)
+		return []Node{n}
+	}
+	w, mock, _ := newWriter(t, b, WriterConfig{}, WithSource(source))
+	clockwork.AdvanceTo(mock, t0.Add(time.Minute)) // the periodic pull
+	require.NoError(t, w.Flush(ctx))
+	n, err := b.Node(ctx, pid(1))
+	require.NoError(t, err)
+	require.Equal(t, t0.Add(10*time.Second), n.LastSeen)
+
+	mu.Lock()
+	lastSeen, height = t0.Add(96*time.Second), 11 // within the same minute's bucket of the record
+	mu.Unlock()
+	clockwork.AdvanceTo(mock, t0.Add(100*time.Second))
+	require.NoError(t, w.Close())
+	n, err = b.Node(ctx, pid(1))
+	require.NoError(t, err)
+	require.Equal(t, t0.Add(96*time.Second), n.LastSeen)
+	require.Equal(t, uint64(11), n.Height)
+	require.Equal(t, "h11", n.Head)
+	require.Equal(t, t0.Add(100*time.Second), n.Updated)
+}
+
 // Failing writes, with SQLite's own errors: a full disk (max_page_count
 // gives SQLITE_FULL, as a full file system does) and a read-only database
 // (query_only gives SQLITE_READONLY, as a read-only file does). The Writer
