@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -55,6 +56,42 @@ func (u *upCounter) state() (int, <-chan struct{}) {
 	return len(u.ups), u.changed
 }
 
+// testAggregator is a real aggregator on loopback for n senders, with an
+// upCounter following its log.
+type testAggregator struct {
+	agg     *aggregator.Aggregator
+	h       host.Host
+	target  string
+	ups     *upCounter
+	pw      *io.PipeWriter
+	watched chan struct{}
+}
+
+func startAggregator(t *testing.T, n int) *testAggregator {
+	t.Helper()
+	pr, pw := io.Pipe()
+	a := &testAggregator{ups: &upCounter{ups: map[string]bool{}, changed: make(chan struct{})}, pw: pw, watched: make(chan struct{})}
+	go func() { defer close(a.watched); a.ups.watch(pr) }()
+	log := hclog.New(&hclog.LoggerOptions{Output: pw, Level: hclog.Info})
+	cfg := aggregator.Config{MaxNodes: 2 * n}
+	var err error
+	a.h, err = aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	require.NoError(t, err)
+	a.agg, err = aggregator.New(a.h, cfg, aggregator.WithLogger(log))
+	require.NoError(t, err)
+	a.target = a.h.Addrs()[0].String() + "/p2p/" + a.h.ID().String()
+	return a
+}
+
+// close stops the aggregator and its host, then the log watcher.
+func (a *testAggregator) close(t *testing.T) {
+	t.Helper()
+	require.NoError(t, a.agg.Close())
+	require.NoError(t, a.h.Close())
+	a.pw.Close()
+	<-a.watched
+}
+
 // 200 sender identities over real libp2p against a real aggregator on
 // loopback: every one is Up at the aggregator and connected at the
 // generator, with no write error, and everything stops cleanly.
@@ -62,18 +99,8 @@ func TestLoad200NodesAllUp(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	const n = 200
 
-	pr, pw := io.Pipe()
-	ups := &upCounter{ups: map[string]bool{}, changed: make(chan struct{})}
-	watched := make(chan struct{})
-	go func() { defer close(watched); ups.watch(pr) }()
-	log := hclog.New(&hclog.LoggerOptions{Output: pw, Level: hclog.Info})
-
-	cfg := aggregator.Config{MaxNodes: 2 * n}
-	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	require.NoError(t, err)
-	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log))
-	require.NoError(t, err)
-	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	a := startAggregator(t, n)
+	agg, target, ups := a.agg, a.target, a.ups
 
 	g, err := loadgen.New(loadgen.Config{Target: target, Nodes: n, DialConcurrency: 32})
 	require.NoError(t, err)
@@ -109,10 +136,7 @@ func TestLoad200NodesAllUp(t *testing.T) {
 	require.GreaterOrEqual(t, st.BeatsWritten, uint64(n))
 	require.Zero(t, st.Connected, "Run stopped every sender")
 
-	require.NoError(t, agg.Close())
-	require.NoError(t, h.Close())
-	pw.Close()
-	<-watched
+	a.close(t)
 	goleak.VerifyNone(t, ignore)
 }
 
@@ -236,17 +260,8 @@ func (s *syncBuffer) String() string {
 func TestLoadV2(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	const n = 20
-	pr, pw := io.Pipe()
-	ups := &upCounter{ups: map[string]bool{}, changed: make(chan struct{})}
-	watched := make(chan struct{})
-	go func() { defer close(watched); ups.watch(pr) }()
-	log := hclog.New(&hclog.LoggerOptions{Output: pw, Level: hclog.Info})
-	cfg := aggregator.Config{MaxNodes: 2 * n}
-	h, err := aggregator.NewHost(cfg, nil, nil, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	require.NoError(t, err)
-	agg, err := aggregator.New(h, cfg, aggregator.WithLogger(log))
-	require.NoError(t, err)
-	target := h.Addrs()[0].String() + "/p2p/" + h.ID().String()
+	a := startAggregator(t, n)
+	agg, target, ups := a.agg, a.target, a.ups
 	g, err := loadgen.New(loadgen.Config{Target: target, Nodes: n, Period: 2 * time.Second, Protocol: heartbeat.ProtocolV2, DialConcurrency: 8})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -273,9 +288,6 @@ func TestLoadV2(t *testing.T) {
 	cancel()
 	require.NoError(t, <-ran)
 	require.Zero(t, g.Stats().WriteErrors, "last error: %v", g.Stats().LastError)
-	require.NoError(t, agg.Close())
-	require.NoError(t, h.Close())
-	pw.Close()
-	<-watched
+	a.close(t)
 	goleak.VerifyNone(t, ignore)
 }
