@@ -13,6 +13,7 @@ import (
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
 	"github.com/p2pbeat/heartbeat/aggregator/pacing"
+	"github.com/p2pbeat/heartbeat/aggregator/store"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -324,4 +325,48 @@ func TestV2TooManyNodes(t *testing.T) {
 	_, err := c2.r.Next()
 	require.ErrorIs(t, err, io.EOF)
 	require.Equal(t, float64(1), rejected(t, e, metrics.ReasonTooManyNodes))
+}
+
+// After a restart the nodes restored from the store are Unknown, not live
+// in this process: their return is paced like a newcomer's (the restart
+// storm is what pacing is for), unlike a node the process holds Up.
+func TestV2RestoredNodesArePaced(t *testing.T) {
+	checkLeaks(t)
+	clk := clockwork.NewMock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	dir := t.TempDir()
+	cfg := Config{AcceptRate: 1, PacingWindow: 10 * time.Second}
+	b := openStore(t, dir)
+	e := newEnv(t, cfg, nil, WithClock(clk), WithStore(b, store.WriterConfig{}))
+	s1, s2 := newSender(t), newSender(t)
+	for i, s := range []*sender{s1, s2} {
+		clk.Add(time.Second) // one new stream a second: both admitted
+		c := s.openV2(t, e)
+		c.send(t, hello(byte(i+1), time.Second))
+		c.recv(t, wire2.TypeWelcome)
+		c.send(t, beatAt(1, 0))
+		c.recv(t, wire2.TypeAck)
+	}
+	require.NoError(t, e.a.Close())
+	require.NoError(t, b.Close())
+	require.Zero(t, rejected(t, e, metrics.ReasonPaced))
+
+	// Restart on the same host and store: both nodes come back Unknown.
+	b = openStore(t, dir)
+	t.Cleanup(func() { _ = b.Close() })
+	a2, err := New(e.h, cfg, WithClock(clk), WithStore(b, store.WriterConfig{}))
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, a2.Close()) })
+	for _, s := range []*sender{s1, s2} {
+		st, ok := a2.Tracker().State(s.id())
+		require.True(t, ok)
+		require.Equal(t, tracker.Unknown, st)
+	}
+	clk.Add(time.Second)
+	c1 := s1.openV2(t, e)
+	c1.send(t, hello(1, time.Second))
+	c1.recv(t, wire2.TypeWelcome)
+	c2 := s2.openV2(t, e) // the same second: past the rate
+	g := c2.recv(t, wire2.TypeGoAway).GoAway
+	require.Equal(t, "busy", g.Reason, "a restored node is paced")
+	require.Equal(t, float64(1), counter(t, a2.Registry(), "heartbeat_rejected_total", "reason", metrics.ReasonPaced), "paced by the new aggregator")
 }
