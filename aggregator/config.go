@@ -5,6 +5,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/wire"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -123,7 +124,7 @@ type Config struct {
 	// (counted by heartbeat_v2_streams_unpaced_total). Shutdown's and a
 	// full tracker's GoAway draw the retry-after uniformly from
 	// [0, PacingWindow). Defaults 200/s and one minute; a negative
-	// AcceptRate turns pacing off. v1 streams are never paced (a v1 sender
+	// AcceptRate turns pacing off; a positive one is within [pacing.MinRate, pacing.MaxRate]. v1 streams are never paced (a v1 sender
 	// cannot be told when to come back).
 	AcceptRate   float64
 	PacingWindow time.Duration
@@ -206,6 +207,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if math.IsNaN(c.AcceptRate) || math.IsInf(c.AcceptRate, 0) {
 		return c, configErr("AcceptRate", "(%v) must be a finite number", c.AcceptRate)
+	}
+	if c.AcceptRate > 0 && (c.AcceptRate < pacing.MinRate || c.AcceptRate > pacing.MaxRate) {
+		return c, configErr("AcceptRate", "(%v) must be between %g and %g a second, or negative (pacing off)", c.AcceptRate, float64(pacing.MinRate), float64(pacing.MaxRate))
 	}
 	if c.PacingWindow < 0 || c.PacingWindow > wire2.MaxRetryAfter {
 		return c, configErr("PacingWindow", "(%v) must be between 0 and %v", c.PacingWindow, wire2.MaxRetryAfter)

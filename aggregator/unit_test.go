@@ -54,6 +54,10 @@ func TestConfigValidation(t *testing.T) {
 		// MaxPeriod left to its default (10× ExpectedPeriod) over the
 		// 24 h limit: the field set is at fault.
 		{Config{ExpectedPeriod: 3 * time.Hour}, "ExpectedPeriod"},
+		// Past pacing's bounds: 1e19 panicked in New (the pacer's ring),
+		// 1e-12 overflowed its period and paced nothing.
+		{Config{AcceptRate: 1e19}, "AcceptRate"},
+		{Config{AcceptRate: 1e-12}, "AcceptRate"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.field, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	hbaggregator "github.com/p2pbeat/heartbeat/aggregator"
+	"github.com/p2pbeat/heartbeat/aggregator/pacing"
 	"github.com/p2pbeat/heartbeat/aggregator/tracker"
 	"github.com/p2pbeat/heartbeat/fsm"
 	"github.com/p2pbeat/heartbeat/wire2"
@@ -423,6 +424,9 @@ func (p Params) resolve() (*config, error) {
 	}
 	if math.IsNaN(pc.AcceptRate) || math.IsInf(pc.AcceptRate, 0) {
 		return nil, fieldErr("Pacing.AcceptRate", "must be a finite number, got %v", pc.AcceptRate)
+	}
+	if pc.AcceptRate > 0 && (pc.AcceptRate < pacing.MinRate || pc.AcceptRate > pacing.MaxRate) {
+		return nil, fieldErr("Pacing.AcceptRate", "must be between %g and %g a second, or negative, got %v", float64(pacing.MinRate), float64(pacing.MaxRate), pc.AcceptRate)
 	}
 	if pc.PacingWindow < 0 || pc.PacingWindow > wire2.MaxRetryAfter {
 		return nil, fieldErr("Pacing.PacingWindow", "must be between 0 and %s, got %s", wire2.MaxRetryAfter, pc.PacingWindow)

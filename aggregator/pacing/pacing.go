@@ -25,6 +25,18 @@ import (
 // again.
 const Headroom = 0.9
 
+// MinRate and MaxRate bound a positive rate. The Pacer keeps the time of
+// each of the last Limit admissions (24 bytes each): MaxRate keeps that
+// ring at 2.4 MB, and is far past the TLS/noise handshakes a libp2p host
+// completes in a second. MinRate is one stream an hour, the longest a
+// GoAway can ask a sender to wait (wire2.MaxRetryAfter); a slower rate's
+// period would soon overflow time.Duration (1e-12 made it negative, and
+// every stream was admitted).
+const (
+	MinRate = 1.0 / 3600
+	MaxRate = 100_000
+)
+
 // Pacer admits at most Limit new streams in any interval of Period (a
 // sliding window over the last Limit admissions, so the bound holds for
 // every interval, not only aligned ones), and gives each refused stream a
@@ -41,8 +53,10 @@ type Pacer struct {
 }
 
 // New returns a Pacer admitting rate new streams a second (rate <= 0:
-// pacing off, every stream admitted), whose retry-afters are at most
-// window (> 0). rng draws Spread's delays; nil seeds one at random.
+// pacing off, every stream admitted; otherwise in [MinRate, MaxRate]),
+// whose retry-afters are at most window (> 0). rng draws Spread's delays;
+// nil seeds one at random. It returns an error for a rate or window out
+// of range.
 //
 // Rounding: a rate of at least 1 is rounded down to a whole number of
 // streams a second (250.7 admits 250 in any second); a rate below 1
@@ -50,6 +64,9 @@ type Pacer struct {
 func New(rate float64, window time.Duration, rng *rand.Rand) (*Pacer, error) {
 	if math.IsNaN(rate) || math.IsInf(rate, 0) {
 		return nil, fmt.Errorf("pacing: rate must be finite, got %v", rate)
+	}
+	if rate > 0 && (rate < MinRate || rate > MaxRate) {
+		return nil, fmt.Errorf("pacing: rate must be in [%g, %g] a second (or <= 0: off), got %v", float64(MinRate), float64(MaxRate), rate)
 	}
 	if window <= 0 {
 		return nil, fmt.Errorf("pacing: window must be positive, got %v", window)

@@ -22,10 +22,22 @@ func TestNewRejectsBadInput(t *testing.T) {
 	for _, tc := range []struct {
 		rate   float64
 		window time.Duration
-	}{{200, 0}, {200, -time.Second}, {nanF(), time.Minute}} {
+	}{{200, 0}, {200, -time.Second}, {nanF(), time.Minute},
+		// Out of range: a ring of 1e19 admissions cannot be made (it
+		// panicked), and a period of 1e12 s overflows time.Duration (it
+		// went negative and admitted every stream).
+		{1e19, time.Minute}, {MaxRate + 1, time.Minute}, {1e-12, time.Minute}, {MinRate / 2, time.Minute}} {
 		_, err := New(tc.rate, tc.window, nil)
 		require.Error(t, err, "rate %v window %v", tc.rate, tc.window)
 	}
+}
+
+func TestNewTakesTheBounds(t *testing.T) {
+	p := newP(t, MaxRate, time.Minute)
+	require.Equal(t, int(MaxRate), p.Limit())
+	p = newP(t, MinRate, time.Minute)
+	require.Equal(t, 1, p.Limit())
+	require.Equal(t, time.Hour, p.Period())
 }
 
 func nanF() float64 { z := 0.0; return z / z }
