@@ -441,7 +441,9 @@ func (a *Aggregator) Run(ctx context.Context) error {
 
 // Close removes the stream handlers and ends every live stream in order: it
 // sends each v2 stream GoAway (retry after a delay drawn from
-// [0, PacingWindow), so that the senders do not all return at once),
+// [0, min(PacingWindow, StartupGrace/2)), pacing.ShutdownSpread, so that
+// the senders do not all return at once, and come back within the startup
+// grace of the aggregator that restarts),
 // half-closes each one (CloseWrite: the sender reads EOF, not a reset),
 // waits up to Config.CloseTimeout for the senders to close their side (a
 // legacy sender never does), then closes the streams (Close, never Reset),

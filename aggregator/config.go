@@ -121,11 +121,13 @@ type Config struct {
 	// 1/(pacing.Headroom·AcceptRate) apart, at most PacingWindow ahead (a
 	// stream beyond is told PacingWindow); it is counted as "paced". A
 	// stream from a node the tracker holds Up or Suspect is not paced
-	// (counted by heartbeat_v2_streams_unpaced_total). Shutdown's and a
-	// full tracker's GoAway draw the retry-after uniformly from
-	// [0, PacingWindow). Defaults 200/s and one minute; a negative
-	// AcceptRate turns pacing off; a positive one is within [pacing.MinRate, pacing.MaxRate]. v1 streams are never paced (a v1 sender
-	// cannot be told when to come back).
+	// (counted by heartbeat_v2_streams_unpaced_total). A full tracker's
+	// GoAway draws the retry-after uniformly from [0, PacingWindow),
+	// shutdown's from [0, min(PacingWindow, StartupGrace/2))
+	// (pacing.ShutdownSpread). Defaults 200/s and one minute; a negative
+	// AcceptRate turns pacing off, a positive one is within
+	// [pacing.MinRate, pacing.MaxRate]. v1 streams are never paced (a v1
+	// sender cannot be told when to come back).
 	AcceptRate   float64
 	PacingWindow time.Duration
 }
