@@ -119,6 +119,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"aggregate", "--accept-rate", "-5"}, "--accept-rate -5"},
 		{[]string{"aggregate", "--accept-rate", "NaN"}, "--accept-rate NaN"},
 		{[]string{"aggregate", "--accept-rate", "Inf"}, "--accept-rate +Inf"},
+		// Past package pacing's bounds (1e19 panicked, 1e-12 paced nothing).
+		{[]string{"aggregate", "--accept-rate", "1e19"}, "--accept-rate (1e+19) must be between"},
+		{[]string{"aggregate", "--accept-rate", "1e-12"}, "--accept-rate (1e-12) must be between"},
+		{[]string{"sim", "--accept-rate", "1e19"}, "--accept-rate must be between"},
 		// An empty list item is a mistake, never "everyone": --allow "$IDS"
 		// with IDS unset used to start an aggregator open to all.
 		{[]string{"aggregate", "--allow", ""}, `invalid value "" for flag -allow: empty item`},
