@@ -284,12 +284,7 @@ func (s *sim) aggReadV2(n *node, a *astream, upto, k uint32) {
 	if s.c.TraceBeats {
 		s.tr.begin(s.now, "agg").str(" recv ").str(string(n.id)).str(" seq=").int(int64(upto)).end()
 	}
-	a.lastRead = s.now
-	a.consumed += k * uint32(s.c.frameSize)
-	if a.consumed >= uint32(s.c.net.SendWindow/2) {
-		s.downSend(n, msgCredit, a.sgen, a.consumed)
-		a.consumed = 0
-	}
+	s.credit(n, a, k*uint32(s.c.frameSize))
 }
 
 // aggRead reads k lines of a's stream into the tracker and returns window
@@ -314,8 +309,15 @@ func (s *sim) aggRead(n *node, a *astream, k uint32) {
 	if s.c.TraceBeats {
 		s.tr.begin(s.now, "agg").str(" recv ").str(string(n.id)).str(" lines=").int(int64(k)).end()
 	}
+	s.credit(n, a, k*uint32(s.c.lineSize))
+}
+
+// credit records that the aggregator read size bytes of a's stream now and
+// returns window credit to the sender, as yamux does, once half the window
+// was consumed.
+func (s *sim) credit(n *node, a *astream, size uint32) {
 	a.lastRead = s.now
-	a.consumed += k * uint32(s.c.lineSize)
+	a.consumed += size
 	if a.consumed >= uint32(s.c.net.SendWindow/2) {
 		s.downSend(n, msgCredit, a.sgen, a.consumed)
 		a.consumed = 0
