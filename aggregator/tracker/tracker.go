@@ -447,7 +447,16 @@ func (t *Tracker) acquireLocked(id peer.ID, at int64) (*node, error) {
 	if len(t.nodes) >= t.cfg.MaxNodes && !t.evictLocked(at) {
 		return nil, ErrFull
 	}
-	n := &node{
+	n := t.newNode(id, at)
+	t.nodes[id] = n
+	t.inState[Joining]++
+	return n, nil
+}
+
+// newNode is a node first known at at, in the state its zero value gives
+// (Joining), with nothing learned yet: the prior period and thresholds.
+func (t *Tracker) newNode(id peer.ID, at int64) *node {
+	return &node{
 		peer:       id,
 		head:       emptyString,
 		genesis:    emptyString,
@@ -459,9 +468,6 @@ func (t *Tracker) acquireLocked(id peer.ID, at int64) (*node, error) {
 		downNs:     t.priorDownNs,
 		allowUntil: math.MinInt64,
 	}
-	t.nodes[id] = n
-	t.inState[Joining]++
-	return n, nil
 }
 
 // evictLocked forgets one node to make room at time at: the Left node
@@ -885,23 +891,10 @@ func (t *Tracker) Restore(r Restored, now time.Time) (bool, error) {
 	if len(t.nodes) >= t.cfg.MaxNodes {
 		return false, ErrFull
 	}
-	n := &node{
-		peer:       r.Peer,
-		nickname:   r.Nickname,
-		miner:      r.MinerAddress,
-		head:       unique.Make(r.Head),
-		genesis:    unique.Make(r.Genesis),
-		genesisCID: emptyCID,
-		height:     r.Height,
-		state:      Unknown,
-		firstSeen:  at,
-		since:      at,
-		period:     t.maxNs,
-		suspectNs:  t.priorSuspectNs,
-		downNs:     t.priorDownNs,
-		allowUntil: math.MinInt64,
-		wasDown:    r.WasDown,
-	}
+	n := t.newNode(r.Peer, at)
+	n.nickname, n.miner = r.Nickname, r.MinerAddress
+	n.head, n.genesis = unique.Make(r.Head), unique.Make(r.Genesis)
+	n.height, n.state, n.wasDown = r.Height, Unknown, r.WasDown
 	if !r.FirstSeen.IsZero() {
 		n.firstSeen = t.rel(r.FirstSeen)
 	}
