@@ -88,11 +88,11 @@ func New(rate float64, window time.Duration, rng *rand.Rand) (*Pacer, error) {
 }
 
 // Limit and Period are the bound Admit keeps: at most Limit admissions in
-// any interval of length Period. Limit is 0 with pacing off.
+// any interval of length Period. Limit is 0 with pacing off. Spacing is
+// the time between two slots.
 func (p *Pacer) Limit() int             { return p.limit }
 func (p *Pacer) Period() time.Duration  { return p.period }
 func (p *Pacer) Spacing() time.Duration { return p.spacing }
-func (p *Pacer) Window() time.Duration  { return p.window }
 
 // Admit decides on a new stream arriving at now (now must not go
 // backwards between calls): ok, or refused with the retry-after to send in
