@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -27,6 +26,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/internal/safetext"
 	"github.com/p2pbeat/heartbeat/wire"
 	"github.com/p2pbeat/heartbeat/wire2"
 )
@@ -108,11 +108,7 @@ func (e *ConfigError) Error() string {
 	v := e.Value
 	if len(v) > maxShownValue {
 		// A value that is wrong for its size is shown by its size.
-		cut := maxShownValue
-		for cut > 0 && !utf8.RuneStart(v[cut]) {
-			cut--
-		}
-		return fmt.Sprintf("heartbeat: config %s %q… (%d bytes): %v", e.Field, v[:cut], len(v), e.Err)
+		return fmt.Sprintf("heartbeat: config %s %q… (%d bytes): %v", e.Field, safetext.Prefix(v, maxShownValue), len(v), e.Err)
 	}
 	return fmt.Sprintf("heartbeat: config %s %q: %v", e.Field, v, e.Err)
 }

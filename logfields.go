@@ -2,13 +2,12 @@ package heartbeat
 
 import (
 	"errors"
-	"strconv"
 	"strings"
-	"unicode"
 
 	"github.com/libp2p/go-libp2p/core/network"
 
 	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/internal/safetext"
 )
 
 // logFields are a record's key/value pairs (docs/logging.md lists them):
@@ -60,13 +59,6 @@ func resetCause(err error) string {
 	return causeConnectionLost
 }
 
-// printable is v as it is if every rune of it is printable, else Go-quoted,
-// so that a peer's text cannot forge log lines or send terminal escapes.
-func printable(v string) string {
-	for _, r := range v {
-		if !unicode.IsPrint(r) {
-			return strconv.Quote(v)
-		}
-	}
-	return v
-}
+// printable is a peer's text as it may be logged (safetext.ForLog): it
+// cannot forge log lines or send terminal escapes.
+func printable(v string) string { return safetext.ForLog(v) }

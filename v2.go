@@ -7,10 +7,10 @@ import (
 	"io"
 	"runtime/debug"
 	"time"
-	"unicode/utf8"
 
 	"github.com/p2pbeat/heartbeat/clockwork"
 	"github.com/p2pbeat/heartbeat/fsm"
+	"github.com/p2pbeat/heartbeat/internal/safetext"
 	"github.com/p2pbeat/heartbeat/wire2"
 )
 
@@ -94,16 +94,7 @@ func (s *Service) newHello() wire2.Hello {
 }
 
 // label cuts v to wire2.MaxLabelBytes at a UTF-8 boundary.
-func label(v string) string {
-	if len(v) <= wire2.MaxLabelBytes {
-		return v
-	}
-	cut := wire2.MaxLabelBytes
-	for cut > 0 && !utf8.RuneStart(v[cut]) {
-		cut--
-	}
-	return v[:cut]
-}
+func label(v string) string { return safetext.Prefix(v, wire2.MaxLabelBytes) }
 
 // frames encodes what the Send e writes on the v2 stream ss: the Hello
 // first on the stream's first write, then the Beat e.Seq, stamped e.At,

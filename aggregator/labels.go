@@ -3,10 +3,9 @@ package aggregator
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"strconv"
-	"unicode/utf8"
 
 	"github.com/p2pbeat/heartbeat/aggregator/metrics"
+	"github.com/p2pbeat/heartbeat/internal/safetext"
 	"github.com/p2pbeat/heartbeat/wire"
 )
 
@@ -53,25 +52,11 @@ func (a *Aggregator) capLabels(hb *wire.Heartbeat) {
 
 // truncateLabel cuts s (longer than MaxLabelBytes) as described above.
 func truncateLabel(s string) string {
-	n := truncPrefix
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
 	sum := sha256.Sum256([]byte(s))
-	return s[:n] + truncMark + hex.EncodeToString(sum[:digestHex/2])
+	return safetext.Prefix(s, truncPrefix) + truncMark + hex.EncodeToString(sum[:digestHex/2])
 }
 
-// logText is a node-supplied string as the aggregator logs it: unchanged
-// when it is printable, else Go-quoted, so a nickname cannot add lines to
-// the log or send terminal escapes (a newline, ESC, BEL) to whoever reads it.
-func logText(s string) string {
-	if !utf8.ValidString(s) {
-		return strconv.Quote(s)
-	}
-	for _, r := range s {
-		if !strconv.IsPrint(r) {
-			return strconv.Quote(s)
-		}
-	}
-	return s
-}
+// logText is a node-supplied string as the aggregator logs it
+// (safetext.ForLog): a nickname cannot add lines to the log or send
+// terminal escapes to whoever reads it.
+func logText(s string) string { return safetext.ForLog(s) }
