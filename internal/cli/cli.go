@@ -195,6 +195,18 @@ func newFlagSet(name, synopsis string) *flag.FlagSet {
 // parse parses args. -h or --help prints the help to stdout and returns
 // flag.ErrHelp; a bad flag, a bad value or a stray argument is a usage error.
 func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// parseFlags is parse without the check for arguments after the flags,
+// for a command that takes some.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(stdout)
@@ -202,9 +214,6 @@ func parse(fs *flag.FlagSet, args []string, stdout io.Writer) error {
 			return err
 		}
 		return &usageErr{err}
-	}
-	if fs.NArg() > 0 {
-		return usageError("unexpected argument %q", fs.Arg(0))
 	}
 	return nil
 }

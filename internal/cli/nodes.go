@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -152,13 +150,8 @@ func runForget(ctx context.Context, args []string, stdout, _ io.Writer) error {
 	// The peer id may come before or after the flags.
 	var ids []string
 	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fs.SetOutput(stdout)
-				fs.Usage()
-				return err
-			}
-			return &usageErr{err}
+		if err := parseFlags(fs, args, stdout); err != nil {
+			return err
 		}
 		if fs.NArg() == 0 {
 			break
