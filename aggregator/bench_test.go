@@ -91,20 +91,30 @@ func benchIngest(b *testing.B, serve func(id peer.ID, r io.Reader) error) {
 	}
 	readers := make([]*blockReader, benchStreams)
 	for i := range readers {
-		n := b.N / benchStreams
-		if i < b.N%benchStreams {
-			n++
-		}
-		readers[i] = newBlockReader(blocks[i], offs[i], n)
+		readers[i] = newBlockReader(blocks[i], offs[i], streamShare(b.N, i))
 	}
+	runStreams(b, func(i int) error { return serve(ids[i], readers[i]) })
+}
+
+// streamShare is stream i's share of n beats spread over benchStreams.
+func streamShare(n, i int) int {
+	if i < n%benchStreams {
+		return n/benchStreams + 1
+	}
+	return n / benchStreams
+}
+
+// runStreams runs serve for every stream at once, timed, and reports the
+// process's CPU per beat and the beats a second; it fails b on any error.
+func runStreams(b *testing.B, serve func(i int) error) {
 	errs := make(chan error, benchStreams)
 	var wg sync.WaitGroup
 	b.ReportAllocs()
 	cpu0 := processCPU(b)
 	b.ResetTimer()
-	for i := range readers {
+	for i := range benchStreams {
 		wg.Go(func() {
-			if err := serve(ids[i], readers[i]); err != nil {
+			if err := serve(i); err != nil {
 				errs <- err
 			}
 		})
@@ -258,34 +268,9 @@ func BenchmarkIngestV2(b *testing.B) {
 	streams := make([]*v2Stream, benchStreams)
 	for i := range ids {
 		ids[i] = randomPeer(b)
-		n := b.N / benchStreams
-		if i < b.N%benchStreams {
-			n++
-		}
-		streams[i] = &v2Stream{Reader: bytes.NewReader(v2Frames(b, i, n))}
+		streams[i] = &v2Stream{Reader: bytes.NewReader(v2Frames(b, i, streamShare(b.N, i)))}
 	}
-	errs := make(chan error, benchStreams)
-	var wg sync.WaitGroup
-	b.ReportAllocs()
-	cpu0 := processCPU(b)
-	b.ResetTimer()
-	for i := range streams {
-		wg.Go(func() {
-			if err := a.ServeFrames(ids[i], streams[i]); err != nil {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	b.StopTimer()
-	// CPU time of the whole process (the store's goroutine included) per
-	// beat: on a shared machine it varies much less than wall time.
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/beat")
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "beats/s")
+	runStreams(b, func(i int) error { return a.ServeFrames(ids[i], streams[i]) })
 	acks := 0
 	for _, s := range streams {
 		acks += s.acks
